@@ -1,0 +1,59 @@
+"""Command line: ``vstmon [run] --config config.yaml`` and the tools beside it.
+
+Each sub-command lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``;
+this file only wires them (imports are lazy so ``vstmon --help`` stays fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from vstmon import __version__
+from vstmon.errors import VstmonError
+
+# name -> (module, help)
+_COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("vstmon.daemon", "run the monitor daemon (the default command)"),
+    "check": ("vstmon.check", "validate a config file (and that its checkpoint loads), then exit"),
+    "classify": ("vstmon.classify", "classify a whole video file offline into a JSON-lines timeline"),
+    "weights": ("vstmon.model.fetch", "list or download official Video Swin checkpoints"),
+    "listen": ("vstmon.client", "subscribe to a daemon and print its messages as JSON lines"),
+    "ctl": ("vstmon.control_cli", "send a control command (reset, status) to a running daemon"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vstmon", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"vstmon {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in _COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub_parser)
+        sub_parser.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `vstmon --config x.yaml` means `vstmon run --config x.yaml`
+    if argv and argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help", "--version"):
+        argv.insert(0, "run")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._module.run(args) or 0)
+    except VstmonError as error:
+        print(f"vstmon: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

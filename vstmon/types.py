@@ -1,0 +1,74 @@
+"""Plain data passed between pipeline stages (source -> ring -> sampler -> engine -> state -> publisher).
+
+Stages import these, never each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+__all__ = ["Clip", "ClipResult", "FrameMeta", "StreamEvent", "StreamState"]
+
+
+class StreamState(StrEnum):
+    """Life cycle of one source (reported in ``status`` messages)."""
+
+    CONNECTING = "connecting"
+    STREAMING = "streaming"
+    RECONNECTING = "reconnecting"
+    ENDED = "ended"
+    FAILED = "failed"
+
+
+@dataclass(slots=True)
+class FrameMeta:
+    """Metadata stored beside each ring-buffer slot."""
+
+    index: int = -1  # source frame index (0-based, counts every decoded frame since the source opened)
+    capture_mono_s: float = 0.0  # time.monotonic() when the frame was read
+    capture_wall_s: float = 0.0  # time.time() when the frame was read
+    stream_ts_s: float = 0.0  # the stream's own clock (file PTS, or index / fps when no PTS), seconds
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """A state transition of a source, reported to its owner (the daemon)."""
+
+    stream: str
+    state: StreamState
+    reason: str  # human-readable; never contains credentials
+    discontinuity: bool = False  # True when buffer and clip timing restarted (reconnect, loop, end)
+    wall_s: float = 0.0
+
+
+@dataclass(slots=True)
+class Clip:
+    """A clip cut from one stream's ring buffer, ready for the engine.
+
+    ``frames`` is (T, H, W, 3) uint8 RGB at the model's crop size, owned by whoever cut the clip.
+    """
+
+    stream: str
+    generation: int  # ring-buffer generation when cut; a clip whose generation is stale is discarded
+    frames: np.ndarray  # (T, size_px, size_px, 3) uint8 RGB
+    first_frame: int  # source frame index of frames[0]
+    last_frame: int  # source frame index of frames[-1]
+    start_ts: float  # unix seconds (capture wall clock) of frames[0]
+    end_ts: float  # unix seconds (capture wall clock) of frames[-1]
+    start_stream_s: float  # stream clock of frames[0]
+    end_stream_s: float  # stream clock of frames[-1]
+    ready_mono_s: float  # time.monotonic() of the last frame's capture (for latency)
+    segment: int = 0  # filled in by per-stream state when the clip is accepted
+
+
+@dataclass(slots=True)
+class ClipResult:
+    """The engine's answer for one clip: softmax probabilities over the classes."""
+
+    clip: Clip
+    probs: np.ndarray  # (num_classes,) float32, sums to 1
+    batch_size: int = 1  # size of the batch the clip ran in (visible batching across streams)
+    extra: dict[str, object] = field(default_factory=dict)
