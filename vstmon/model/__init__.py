@@ -1,0 +1,24 @@
+"""The Video Swin Transformer: presets, network, checkpoint loading and labels.
+
+Public API: ``build_model(arch_or_config, num_classes)`` (untrained) and
+``load_model(checkpoint, arch="auto", num_classes=None)`` (weights from a file), both returning a model whose
+forward maps a normalised float tensor (N, 3, T, H, W) to logits (N, classes).
+"""
+
+from vstmon.model.checkpoint import LoadedModel, load_checkpoint_state, load_model
+from vstmon.model.labels import load_labels
+from vstmon.model.presets import PRESETS, SwinConfig, get_preset
+from vstmon.model.swin3d import SwinTransformer3D, VideoSwin, build_model
+
+__all__ = [
+    "PRESETS",
+    "LoadedModel",
+    "SwinConfig",
+    "SwinTransformer3D",
+    "VideoSwin",
+    "build_model",
+    "get_preset",
+    "load_checkpoint_state",
+    "load_labels",
+    "load_model",
+]
