@@ -5,14 +5,13 @@ Public API: ``build_model(arch_or_config, num_classes)`` (untrained) and
 forward maps a normalised float tensor (N, 3, T, H, W) to logits (N, classes).
 """
 
-from vstmon.model.checkpoint import LoadedModel, load_checkpoint_state, load_model
+from vstmon.model.checkpoint import load_checkpoint_state, load_model
 from vstmon.model.labels import load_labels
 from vstmon.model.presets import PRESETS, SwinConfig, get_preset
 from vstmon.model.swin3d import SwinTransformer3D, VideoSwin, build_model
 
 __all__ = [
     "PRESETS",
-    "LoadedModel",
     "SwinConfig",
     "SwinTransformer3D",
     "VideoSwin",
