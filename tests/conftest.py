@@ -21,8 +21,10 @@ def reference_dir() -> Path | None:
 def reference() -> Path:
     path = reference_dir()
     if path is None:
-        pytest.skip("reference fixtures not found: expected ../shared/reference beside the repo "
-                    "(or set VSTMON_REFERENCE_DIR)")
+        pytest.skip(
+            "reference fixtures not found: expected ../shared/reference beside the repo "
+            "(or set VSTMON_REFERENCE_DIR)"
+        )
     return path
 
 

@@ -53,7 +53,9 @@ class ModelConfig(_Strict):
     labels: str = Field("kinetics400", description="kinetics400, sthv2 or a path to a one-name-per-line file")
     device: str | list[str] = Field("auto", description="auto|cpu|cuda|cuda:N or a list of devices")
     precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
-    num_classes: int | None = Field(None, ge=1, description="only needed for untrained weights or bare backbones")
+    num_classes: int | None = Field(
+        None, ge=1, description="only needed for untrained weights or bare backbones"
+    )
 
     @field_validator("device")
     @classmethod
@@ -119,14 +121,18 @@ class StreamConfig(_Strict):
     open_timeout_s: PositiveFloat = 5.0
     read_timeout_s: PositiveFloat = 3.0
     stall_timeout_s: PositiveFloat = 5.0
-    buffer_s: PositiveFloat | None = Field(None, description="ring buffer length; default fits one clip + 1 s")
+    buffer_s: PositiveFloat | None = Field(
+        None, description="ring buffer length; default fits one clip + 1 s"
+    )
     reconnect: ReconnectConfig = ReconnectConfig()
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
         if not _NAME_RE.match(value):
-            raise ValueError(f"stream name {value!r} must be 1-64 of A-Z a-z 0-9 _ . - (it is used in topics)")
+            raise ValueError(
+                f"stream name {value!r} must be 1-64 of A-Z a-z 0-9 _ . - (it is used in topics)"
+            )
         return value
 
     @field_validator("url", mode="before")
@@ -145,7 +151,9 @@ class SceneChangeConfig(_Strict):
 class ResetConfig(_Strict):
     scene_change: SceneChangeConfig = SceneChangeConfig()
     idle_s: PositiveFloat | None = Field(None, description="reset after this long without motion")
-    idle_motion_threshold: float = Field(2.0, ge=0, description="mean abs pixel difference that counts as motion")
+    idle_motion_threshold: float = Field(
+        2.0, ge=0, description="mean abs pixel difference that counts as motion"
+    )
     on_reconnect: bool = True
 
 
