@@ -55,7 +55,7 @@ def test_stream_name_must_be_topic_safe() -> None:
 
 
 def test_bad_device_rejected() -> None:
-    with pytest.raises(ConfigError, match="model.device"):
+    with pytest.raises(ConfigError, match=r"model\.device"):
         parse_config({"model": {"device": "gpu0"}})
     assert parse_config({"model": {"device": ["cuda:0", "cuda:1"]}}).model.device == ["cuda:0", "cuda:1"]
 
