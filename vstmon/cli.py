@@ -24,15 +24,17 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only ``command``'s module is imported (all of them when None)."""
     parser = argparse.ArgumentParser(prog="vstmon", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"vstmon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in _COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
-        module = importlib.import_module(module_name)
-        module.add_arguments(sub_parser)
-        sub_parser.set_defaults(_module=module)
+        if command is None or name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub_parser)
+            sub_parser.set_defaults(_module=module)
     return parser
 
 
@@ -41,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     # `vstmon --config x.yaml` means `vstmon run --config x.yaml`
     if argv and argv[0] not in _COMMANDS and argv[0] not in ("-h", "--help", "--version"):
         argv.insert(0, "run")
-    parser = build_parser()
+    command = argv[0] if argv and argv[0] in _COMMANDS else ""
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
