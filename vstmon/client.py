@@ -1,0 +1,521 @@
+"""A small client for the daemon's messages: typed parsing, a gap-reporting ``Subscriber``, and ``vstmon listen``.
+
+Formats: docs/PROTOCOL.md. ``parse_message`` accepts any schema version-1 message and ignores fields it does not
+know (new fields are added without bumping ``v``); a message with another ``v`` is an error.
+
+``vstmon listen ENDPOINT [--topic PREFIX ...] [--count N] [--timeout-s S]`` prints one compact JSON object per
+line: ``{"topic": <topic>, **message}`` (the message's own fields, unchanged, after the topic). Gaps in a stream's
+``seq`` are reported on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from vstmon.errors import VstmonError
+
+__all__ = [
+    "ClipInfo",
+    "DaemonStatus",
+    "Gap",
+    "LabelMessage",
+    "Message",
+    "MessageError",
+    "ResetMessage",
+    "Score",
+    "SegmentLabel",
+    "SegmentMessage",
+    "StatusMessage",
+    "Subscriber",
+    "add_arguments",
+    "parse_message",
+    "run",
+]
+
+SCHEMA_VERSION = 1
+
+
+class MessageError(VstmonError):
+    """A received message does not follow the protocol (the message says which field and why)."""
+
+
+# -- typed messages ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Score:
+    """One entry of a top-k list."""
+
+    label: str
+    index: int
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClipInfo:
+    """The frames a label was computed from."""
+
+    start_ts: float
+    end_ts: float
+    first_frame: int
+    last_frame: int
+    frames: int
+
+
+@dataclass(frozen=True, slots=True)
+class LabelMessage:
+    """``label.<stream>``: the classification of one clip."""
+
+    topic: str
+    v: int
+    ts: float
+    stream: str
+    seq: int
+    segment: int
+    subject: str | None
+    clip: ClipInfo
+    top: tuple[Score, ...]
+    smoothed: tuple[Score, ...]
+    latency_ms: float
+    model: str
+    untrained: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ResetMessage:
+    """``reset.<stream>``: a new segment started."""
+
+    topic: str
+    v: int
+    ts: float
+    stream: str
+    seq: int
+    segment: int
+    previous_segment: int
+    subject: str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentLabel:
+    """Per-label statistics of a closed segment."""
+
+    label: str
+    index: int
+    clips: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentMessage:
+    """``segment.<stream>``: summary of a closed segment."""
+
+    topic: str
+    v: int
+    ts: float
+    stream: str
+    seq: int
+    segment: int
+    subject: str | None
+    start_ts: float
+    end_ts: float
+    clips: int
+    labels: tuple[SegmentLabel, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StatusMessage:
+    """``status.<stream>``: the source's state and counters."""
+
+    topic: str
+    v: int
+    ts: float
+    stream: str
+    seq: int
+    state: str
+    reason: str
+    fps_in: float
+    frames_dropped: int
+    clips_dropped: int
+    reconnects: int
+    clips: int
+
+
+@dataclass(frozen=True, slots=True)
+class DaemonStatus:
+    """``status``: the daemon's heartbeat."""
+
+    topic: str
+    v: int
+    ts: float
+    uptime_s: float
+    device: tuple[str, ...]
+    model: str
+    streams: Mapping[str, Any] = field(default_factory=dict)
+
+
+Message = LabelMessage | ResetMessage | SegmentMessage | StatusMessage | DaemonStatus
+
+
+# -- parsing ----------------------------------------------------------------------------------------------------
+class _Fields:
+    """Typed access to one JSON object; errors name the topic and the field path."""
+
+    def __init__(self, data: Mapping[str, Any], where: str) -> None:
+        self.data = data
+        self.where = where
+
+    def _get(self, name: str) -> Any:
+        if name not in self.data:
+            raise MessageError(f"{self.where}: missing field {name!r}")
+        return self.data[name]
+
+    def _fail(self, name: str, expected: str, value: Any) -> MessageError:
+        return MessageError(f"{self.where}: field {name!r} must be {expected}, got {type(value).__name__}")
+
+    def text(self, name: str) -> str:
+        value = self._get(name)
+        if not isinstance(value, str):
+            raise self._fail(name, "a string", value)
+        return value
+
+    def opt_text(self, name: str) -> str | None:
+        value = self._get(name)
+        if value is not None and not isinstance(value, str):
+            raise self._fail(name, "a string or null", value)
+        return value
+
+    def integer(self, name: str) -> int:
+        value = self._get(name)
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self._fail(name, "an integer", value)
+        return value
+
+    def number(self, name: str) -> float:
+        value = self._get(name)
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise self._fail(name, "a number", value)
+        return float(value)
+
+    def obj(self, name: str) -> _Fields:
+        value = self._get(name)
+        if not isinstance(value, dict):
+            raise self._fail(name, "an object", value)
+        return _Fields(value, f"{self.where}.{name}")
+
+    def objs(self, name: str) -> list[_Fields]:
+        value = self._get(name)
+        if not isinstance(value, list):
+            raise self._fail(name, "a list", value)
+        out = []
+        for i, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise MessageError(f"{self.where}.{name}[{i}]: must be an object, got {type(item).__name__}")
+            out.append(_Fields(item, f"{self.where}.{name}[{i}]"))
+        return out
+
+
+def _scores(fields: _Fields, name: str) -> tuple[Score, ...]:
+    return tuple(Score(f.text("label"), f.integer("index"), f.number("score")) for f in fields.objs(name))
+
+
+def _decode(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    if isinstance(topic, bytes):
+        try:
+            topic = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MessageError(f"topic {topic[:40]!r} is not UTF-8") from None
+    if isinstance(body, Mapping):
+        return topic, dict(body)
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise MessageError(f"{topic}: body is not UTF-8") from None
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise MessageError(f"{topic}: body is not valid JSON ({error.msg} at position {error.pos})") from None
+    if not isinstance(data, dict):
+        raise MessageError(f"{topic}: body must be a JSON object, got {type(data).__name__}")
+    return topic, data
+
+
+def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> Message:
+    """Parse one message (its two frames) into a typed object; raises ``MessageError`` naming the problem."""
+    topic, data = _decode(topic, body)
+    f = _Fields(data, topic)
+    kind, _, topic_stream = topic.partition(".")
+    version = f.integer("v")
+    if version != SCHEMA_VERSION:
+        raise MessageError(f"{topic}: schema version {version} is not supported (this client reads v=1)")
+    msg_type = f.text("type")
+    if msg_type != kind:
+        raise MessageError(f"{topic}: type {msg_type!r} does not match the topic")
+    ts = f.number("ts")
+    if kind == "status" and not topic_stream:
+        streams = f.obj("streams").data
+        device = data.get("device")
+        if isinstance(device, str):
+            device = [device]
+        if not isinstance(device, list) or not all(isinstance(d, str) for d in device):
+            raise MessageError(f"{topic}: field 'device' must be a list of strings")
+        return DaemonStatus(
+            topic, version, ts, f.number("uptime_s"), tuple(device), f.text("model"), dict(streams)
+        )
+    if not topic_stream:
+        raise MessageError(f"{topic}: a {kind!r} topic must name a stream ({kind}.<stream>)")
+    stream, seq = f.text("stream"), f.integer("seq")
+    if stream != topic_stream:
+        raise MessageError(f"{topic}: stream {stream!r} does not match the topic")
+    if kind == "label":
+        clip = f.obj("clip")
+        untrained = data.get("untrained", False)
+        if not isinstance(untrained, bool):
+            raise MessageError(f"{topic}: field 'untrained' must be a boolean")
+        return LabelMessage(
+            topic,
+            version,
+            ts,
+            stream,
+            seq,
+            segment=f.integer("segment"),
+            subject=f.opt_text("subject"),
+            clip=ClipInfo(
+                clip.number("start_ts"),
+                clip.number("end_ts"),
+                clip.integer("first_frame"),
+                clip.integer("last_frame"),
+                clip.integer("frames"),
+            ),
+            top=_scores(f, "top"),
+            smoothed=_scores(f, "smoothed"),
+            latency_ms=f.number("latency_ms"),
+            model=f.text("model"),
+            untrained=untrained,
+        )
+    if kind == "reset":
+        return ResetMessage(
+            topic,
+            version,
+            ts,
+            stream,
+            seq,
+            segment=f.integer("segment"),
+            previous_segment=f.integer("previous_segment"),
+            subject=f.opt_text("subject"),
+            reason=f.text("reason"),
+        )
+    if kind == "segment":
+        labels = tuple(
+            SegmentLabel(g.text("label"), g.integer("index"), g.integer("clips"), g.number("seconds"))
+            for g in f.objs("labels")
+        )
+        return SegmentMessage(
+            topic,
+            version,
+            ts,
+            stream,
+            seq,
+            segment=f.integer("segment"),
+            subject=f.opt_text("subject"),
+            start_ts=f.number("start_ts"),
+            end_ts=f.number("end_ts"),
+            clips=f.integer("clips"),
+            labels=labels,
+        )
+    if kind == "status":
+        return StatusMessage(
+            topic,
+            version,
+            ts,
+            stream,
+            seq,
+            state=f.text("state"),
+            reason=f.text("reason"),
+            fps_in=f.number("fps_in"),
+            frames_dropped=f.integer("frames_dropped"),
+            clips_dropped=f.integer("clips_dropped"),
+            reconnects=f.integer("reconnects"),
+            clips=f.integer("clips"),
+        )
+    raise MessageError(f"{topic}: unknown message type {kind!r}")
+
+
+# -- subscriber -------------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Messages ``first_seq..last_seq`` (inclusive) of ``stream`` were not received."""
+
+    stream: str
+    first_seq: int
+    last_seq: int
+
+    @property
+    def missing(self) -> int:
+        return self.last_seq - self.first_seq + 1
+
+
+class Subscriber:
+    """A SUB socket connected to ``endpoint``, yielding typed messages and tracking ``seq`` gaps per stream.
+
+    Iterating yields messages until none arrives for ``timeout_s`` (``None`` = wait forever). Malformed or
+    unknown messages are skipped and counted in ``malformed`` (the last error in ``last_error``). ``gaps``
+    counts gap events, ``missing`` the messages lost, ``gap_log`` keeps the last 1000 ``Gap``s. A ``seq``
+    that does not increase means the daemon restarted: tracking restarts (counted in ``restarts``).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        topics: tuple[str, ...] | list[str] = ("",),
+        timeout_s: float | None = None,
+        context: zmq.Context | None = None,
+        rcvhwm: int = 100_000,
+    ) -> None:
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self._context = context if context is not None else zmq.Context.instance()
+        self._socket = self._context.socket(zmq.SUB)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        for topic in topics or ("",):
+            self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
+        try:
+            self._socket.connect(endpoint)
+        except zmq.ZMQError as error:
+            self._socket.close(linger=0)
+            raise VstmonError(f"cannot connect to {endpoint}: {error}") from None
+        self._last_seq: dict[str, int] = {}
+        self.received = 0
+        self.gaps = 0
+        self.missing = 0
+        self.restarts = 0
+        self.malformed = 0
+        self.last_error: str | None = None
+        self.gap_log: deque[Gap] = deque(maxlen=1000)
+
+    def recv_raw(self, timeout_s: float | None = -1.0) -> tuple[str, dict[str, Any], list[Gap]] | None:
+        """Next ``(topic, message dict, new gaps)``; None after ``timeout_s`` (default: the instance's)."""
+        timeout = self.timeout_s if timeout_s == -1.0 else timeout_s
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self._socket.poll(wait_ms, zmq.POLLIN):
+                return None
+            frames = self._socket.recv_multipart()
+            try:
+                if len(frames) != 2:
+                    raise MessageError(f"expected 2 frames (topic, JSON), got {len(frames)}")
+                topic, data = _decode(frames[0], frames[1])
+            except MessageError as error:
+                self.malformed += 1
+                self.last_error = str(error)
+                continue
+            self.received += 1
+            return topic, data, self._track(data)
+
+    def recv(self, timeout_s: float | None = -1.0) -> Message | None:
+        """Next typed message; None after ``timeout_s`` (default: the instance's)."""
+        while True:
+            raw = self.recv_raw(timeout_s)
+            if raw is None:
+                return None
+            try:
+                return parse_message(raw[0], raw[1])
+            except MessageError as error:
+                self.malformed += 1
+                self.last_error = str(error)
+
+    def __iter__(self) -> Iterator[Message]:
+        while (message := self.recv()) is not None:
+            yield message
+
+    def _track(self, data: Mapping[str, Any]) -> list[Gap]:
+        stream, seq = data.get("stream"), data.get("seq")
+        if not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool):
+            return []
+        last = self._last_seq.get(stream)
+        self._last_seq[stream] = seq
+        if last is None:
+            return []
+        if seq <= last:
+            self.restarts += 1
+            return []
+        if seq == last + 1:
+            return []
+        gap = Gap(stream, last + 1, seq - 1)
+        self.gaps += 1
+        self.missing += gap.missing
+        self.gap_log.append(gap)
+        return [gap]
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# -- vstmon listen ----------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "endpoint", metavar="ENDPOINT", help="the daemon's PUB address, e.g. tcp://127.0.0.1:5556"
+    )
+    parser.add_argument(
+        "--topic",
+        action="append",
+        default=None,
+        metavar="PREFIX",
+        help="only topics starting with PREFIX (repeatable; e.g. label, label.cam1, status); default all",
+    )
+    parser.add_argument("--count", type=int, default=None, metavar="N", help="exit after N messages")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=None,
+        metavar="S",
+        help="exit when no message arrives for S seconds (exit code 1 if --count was not reached)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print messages as JSON lines; 0 on success, 1 when --timeout-s expired before --count messages."""
+    if args.count is not None and args.count < 1:
+        raise VstmonError(f"--count must be >= 1, got {args.count}")
+    if args.timeout_s is not None and args.timeout_s <= 0:
+        raise VstmonError(f"--timeout-s must be > 0, got {args.timeout_s}")
+    printed = 0
+    with Subscriber(args.endpoint, tuple(args.topic or ("",)), timeout_s=args.timeout_s) as subscriber:
+        while args.count is None or printed < args.count:
+            raw = subscriber.recv_raw()
+            if raw is None:
+                if args.count is not None:
+                    print(
+                        f"vstmon listen: no message for {args.timeout_s} s; got {printed} of {args.count}",
+                        file=sys.stderr,
+                    )
+                    return 1
+                return 0
+            topic, data, gaps = raw
+            for gap in gaps:
+                print(
+                    f"vstmon listen: gap on stream {gap.stream}: missing seq {gap.first_seq}..{gap.last_seq}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            data.pop("topic", None)
+            sys.stdout.write(json.dumps({"topic": topic, **data}, separators=(",", ":")) + "\n")
+            sys.stdout.flush()
+            printed += 1
+    return 0

@@ -1,0 +1,87 @@
+"""``vstmon ctl ENDPOINT reset STREAM [--subject ID]`` and ``vstmon ctl ENDPOINT status``.
+
+Sends one request to the daemon's control socket (docs/PROTOCOL.md), prints the reply as one JSON line and
+exits 0 when the reply says ``"ok": true``, 1 otherwise. No reply within ``--timeout-s`` is a clear error
+(exit code 2), never a hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import zmq
+
+from vstmon.errors import VstmonError
+
+__all__ = ["add_arguments", "request", "run"]
+
+DEFAULT_TIMEOUT_S = 5.0
+
+
+def request(endpoint: str, payload: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """Send one control request and return the reply object; ``VstmonError`` when no valid reply comes."""
+    context = zmq.Context.instance()
+    socket = context.socket(zmq.REQ)
+    timeout_ms = max(1, int(timeout_s * 1000))
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.SNDTIMEO, timeout_ms)
+    socket.setsockopt(zmq.RCVTIMEO, timeout_ms)
+    try:
+        try:
+            socket.connect(endpoint)
+        except zmq.ZMQError as error:
+            raise VstmonError(f"cannot connect to control endpoint {endpoint}: {error}") from None
+        try:
+            socket.send(json.dumps(payload, separators=(",", ":")).encode())
+            reply_bytes = socket.recv()
+        except zmq.Again:
+            raise VstmonError(
+                f"no reply from {endpoint} within {timeout_s:g} s "
+                "(is the daemon running, and is publish.control set to this address?)"
+            ) from None
+        except zmq.ZMQError as error:
+            raise VstmonError(f"control request to {endpoint} failed: {error}") from None
+    finally:
+        socket.close(linger=0)
+    try:
+        reply = json.loads(reply_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise VstmonError(
+            f"{endpoint} answered with something that is not JSON: {reply_bytes[:80]!r}"
+        ) from None
+    if not isinstance(reply, dict):
+        raise VstmonError(f"{endpoint} answered with JSON that is not an object: {reply!r:.80}")
+    return reply
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "endpoint", metavar="ENDPOINT", help="the daemon's control address, e.g. tcp://127.0.0.1:5557"
+    )
+    parser.add_argument(
+        "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="give up after S seconds"
+    )
+    actions = parser.add_subparsers(dest="ctl_command", metavar="ACTION", required=True)
+    reset = actions.add_parser(
+        "reset", help="start a new segment on a stream (optionally naming the subject)"
+    )
+    reset.add_argument("stream", metavar="STREAM")
+    reset.add_argument("--subject", default=None, metavar="ID", help="id of the new subject")
+    actions.add_parser("status", help="print the daemon's stream states")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.timeout_s <= 0:
+        raise VstmonError(f"--timeout-s must be > 0, got {args.timeout_s}")
+    payload: dict[str, Any] = {"cmd": args.ctl_command}
+    if args.ctl_command == "reset":
+        payload["stream"] = args.stream
+        if args.subject is not None:
+            payload["subject"] = args.subject
+    reply = request(args.endpoint, payload, args.timeout_s)
+    sys.stdout.write(json.dumps(reply, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+    return 0 if reply.get("ok") is True else 1
