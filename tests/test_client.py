@@ -1,0 +1,284 @@
+"""Client: typed parsing of every message type, gap detection, and `vstmon listen` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO_ROOT, free_port
+from vstmon.client import (
+    DaemonStatus,
+    LabelMessage,
+    MessageError,
+    ResetMessage,
+    SegmentMessage,
+    StatusMessage,
+    Subscriber,
+    parse_message,
+)
+from vstmon.config import PublishConfig, SmoothingConfig
+from vstmon.publish import Publisher
+from vstmon.state import StreamState, daemon_status_payload, stream_status_payload
+from vstmon.types import Clip, ClipResult
+
+
+def _capture_real_messages() -> list[tuple[str, dict]]:
+    """Messages exactly as the real StreamState + Publisher envelope produce them (no sockets needed)."""
+    out: list[tuple[str, dict]] = []
+    seqs: dict[str, int] = {}
+
+    def publish(topic: str, payload: dict) -> None:
+        kind, _, stream = topic.partition(".")
+        body = {**payload, "v": 1, "type": kind, "ts": 1.7e9}
+        if stream:
+            seqs[stream] = seqs.get(stream, 0) + 1
+            body.update(stream=stream, seq=seqs[stream])
+        out.append((topic, json.loads(json.dumps(body))))
+
+    state = StreamState("cam1", SmoothingConfig(), ["a", "b", "c"], 2, "m1", untrained=True, publish=publish)
+    clip = Clip("cam1", 0, np.zeros((4, 8, 8, 3), np.uint8), 0, 6, 1.0, 2.0, 0.0, 1.0, 0.0)
+    state.accept_clip(clip)
+    state.on_result(ClipResult(clip, np.array([0.2, 0.7, 0.1], np.float32)))
+    state.reset("control", subject="p-1")
+    publish("status.cam1", stream_status_payload("streaming", "opened", 25.0, 0, 1, 2, 3))
+    publish("status", daemon_status_payload(3.5, ["cpu"], "m1", {"cam1": {"state": "streaming"}}))
+    return out
+
+
+def test_parse_every_message_type() -> None:
+    label, segment, reset, status, daemon = (
+        parse_message(t, json.dumps(b)) for t, b in _capture_real_messages()
+    )
+    assert isinstance(label, LabelMessage)
+    assert (label.stream, label.seq, label.segment, label.subject, label.model) == ("cam1", 1, 1, None, "m1")
+    assert label.untrained is True
+    assert label.clip.frames == 4 and label.clip.last_frame == 6 and label.clip.end_ts == 2.0
+    assert [s.label for s in label.top] == ["b", "a"] and label.top[0].score == pytest.approx(0.7)
+    assert label.smoothed == label.top
+    assert isinstance(segment, SegmentMessage)
+    assert segment.segment == 1 and segment.clips == 1 and segment.labels[0].label == "b"
+    assert segment.labels[0].seconds == pytest.approx(1.0)
+    assert isinstance(reset, ResetMessage)
+    assert (reset.segment, reset.previous_segment, reset.subject, reset.reason) == (2, 1, "p-1", "control")
+    assert isinstance(status, StatusMessage)
+    assert (status.state, status.fps_in, status.clips_dropped, status.reconnects, status.seq) == (
+        "streaming",
+        25.0,
+        1,
+        2,
+        4,
+    )
+    assert isinstance(daemon, DaemonStatus)
+    assert (
+        daemon.device == ("cpu",)
+        and daemon.uptime_s == 3.5
+        and daemon.streams["cam1"]["state"] == "streaming"
+    )
+
+
+def test_parse_accepts_bytes_and_ignores_unknown_fields() -> None:
+    topic, body = _capture_real_messages()[2]
+    body["new_field_in_a_later_release"] = [1, 2]
+    message = parse_message(topic.encode(), json.dumps(body).encode())
+    assert isinstance(message, ResetMessage)
+
+
+@pytest.mark.parametrize(
+    ("topic", "mutate", "error"),
+    [
+        ("reset.cam1", lambda b: b.pop("segment"), "missing field 'segment'"),
+        ("reset.cam1", lambda b: b.update(segment="2"), "'segment' must be an integer"),
+        ("reset.cam1", lambda b: b.update(v=2), "schema version 2"),
+        ("reset.cam1", lambda b: b.update(type="label"), "does not match the topic"),
+        ("reset.cam1", lambda b: b.update(stream="cam2"), "stream 'cam2' does not match"),
+        ("reset.cam1", lambda b: b.update(subject=5), "'subject' must be a string or null"),
+        ("reset.cam1", lambda b: b.update(seq=True), "'seq' must be an integer"),
+    ],
+)
+def test_malformed_fields_are_clear_errors(topic, mutate, error) -> None:
+    body = dict(next(b for t, b in _capture_real_messages() if t == topic))
+    mutate(body)
+    with pytest.raises(MessageError, match=error.replace("(", r"\(")):
+        parse_message(topic, json.dumps(body))
+
+
+def test_malformed_label_fields_name_the_path() -> None:
+    topic, body = _capture_real_messages()[0]
+    body["top"][1]["score"] = "high"
+    with pytest.raises(MessageError, match=r"label.cam1.top\[1\]: field 'score' must be a number"):
+        parse_message(topic, json.dumps(body))
+    body["clip"] = []
+    with pytest.raises(MessageError, match="'clip' must be an object"):
+        parse_message(topic, json.dumps(body))
+
+
+@pytest.mark.parametrize(
+    ("topic", "body", "error"),
+    [
+        ("label.cam1", b"{oops", "not valid JSON"),
+        ("label.cam1", b"[1]", "must be a JSON object"),
+        ("label.cam1", b"\xff", "not UTF-8"),
+        (b"\xff", b"{}", "not UTF-8"),
+        ("label", json.dumps({"v": 1, "type": "label", "ts": 1.0}), "must name a stream"),
+        (
+            "weird.cam1",
+            json.dumps({"v": 1, "type": "weird", "ts": 1.0, "stream": "cam1", "seq": 1}),
+            "unknown",
+        ),
+    ],
+)
+def test_malformed_bodies_are_clear_errors(topic, body, error) -> None:
+    with pytest.raises(MessageError, match=error):
+        parse_message(topic, body)
+
+
+# -- real sockets ------------------------------------------------------------------------------------------------
+@pytest.fixture
+def publisher():
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    pub = Publisher(PublishConfig(endpoints=[endpoint], sndhwm=100_000))
+    yield pub, endpoint
+    pub.close()
+
+
+def _wait_joined(pub: Publisher, sub: Subscriber) -> None:
+    for _ in range(200):
+        pub.publish("status", daemon_status_payload(0.0, "cpu", "probe", {}))
+        if sub.recv(timeout_s=0.02) is not None:
+            break
+    else:
+        raise AssertionError("subscriber never joined")
+    while sub.recv(timeout_s=0.1) is not None:
+        pass
+
+
+def _reset_payload(segment: int) -> dict:
+    return {"segment": segment, "previous_segment": segment - 1, "subject": None, "reason": "control"}
+
+
+def test_subscriber_reports_gaps_per_stream(publisher) -> None:
+    pub, endpoint = publisher
+    with Subscriber(endpoint, ("reset", "status"), timeout_s=2.0) as sub:
+        _wait_joined(pub, sub)
+        # label.cam1 is not subscribed: its seq numbers 3-5 are a real gap for this subscriber
+        plan = [
+            "reset.cam1",
+            "reset.cam1",
+            "label.cam1",
+            "label.cam1",
+            "label.cam1",
+            "reset.cam1",
+            "reset.cam2",
+        ]
+        for topic in plan:
+            pub.publish(topic, _reset_payload(2))
+        received = []
+        while len(received) < 4 and (message := sub.recv()) is not None:
+            received.append(message)
+        assert [(m.stream, m.seq) for m in received] == [("cam1", 1), ("cam1", 2), ("cam1", 6), ("cam2", 1)]
+        assert sub.gaps == 1 and sub.missing == 3
+        assert [(g.stream, g.first_seq, g.last_seq) for g in sub.gap_log] == [("cam1", 3, 5)]
+
+
+def test_seq_going_back_counts_as_a_daemon_restart_not_a_gap(publisher) -> None:
+    _, endpoint = publisher
+    with Subscriber(endpoint, ("reset",), timeout_s=2.0) as sub:
+        sub._track({"stream": "cam1", "seq": 7})
+        assert sub._track({"stream": "cam1", "seq": 1}) == []
+        assert sub.restarts == 1 and sub.gaps == 0
+        assert [(g.first_seq, g.last_seq) for g in sub._track({"stream": "cam1", "seq": 3})] == [(2, 2)]
+
+
+def test_subscriber_counts_malformed_messages_and_keeps_going(publisher) -> None:
+    pub, endpoint = publisher
+    with Subscriber(endpoint, ("",), timeout_s=2.0) as sub:
+        _wait_joined(pub, sub)
+        pub.publish("reset.cam1", {"segment": "not an int"})
+        pub.publish("reset.cam1", _reset_payload(3))
+        message = sub.recv()
+        assert isinstance(message, ResetMessage) and message.segment == 3 and message.seq == 2
+        assert sub.malformed == 1 and "segment" in sub.last_error
+
+
+def test_subscriber_iteration_stops_after_timeout(publisher) -> None:
+    _, endpoint = publisher
+    with Subscriber(endpoint, timeout_s=0.2) as sub:
+        assert list(sub) == []
+
+
+def _feed(pub: Publisher, stop: threading.Event) -> None:
+    n = 0
+    while not stop.wait(0.01):
+        n += 1
+        pub.publish("reset.cam1", _reset_payload(n))
+        pub.publish("status", daemon_status_payload(float(n), "cpu", "m1", {}))
+
+
+def test_listen_cli_prints_json_lines_in_a_subprocess(publisher) -> None:
+    pub, endpoint = publisher
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed, args=(pub, stop))
+    feeder.start()
+    try:
+        env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "vstmon.cli",
+                "listen",
+                endpoint,
+                "--topic",
+                "reset",
+                "--count",
+                "5",
+                "--timeout-s",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            cwd=REPO_ROOT,
+        )
+    finally:
+        stop.set()
+        feeder.join(5)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 5
+    seqs = []
+    for line in lines:
+        obj = json.loads(line)
+        assert obj["topic"] == "reset.cam1"
+        assert next(iter(obj)) == "topic"
+        assert {
+            "v",
+            "type",
+            "ts",
+            "stream",
+            "seq",
+            "segment",
+            "previous_segment",
+            "subject",
+            "reason",
+        } <= set(obj)
+        body = {k: v for k, v in obj.items() if k != "topic"}
+        assert isinstance(parse_message(obj["topic"], body), ResetMessage)
+        seqs.append(obj["seq"])
+    assert seqs == list(range(seqs[0], seqs[0] + 5))
+
+
+def test_listen_cli_times_out_with_exit_code_1(capsys: pytest.CaptureFixture[str]) -> None:
+    from vstmon.cli import main
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    assert main(["listen", endpoint, "--count", "3", "--timeout-s", "0.3"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and "got 0 of 3" in captured.err
