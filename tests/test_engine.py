@@ -1,0 +1,414 @@
+"""Engine: batching across streams, one pending clip per stream, discards, backpressure, lifecycle."""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vstmon.engine import Engine, EnginePool, resolve_devices, resolve_dtype
+from vstmon.types import Clip, ClipResult
+
+torch.set_num_threads(1)
+
+T, S, C = 4, 32, 7  # frames, size_px, classes
+
+
+def _normalize(frames: torch.Tensor) -> torch.Tensor:
+    try:
+        from vstmon.preprocess import normalize_clips
+    except ImportError:  # preprocess not there yet: the same contract, uint8 (N,T,H,W,3) -> float (N,3,T,H,W)
+        return frames.permute(0, 4, 1, 2, 3).float().div(255.0).sub(0.45).div(0.225)
+    return normalize_clips(frames)
+
+
+def _tiny_model() -> nn.Module:
+    try:
+        from vstmon.model import build_model
+        from vstmon.model.presets import SwinConfig
+
+        config = SwinConfig(
+            embed_dim=8,
+            depths=(1, 1, 1, 1),
+            num_heads=(1, 1, 1, 1),
+            window_size=(2, 2, 2),
+            patch_size=(2, 4, 4),
+        )
+        return build_model(config, num_classes=C).eval()
+    except Exception:  # model package not there yet: any (N,3,T,H,W) -> (N,C) module does
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv3d(3, 8, kernel_size=(2, 4, 4), stride=(2, 4, 4)),
+            nn.GELU(),
+            nn.AdaptiveAvgPool3d(1),
+            nn.Flatten(),
+            nn.Linear(8, C),
+        ).eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return _tiny_model()
+
+
+def make_clip(stream: str, seed: int, segment: int = 1) -> Clip:
+    rng = np.random.default_rng(seed)
+    frames = rng.integers(0, 256, size=(T, S, S, 3), dtype=np.uint8)
+    return Clip(
+        stream=stream,
+        generation=0,
+        frames=frames,
+        first_frame=seed,
+        last_frame=seed + T - 1,
+        start_ts=0.0,
+        end_ts=1.0,
+        start_stream_s=0.0,
+        end_stream_s=1.0,
+        ready_mono_s=time.monotonic(),
+        segment=segment,
+    )
+
+
+def reference_probs(model: nn.Module, clips: list[Clip]) -> np.ndarray:
+    with torch.inference_mode():
+        x = _normalize(torch.from_numpy(np.stack([c.frames for c in clips])))
+        return torch.softmax(model(x).float(), dim=-1).numpy()
+
+
+class Collector:
+    """A result callback that records results; optionally blocks the engine thread until released."""
+
+    def __init__(self, hold: bool = False) -> None:
+        self.results: list[ClipResult] = []
+        self.cond = threading.Condition()
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def __call__(self, result: ClipResult) -> None:
+        self.entered.set()
+        self.release.wait(10)
+        with self.cond:
+            self.results.append(result)
+            self.cond.notify_all()
+
+    def wait_for(self, count: int, timeout_s: float = 10.0) -> list[ClipResult]:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.results) >= count, timeout_s), (
+                f"{len(self.results)} of {count} results"
+            )
+            return list(self.results)
+
+
+@pytest.fixture
+def engines():
+    started: list[Engine] = []
+    yield started
+    for engine in started:
+        engine.stop()
+        assert engine.join(5)
+
+
+def start_engine(engines, model, on_result, max_batch=4, max_wait_ms=0.0) -> Engine:
+    engine = Engine(model, "cpu", "auto", max_batch, max_wait_ms, on_result, normalize=_normalize)
+    engine.start()
+    engines.append(engine)
+    return engine
+
+
+def test_results_equal_the_model_run_directly(engines, model):
+    collector = Collector()
+    engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=200)
+    clips = [make_clip(f"s{i}", seed=i) for i in range(4)]
+    for clip in clips:
+        assert engine.submit(clip)
+    results = collector.wait_for(4)
+    expected = reference_probs(model, clips)
+    by_stream = {r.clip.stream: r for r in results}
+    for i, clip in enumerate(clips):
+        probs = by_stream[clip.stream].probs
+        assert probs.dtype == np.float32 and probs.shape == (C,)
+        np.testing.assert_allclose(probs, expected[i], atol=1e-5)
+        assert abs(float(probs.sum()) - 1.0) < 1e-5
+
+
+def test_batches_gather_clips_across_streams(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, model, collector, max_batch=8, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    assert collector.entered.wait(10)  # the engine thread is now held inside the callback
+    for i in range(4):
+        engine.submit(make_clip(f"cam{i}", seed=i))
+    collector.release.set()
+    results = collector.wait_for(5)
+    assert results[0].batch_size == 1
+    assert {r.clip.stream for r in results[1:]} == {"cam0", "cam1", "cam2", "cam3"}
+    assert all(r.batch_size == 4 for r in results[1:])
+    stats = engine.stats()
+    assert stats["batches"] == 2 and stats["clips"] == 5
+    assert stats["mean_batch_size"] == pytest.approx(2.5)
+
+
+def test_max_batch_caps_a_batch_and_oldest_go_first(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, model, collector, max_batch=2, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    assert collector.entered.wait(10)
+    for i in range(5):
+        engine.submit(make_clip(f"cam{i}", seed=i))
+    collector.release.set()
+    results = collector.wait_for(6)
+    assert max(r.batch_size for r in results) == 2
+    assert [r.clip.stream for r in results[1:]] == ["cam0", "cam1", "cam2", "cam3", "cam4"]
+
+
+def test_a_newer_clip_replaces_the_pending_one_and_is_counted(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
+    engine.submit(make_clip("cam", seed=0))
+    assert collector.entered.wait(10)
+    for seed in (1, 2, 3):
+        assert engine.submit(make_clip("cam", seed=seed))
+    assert engine.pending_count() == 1
+    collector.release.set()
+    results = collector.wait_for(2)
+    time.sleep(0.1)
+    assert [r.clip.first_frame for r in collector.results] == [0, 3]
+    assert engine.stats()["clips_dropped"] == {"cam": 2}
+    assert engine.clips_dropped("cam") == 2
+    assert results[1].batch_size == 1
+
+
+def test_discard_drops_pending_clips_of_older_segments(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    assert collector.entered.wait(10)
+    engine.submit(make_clip("cam", seed=1, segment=1))
+    engine.submit(make_clip("other", seed=2, segment=1))
+    assert engine.discard("cam", before_segment=2) == 1
+    assert not engine.submit(make_clip("cam", seed=3, segment=1))  # late clip of the old segment: refused
+    assert engine.submit(make_clip("cam", seed=4, segment=2))
+    collector.release.set()
+    collector.wait_for(3)
+    time.sleep(0.1)
+    assert sorted((r.clip.stream, r.clip.first_frame) for r in collector.results) == [
+        ("busy", 100),
+        ("cam", 4),
+        ("other", 2),
+    ]
+    assert engine.stats()["clips_discarded"] == 2
+
+
+def test_results_of_a_discarded_segment_in_flight_are_not_delivered(engines, model):
+    in_callback = threading.Event()
+    release = threading.Event()
+    delivered: list[tuple[str, int]] = []
+
+    def on_result(result: ClipResult) -> None:
+        if result.clip.stream == "x":  # first of the batch: hold the batch in flight
+            in_callback.set()
+            release.wait(10)
+        delivered.append((result.clip.stream, result.clip.segment))
+
+    engine = start_engine(engines, model, on_result, max_batch=2, max_wait_ms=2000)
+    engine.submit(make_clip("x", seed=1))
+    engine.submit(make_clip("cam", seed=2, segment=1))  # same batch, after "x"
+    assert in_callback.wait(10)
+    engine.discard("cam", before_segment=2)  # reset while its clip is in flight
+    release.set()
+    engine.submit(make_clip("cam", seed=3, segment=2))
+    deadline = time.monotonic() + 10
+    while len(delivered) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert delivered == [("x", 1), ("cam", 2)]
+    assert engine.stats()["clips_discarded"] == 1
+
+
+def test_block_true_waits_for_the_slot(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
+    engine.submit(make_clip("cam", seed=0))
+    assert collector.entered.wait(10)
+    assert engine.submit(make_clip("cam", seed=1), block=True)  # slot was free (clip 0 is in flight)
+    assert not engine.submit(make_clip("cam", seed=2), block=True, timeout_s=0.2)  # slot busy: times out
+    done = threading.Event()
+    accepted: list[bool] = []
+
+    def producer() -> None:
+        accepted.append(engine.submit(make_clip("cam", seed=3), block=True, timeout_s=10))
+        done.set()
+
+    thread = threading.Thread(target=producer)
+    thread.start()
+    assert not done.wait(0.2)  # still blocked while the engine is held
+    collector.release.set()
+    assert done.wait(10)
+    thread.join(5)
+    results = collector.wait_for(3)
+    assert accepted == [True]
+    assert [r.clip.first_frame for r in results] == [0, 1, 3]
+    assert engine.stats()["clips_dropped"] == {}  # nothing lost when blocking
+
+
+def test_block_true_returns_false_on_stop(model):
+    collector = Collector(hold=True)
+    engine = Engine(model, "cpu", "fp32", 4, 0, collector, normalize=_normalize)
+    engine.start()
+    engine.submit(make_clip("cam", seed=0))
+    assert collector.entered.wait(10)
+    engine.submit(make_clip("cam", seed=1))
+    result: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: result.append(engine.submit(make_clip("cam", seed=2), block=True))
+    )
+    thread.start()
+    time.sleep(0.1)
+    engine.stop()
+    thread.join(5)
+    assert result == [False]
+    collector.release.set()
+    assert engine.join(5)
+
+
+def test_stop_joins_the_worker_thread(model):
+    before = {t.ident for t in threading.enumerate()}
+    engine = Engine(model, "cpu", "fp32", 4, 5, lambda r: None, normalize=_normalize)
+    engine.start()
+    assert engine.running
+    engine.submit(make_clip("cam", seed=0))
+    engine.stop()
+    assert engine.join(5)
+    assert not engine.running
+    assert {t.ident for t in threading.enumerate()} <= before
+    assert not engine.submit(make_clip("cam", seed=1))  # stopped engines refuse clips
+
+
+def test_a_raising_callback_does_not_kill_the_worker(engines, model):
+    good: list[ClipResult] = []
+
+    def on_result(result: ClipResult) -> None:
+        if result.clip.stream == "bad":
+            raise RuntimeError("callback bug")
+        good.append(result)
+
+    engine = start_engine(engines, model, on_result, max_batch=1)
+    engine.submit(make_clip("bad", seed=0))
+    deadline = time.monotonic() + 10
+    while engine.stats()["callback_errors"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    engine.submit(make_clip("good", seed=1))
+    while not good and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.running
+    assert [r.clip.stream for r in good] == ["good"]
+    assert engine.stats()["callback_errors"] == 1
+
+
+def test_a_clip_of_another_shape_is_refused_with_a_clear_error(engines, model):
+    collector = Collector()
+    engine = start_engine(engines, model, collector, max_batch=1)
+    engine.submit(make_clip("a", seed=0))
+    bad = make_clip("b", seed=1)
+    bad.frames = np.zeros((T, S, S // 2, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="stream b: clip shape"):
+        engine.submit(bad)
+    bad.frames = np.zeros((T, S, S, 3), dtype=np.float32)
+    with pytest.raises(ValueError, match="uint8"):
+        engine.submit(bad)
+    engine.submit(make_clip("c", seed=2))
+    collector.wait_for(2)
+    assert engine.running
+
+
+def test_resolve_device_and_precision():
+    assert resolve_devices("cpu") == [torch.device("cpu")]
+    assert resolve_devices(["cpu", "cpu"]) == [torch.device("cpu")]
+    auto = resolve_devices("auto")[0]
+    assert auto.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_pool_assigns_streams_round_robin_and_shares_one_model_per_device(model):
+    pool = EnginePool(model, ["cpu"], "fp32", 4, 0, lambda r: None, normalize=_normalize)
+    assert pool.assign("a") is pool.assign("b") is pool.engines[0]
+    assert pool.assign("a").model is model
+    pool.start()
+    pool.stop()
+    assert pool.join(5)
+
+
+def test_bf16_autocast_on_cpu_gives_close_probabilities(engines, model):
+    collector = Collector()
+    engine = Engine(model, "cpu", "bf16", 2, 0, collector, normalize=_normalize)
+    engine.start()
+    engines.append(engine)
+    clip = make_clip("cam", seed=3)
+    engine.submit(clip)
+    result = collector.wait_for(1)[0]
+    assert result.probs.dtype == np.float32
+    np.testing.assert_allclose(result.probs, reference_probs(model, [clip])[0], atol=5e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["auto", "fp16", "bf16", "fp32"])
+def test_gpu_precisions_and_pinned_staging(model, precision):
+    collector = Collector()
+    engine = Engine(copy.deepcopy(model), "cuda", precision, 4, 50, collector, normalize=_normalize)
+    engine.start()
+    try:
+        clips = [make_clip(f"s{i}", seed=i) for i in range(4)]
+        for clip in clips:
+            engine.submit(clip)
+        results = collector.wait_for(4)
+        assert engine._host is not None and engine._host.is_pinned()
+        expected = reference_probs(model, clips)
+        by_stream = {r.clip.stream: r.probs for r in results}
+        tol = 1e-4 if precision == "fp32" else 5e-2
+        for i, clip in enumerate(clips):
+            np.testing.assert_allclose(by_stream[clip.stream], expected[i], atol=tol)
+    finally:
+        engine.stop()
+        assert engine.join(10)
+
+
+class _OomAbove(nn.Module):
+    """Wraps a model; raises the out-of-memory error torch raises on CUDA for batches above ``limit``."""
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.limit = limit
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_out_of_memory_splits_the_batch_and_lowers_max_batch(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, _OomAbove(model, limit=2), collector, max_batch=8, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    assert collector.entered.wait(10)
+    clips = [make_clip(f"cam{i}", seed=i) for i in range(5)]
+    for clip in clips:
+        engine.submit(clip)
+    collector.release.set()
+    results = collector.wait_for(6)
+    expected = reference_probs(model, clips)
+    for i, result in enumerate(results[1:]):
+        assert result.clip.stream == f"cam{i}"
+        np.testing.assert_allclose(result.probs, expected[i], atol=1e-5)
+    stats = engine.stats()
+    assert engine.running
+    assert stats["max_batch"] == 2 and stats["oom_splits"] >= 1 and stats["clips_failed"] == 0

@@ -1,0 +1,446 @@
+"""Inference engine: one per device; batches clips across streams and runs the model.
+
+``Engine`` owns the model on its device, its precision and its batching. Stream workers ``submit`` clips;
+each stream has ONE pending slot (a newer clip replaces the older one, counted as dropped), so memory is
+bounded whatever the load. One worker thread gathers pending clips of all streams into a batch (up to
+``max_batch``, waiting up to ``max_wait_ms`` after the oldest pending clip arrived for more), copies their
+frames into a preallocated (pinned, on CUDA) host buffer, moves it to the device asynchronously, normalises on
+the device, runs the model under ``torch.inference_mode()`` and autocast, and hands every clip's fp32 softmax
+probabilities to ``on_result``.
+
+Frame ownership: the engine reads ``clip.frames`` only while holding its lock and only while the clip is
+pending: the staging copy happens at the moment the clip leaves its slot. So once ``submit`` has returned
+and the stream has submitted its *next* clip (or the engine has taken this one), the caller may reuse the
+array; a pool of two arrays per stream is enough (see ``daemon.StreamWorker``).
+
+``EnginePool`` puts one engine (one model copy) on each device and assigns streams round-robin.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vstmon.log import get_logger
+from vstmon.types import Clip, ClipResult
+
+__all__ = ["Engine", "EnginePool", "resolve_devices", "resolve_dtype"]
+
+_log = get_logger("engine")
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_devices(spec: str | Sequence[str]) -> list[torch.device]:
+    """``auto`` -> cuda if available else cpu; ``cuda`` -> cuda:0; a list -> each of them (order kept)."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    devices: list[torch.device] = []
+    for item in items:
+        if item == "auto":
+            device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        elif item == "cuda":
+            device = torch.device("cuda:0")
+        else:
+            device = torch.device(item)
+        if device not in devices:
+            devices.append(device)
+    return devices
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` = bf16 where the GPU supports it, else fp16, on CUDA; fp32 elsewhere."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    try:
+        return _DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"unknown precision {precision!r} (auto, fp32, fp16 or bf16)") from None
+
+
+def _is_oom(error: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+class _Pending:
+    __slots__ = ("clip", "submit_mono_s")
+
+    def __init__(self, clip: Clip, submit_mono_s: float) -> None:
+        self.clip = clip
+        self.submit_mono_s = submit_mono_s
+
+
+class Engine:
+    """One model on one device; batches clips across streams (see the module docstring).
+
+    ``on_result`` is called on the engine thread, once per clip, in batch order; an exception it raises is
+    logged and counted, never fatal. ``normalize`` maps a uint8 (N, T, H, W, 3) tensor on the device to the
+    model's float (N, 3, T, H, W) input (default: ``vstmon.preprocess.normalize_clips``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device,
+        precision: str,
+        max_batch: int,
+        max_wait_ms: float,
+        on_result: Callable[[ClipResult], None],
+        gpu_memory_fraction: float | None = None,
+        compile: bool = False,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.device = resolve_devices(str(device))[0] if isinstance(device, str) else device
+        self.dtype = resolve_dtype(precision, self.device)
+        self.name = name or str(self.device)
+        if normalize is None:
+            from vstmon.preprocess import normalize_clips
+
+            normalize = normalize_clips
+        self._normalize = normalize
+        self._on_result = on_result
+        self.max_batch = int(max_batch)
+        self._max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+        if self.device.type == "cuda" and gpu_memory_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(float(gpu_memory_fraction), self.device)
+        self.model = model.to(self.device).eval()
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        if compile:
+            try:
+                self._forward = torch.compile(self.model)  # type: ignore[assignment]
+            except Exception as error:  # an optional speed-up must never stop the daemon
+                _log.warning("torch.compile failed; running eager", device=self.name, error=str(error))
+        self._autocast = self.dtype != torch.float32
+        # staging: allocated once for the clip shape (first batch), reused for every batch
+        self._host: torch.Tensor | None = None  # (max_batch, T, H, W, 3) uint8, pinned on CUDA
+        self._host_np: np.ndarray | None = None  # numpy view of _host
+        self._clip_shape: tuple[int, ...] | None = None
+
+        self._cond = threading.Condition()
+        self._pending: dict[str, _Pending] = {}
+        self._min_segment: dict[str, int] = {}
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        # counters (written by the engine thread or under the lock; read without it for stats)
+        self.batches = 0
+        self.clips = 0
+        self.errors = 0
+        self.callback_errors = 0
+        self.oom_splits = 0
+        self.clips_failed = 0
+        self.clips_discarded = 0
+        self._dropped: dict[str, int] = {}
+        self.last_batch_s = 0.0
+        self.last_batch_size = 0
+        self.busy_s = 0.0
+        self._batch_size_counts: dict[int, int] = {}
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the worker thread (once)."""
+        if self._thread is not None:
+            return
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the worker to finish its current batch and exit; pending clips are dropped."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        """Wait for the worker thread; True when it has exited."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- producers --------------------------------------------------------------------------------------------
+    def submit(self, clip: Clip, block: bool = False, timeout_s: float | None = None) -> bool:
+        """Queue ``clip`` in its stream's slot; True when queued.
+
+        ``block=False``: an older pending clip of the same stream is replaced (counted in ``clips_dropped``).
+        ``block=True``: wait (up to ``timeout_s``, forever when None) until the slot is free; False on timeout
+        or stop. Clips of a segment already discarded are refused (False).
+        """
+        stream = clip.stream
+        shape = tuple(clip.frames.shape)
+        if clip.frames.dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
+            raise ValueError(
+                f"stream {stream}: a clip must be uint8 (T, H, W, 3), got {clip.frames.dtype} {shape}"
+            )
+        with self._cond:
+            if self._clip_shape is None:
+                self._clip_shape = shape  # every clip must have this shape (one staging buffer)
+            elif shape != self._clip_shape:
+                raise ValueError(
+                    f"stream {stream}: clip shape {shape} differs from the engine's {self._clip_shape}"
+                )
+            if self._stop:
+                return False
+            if clip.segment < self._min_segment.get(stream, 0):
+                self.clips_discarded += 1
+                return False
+            if block and stream in self._pending:
+                deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                while stream in self._pending and not self._stop:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return False
+                    self._cond.wait(remaining)
+                if self._stop:
+                    return False
+                if clip.segment < self._min_segment.get(stream, 0):  # discarded while waiting
+                    self.clips_discarded += 1
+                    return False
+            if stream in self._pending:
+                self._dropped[stream] = self._dropped.get(stream, 0) + 1
+            self._pending[stream] = _Pending(clip, time.monotonic())
+            self._cond.notify_all()
+            return True
+
+    def discard(self, stream: str, before_segment: int) -> int:
+        """Drop ``stream``'s pending clip if its segment is older than ``before_segment``; results of clips
+        of such segments still in flight are not delivered. Returns how many pending clips were dropped."""
+        with self._cond:
+            self._min_segment[stream] = max(self._min_segment.get(stream, 0), int(before_segment))
+            pending = self._pending.get(stream)
+            if pending is not None and pending.clip.segment < before_segment:
+                del self._pending[stream]
+                self.clips_discarded += 1
+                self._cond.notify_all()
+                return 1
+            return 0
+
+    def pending_count(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def clips_dropped(self, stream: str) -> int:
+        return self._dropped.get(stream, 0)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: batches, clips, mean batch size, per-stream drops, last batch latency."""
+        batches = self.batches
+        return {
+            "device": self.name,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "max_batch": self.max_batch,
+            "batches": batches,
+            "clips": self.clips,
+            "mean_batch_size": (self.clips / batches) if batches else 0.0,
+            "batch_sizes": dict(self._batch_size_counts),
+            "clips_dropped": dict(self._dropped),
+            "clips_discarded": self.clips_discarded,
+            "clips_failed": self.clips_failed,
+            "errors": self.errors,
+            "callback_errors": self.callback_errors,
+            "oom_splits": self.oom_splits,
+            "last_batch_s": self.last_batch_s,
+            "last_batch_size": self.last_batch_size,
+            "busy_s": self.busy_s,
+        }
+
+    # -- worker -----------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            clips, host = taken
+            try:
+                self._process(clips, host)
+            except Exception as error:  # never let one batch kill the engine thread
+                self.errors += 1
+                self.clips_failed += len(clips)
+                _log.exception("batch failed", device=self.name, size=len(clips), error=str(error))
+
+    def _take(self) -> tuple[list[Clip], torch.Tensor] | None:
+        """Wait for a batch; copy its frames into the staging buffer (lock held) and free their slots."""
+        with self._cond:
+            while not self._stop:
+                if self._pending:
+                    first_s = min(p.submit_mono_s for p in self._pending.values())
+                    wait_s = first_s + self._max_wait_s - time.monotonic()
+                    if len(self._pending) >= self.max_batch or wait_s <= 0:
+                        break
+                    self._cond.wait(wait_s)
+                else:
+                    self._cond.wait()
+            if self._stop:
+                return None
+            # oldest first, so no stream is starved when more streams are pending than max_batch
+            order = sorted(self._pending.values(), key=lambda p: p.submit_mono_s)[: self.max_batch]
+            clips = [p.clip for p in order]
+            try:
+                host = self._stage(clips)
+            finally:
+                for clip in clips:
+                    del self._pending[clip.stream]
+                self._cond.notify_all()
+            return clips, host
+
+    def _stage(self, clips: list[Clip]) -> torch.Tensor:
+        shape = self._clip_shape or tuple(clips[0].frames.shape)
+        if self._host is None:
+            pin = self.device.type == "cuda"
+            self._host = torch.empty((self.max_batch, *shape), dtype=torch.uint8, pin_memory=pin)
+            self._host_np = self._host.numpy()
+            self._clip_shape = shape
+            _log.debug("staging buffer allocated", device=self.name, shape=list(self._host.shape), pinned=pin)
+        assert self._host_np is not None
+        for i, clip in enumerate(clips):
+            if tuple(clip.frames.shape) != shape:
+                raise ValueError(
+                    f"stream {clip.stream}: clip shape {tuple(clip.frames.shape)} differs from {shape}"
+                )
+            np.copyto(self._host_np[i], clip.frames)
+        return self._host[: len(clips)]
+
+    def _process(self, clips: list[Clip], host: torch.Tensor) -> None:
+        start_s = time.monotonic()
+        probs = self._infer_split(host)
+        elapsed_s = time.monotonic() - start_s
+        if probs is None:
+            self.clips_failed += len(clips)
+            return
+        n = len(clips)
+        self.batches += 1
+        self.clips += n
+        self.last_batch_s = elapsed_s
+        self.last_batch_size = n
+        self.busy_s += elapsed_s
+        self._batch_size_counts[n] = self._batch_size_counts.get(n, 0) + 1
+        for i, clip in enumerate(clips):
+            if clip.segment < self._min_segment.get(clip.stream, 0):
+                self.clips_discarded += 1  # its segment was reset while it was in flight
+                continue
+            try:
+                self._on_result(ClipResult(clip=clip, probs=probs[i], batch_size=n))
+            except Exception as error:
+                self.callback_errors += 1
+                _log.exception(
+                    "result callback failed", device=self.name, stream=clip.stream, error=str(error)
+                )
+
+    def _infer_split(self, host: torch.Tensor) -> np.ndarray | None:
+        """Run ``host`` (n clips); on out-of-memory split it in halves and lower ``max_batch``."""
+        try:
+            return self._infer(host)
+        except Exception as error:
+            if not _is_oom(error):
+                raise
+            n = host.shape[0]
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if n <= 1:
+                _log.error("out of memory on a single clip; clip dropped", device=self.name)
+                self.errors += 1
+                return None
+            half = n // 2
+            self.max_batch = max(1, min(self.max_batch, n - 1))  # below the smallest size that failed
+            self.oom_splits += 1
+            _log.warning(
+                "out of memory: batch split, max_batch lowered",
+                device=self.name,
+                batch=n,
+                max_batch=self.max_batch,
+            )
+            first = self._infer_split(host[:half])
+            second = self._infer_split(host[half:])
+            if first is None or second is None:
+                return None
+            return np.concatenate([first, second], axis=0)
+
+    def _infer(self, host: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            frames = host.to(self.device, non_blocking=True)  # (N, T, H, W, 3) uint8
+            x = self._normalize(frames)  # (N, 3, T, H, W) float
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast):
+                logits = self._forward(x)  # (N, C)
+            probs = torch.softmax(logits.float(), dim=-1)  # (N, C) fp32
+            return probs.cpu().numpy()
+
+
+class EnginePool:
+    """One ``Engine`` per device (one model copy each), streams assigned round-robin."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        devices: Sequence[str | torch.device] | str,
+        precision: str,
+        max_batch: int,
+        max_wait_ms: float,
+        on_result: Callable[[ClipResult], None],
+        gpu_memory_fraction: float | None = None,
+        compile: bool = False,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if isinstance(devices, str):
+            resolved = resolve_devices(devices)
+        else:
+            resolved = [d if isinstance(d, torch.device) else resolve_devices(d)[0] for d in devices]
+        self.engines: list[Engine] = []
+        for i, device in enumerate(resolved):
+            replica = model if i == 0 else copy.deepcopy(model)
+            self.engines.append(
+                Engine(
+                    replica,
+                    device,
+                    precision,
+                    max_batch,
+                    max_wait_ms,
+                    on_result,
+                    gpu_memory_fraction=gpu_memory_fraction,
+                    compile=compile,
+                    normalize=normalize,
+                )
+            )
+        self._assigned: dict[str, Engine] = {}
+
+    @property
+    def devices(self) -> list[str]:
+        return [engine.name for engine in self.engines]
+
+    def assign(self, stream: str) -> Engine:
+        """The engine for ``stream`` (round-robin over devices on first call; fixed afterwards)."""
+        engine = self._assigned.get(stream)
+        if engine is None:
+            engine = self.engines[len(self._assigned) % len(self.engines)]
+            self._assigned[stream] = engine
+        return engine
+
+    def start(self) -> None:
+        for engine in self.engines:
+            engine.start()
+
+    def stop(self) -> None:
+        for engine in self.engines:
+            engine.stop()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        return all([engine.join(timeout_s) for engine in self.engines])
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [engine.stats() for engine in self.engines]
