@@ -1,0 +1,594 @@
+"""Video Swin Transformer (Liu et al., 2021) in torch + einops, numerically equal to the official model.
+
+Module and parameter names follow the official ``SwinTransformer3D`` (SwinTransformer/Video-Swin-Transformer)
+and mmaction's I3D head, so ``VideoSwin.state_dict()`` keys are exactly an official checkpoint's
+(``backbone.*``, ``cls_head.fc_cls.*``). Official behaviours copied on purpose (each one moves the outputs):
+
+* a window no larger than the token grid shrinks to the grid, and the shift in that dimension becomes 0;
+* a shrunken window uses the top-left N x N block of the full window's relative-position index;
+* the shifted-window mask is 0 / -100 over the padded grid, three regions per dimension;
+* the token grid is zero-padded after ``norm1``;
+* patch merging concatenates (h even, w even), (h odd, w even), (h even, w odd), (h odd, w odd);
+* GELU is the exact erf form; the head averages over T, H and W.
+
+Layouts: a video is ``(B, C, D, H, W)`` at the module boundaries and channels-last ``(B, D, H, W, C)`` inside
+the stages; windows are ``(B, nW, N, C)`` with ``N = Wd * Wh * Ww``. No I/O and no logging here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal, overload
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from vstmon.model.presets import PRESETS, SwinConfig, get_preset
+
+__all__ = [
+    "STAGE_NAMES",
+    "BasicLayer",
+    "DropPath",
+    "I3DHead",
+    "Mlp",
+    "PatchEmbed3D",
+    "PatchMerging",
+    "SwinTransformer3D",
+    "SwinTransformerBlock3D",
+    "VideoSwin",
+    "WindowAttention3D",
+    "build_model",
+    "effective_window_and_shift",
+    "relative_position_index",
+    "shift_attention_mask",
+    "window_partition",
+    "window_reverse",
+]
+
+Size3 = tuple[int, int, int]
+
+#: Names of the per-stage outputs returned by ``SwinTransformer3D.forward_stages`` (the fixtures' names).
+STAGE_NAMES = ("layers.0", "layers.1", "layers.2", "layers.3", "backbone")
+
+_MASK_VALUE = -100.0  # the official value for "other region" (not -inf)
+_CACHE_ENTRIES = 4  # eval caches keep at most this many shapes per module
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The window math: small pure functions.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def effective_window_and_shift(grid: Size3, window: Size3, shift: Size3) -> tuple[Size3, Size3]:
+    """Window and shift actually used on a token grid ``(D, H, W)`` (the official rule).
+
+    In every dimension where the grid is no larger than the window, the window shrinks to the grid and the
+    shift becomes 0; elsewhere both stay as given.
+    """
+    win = tuple(g if g <= w else w for g, w in zip(grid, window, strict=True))
+    sft = tuple(0 if g <= w else s for g, w, s in zip(grid, window, shift, strict=True))
+    return win, sft  # type: ignore[return-value]
+
+
+def padded_grid(grid: Size3, window: Size3) -> Size3:
+    """The grid rounded up to whole windows in every dimension."""
+    return tuple(math.ceil(g / w) * w for g, w in zip(grid, window, strict=True))  # type: ignore[return-value]
+
+
+def relative_position_index(window: Size3) -> Tensor:
+    """Index into the relative-position bias table for every token pair of a full window: int64 (N, N).
+
+    Entry ``[i, j]`` encodes the offset ``coord_i - coord_j`` (tokens ordered d, h, w) as
+    ``(dd + Wd - 1) * (2Wh - 1) * (2Ww - 1) + (dh + Wh - 1) * (2Ww - 1) + (dw + Ww - 1)``.
+    """
+    wd, wh, ww = window
+    coords = torch.stack(
+        torch.meshgrid(torch.arange(wd), torch.arange(wh), torch.arange(ww), indexing="ij")
+    )  # (3, Wd, Wh, Ww)
+    coords = rearrange(coords, "k d h w -> (d h w) k")  # (N, 3)
+    rel = coords[:, None, :] - coords[None, :, :]  # (N, N, 3)
+    rel = rel + torch.tensor([wd - 1, wh - 1, ww - 1])
+    strides = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1])
+    return (rel * strides).sum(-1)  # (N, N)
+
+
+def window_partition(x: Tensor, window: Size3) -> Tensor:
+    """Split a channels-last grid into windows: (B, D, H, W, C) -> (B, nW, N, C); sizes must divide."""
+    wd, wh, ww = window
+    return rearrange(
+        x, "b (nd wd) (nh wh) (nw ww) c -> b (nd nh nw) (wd wh ww) c", wd=wd, wh=wh, ww=ww
+    )  # (B, nW, N, C)
+
+
+def window_reverse(windows: Tensor, window: Size3, grid: Size3) -> Tensor:
+    """Inverse of ``window_partition``: (B, nW, N, C) -> (B, D, H, W, C) for the (padded) ``grid``."""
+    wd, wh, ww = window
+    nd, nh, nw = (g // w for g, w in zip(grid, window, strict=True))
+    return rearrange(
+        windows,
+        "b (nd nh nw) (wd wh ww) c -> b (nd wd) (nh wh) (nw ww) c",
+        nd=nd,
+        nh=nh,
+        nw=nw,
+        wd=wd,
+        wh=wh,
+        ww=ww,
+    )  # (B, D, H, W, C)
+
+
+def shift_attention_mask(
+    grid: Size3, window: Size3, shift: Size3, device: torch.device | None = None
+) -> Tensor:
+    """Additive attention mask of the shifted windows on a padded ``grid``: float32 (nW, N, N), 0 or -100.
+
+    Each dimension is split in three regions ``[0, G - w)``, ``[G - w, G - s)``, ``[G - s, G)``; two tokens of a
+    (rolled) window may attend to each other only when they come from the same region in every dimension.
+    A dimension with shift 0 is a single region (as in the official slicing, where ``slice(-0, None)`` is all).
+    """
+    labels = torch.zeros(grid, dtype=torch.float32, device=device)  # (Dp, Hp, Wp) region id per token
+    for axis, (g, w, s) in enumerate(zip(grid, window, shift, strict=True)):
+        region = torch.zeros(g, dtype=torch.float32, device=device)  # (G,)
+        if s > 0:
+            region[g - w : g - s] = 1.0
+            region[g - s :] = 2.0
+        view = [1, 1, 1]
+        view[axis] = g
+        labels = labels * 3.0 + region.view(view)
+    ids = window_partition(labels[None, ..., None], window)[0, ..., 0]  # (nW, N)
+    different = ids[:, None, :] != ids[:, :, None]  # (nW, N, N)
+    return torch.zeros(different.shape, dtype=torch.float32, device=device).masked_fill_(
+        different, _MASK_VALUE
+    )
+
+
+def _remember(cache: dict[tuple, Tensor], key: tuple, value: Tensor) -> Tensor:
+    if len(cache) >= _CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+    return value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Modules (names as in the official code, so state-dict keys match).
+# --------------------------------------------------------------------------------------------------------------
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (training only; identity in eval or with ``drop_prob == 0``)."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.drop_prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.drop_prob
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)  # (B, 1, ..., 1)
+        return x * x.new_empty(shape).bernoulli_(keep).div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"drop_prob={self.drop_prob}"
+
+
+class Mlp(nn.Module):
+    """fc1 -> exact GELU -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU()  # exact erf form, as the official model
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class WindowAttention3D(nn.Module):
+    """Multi-head self-attention inside 3D windows with a learned relative-position bias.
+
+    The bias (and the shift mask, when given) form one additive float mask for
+    ``scaled_dot_product_attention``. In no-grad mode the gathered bias is cached per window size.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: Size3,
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window_size = tuple(window_size)
+        self.num_heads = num_heads
+        head_dim = dim // num_heads
+        self.scale = qk_scale or head_dim**-0.5
+        wd, wh, ww = self.window_size
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * wd - 1) * (2 * wh - 1) * (2 * ww - 1), num_heads)
+        )  # ((2Wd-1)(2Wh-1)(2Ww-1), heads)
+        self.register_buffer(
+            "relative_position_index", relative_position_index(self.window_size), persistent=False
+        )
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = float(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        self._bias_cache: dict[tuple, Tensor] = {}
+
+    def relative_position_bias(self, num_tokens: int, dtype: torch.dtype) -> Tensor:
+        """Bias for a window of ``num_tokens`` tokens: (heads, N, N), from the top-left N x N of the index."""
+        table = self.relative_position_bias_table
+        cacheable = not torch.is_grad_enabled()
+        if cacheable:
+            key = (
+                num_tokens,
+                dtype,
+                table.device,
+                table.data_ptr(),
+                table._version,
+                torch.is_inference_mode_enabled(),
+            )
+            hit = self._bias_cache.get(key)
+            if hit is not None:
+                return hit
+        index = self.relative_position_index[:num_tokens, :num_tokens]  # (N, N)
+        bias = rearrange(table[index.reshape(-1)], "(i j) h -> h i j", i=num_tokens)  # (heads, N, N)
+        bias = bias.to(dtype).contiguous()
+        return _remember(self._bias_cache, key, bias) if cacheable else bias
+
+    def forward(self, windows: Tensor, shift_mask: Tensor | None = None) -> Tensor:
+        """(B, nW, N, C) windows, optional (nW, N, N) shift mask -> (B, nW, N, C)."""
+        b, nw, n, _ = windows.shape
+        qkv = rearrange(
+            self.qkv(windows), "b w n (three h d) -> three (b w) h n d", three=3, h=self.num_heads
+        )  # (3, B*nW, heads, N, head_dim)
+        q, k, v = qkv.unbind(0)
+        bias = self.relative_position_bias(n, q.dtype)  # (heads, N, N)
+        drop_p = self.attn_drop if self.training else 0.0
+        if shift_mask is None:
+            mask = bias.expand(b * nw, -1, -1, -1)  # (B*nW, heads, N, N), a stride-0 view
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop_p, scale=self.scale)
+        else:
+            mask = bias[None] + shift_mask.to(q.dtype)[:, None]  # (nW, heads, N, N)
+            if b == 1:
+                out = F.scaled_dot_product_attention(
+                    q, k, v, attn_mask=mask, dropout_p=drop_p, scale=self.scale
+                )
+            else:  # one call per clip: the mask is shared and never expanded to B*nW
+                q, k, v = (rearrange(t, "(b w) h n d -> b w h n d", b=b) for t in (q, k, v))
+                out = torch.cat(
+                    [
+                        F.scaled_dot_product_attention(
+                            q[i], k[i], v[i], attn_mask=mask, dropout_p=drop_p, scale=self.scale
+                        )
+                        for i in range(b)
+                    ]
+                )  # (B*nW, heads, N, head_dim)
+        out = rearrange(out, "(b w) h n d -> b w n (h d)", b=b)  # (B, nW, N, C)
+        return self.proj_drop(self.proj(out))
+
+
+class SwinTransformerBlock3D(nn.Module):
+    """norm1 -> (shifted) window attention -> residual; norm2 -> MLP -> residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window_size: Size3 = (8, 7, 7),
+        shift_size: Size3 = (0, 0, 0),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.window_size = tuple(window_size)
+        self.shift_size = tuple(shift_size)
+        self.norm1 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.attn = WindowAttention3D(dim, self.window_size, num_heads, qkv_bias, qk_scale, attn_drop, drop)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+
+    def _attention(self, x: Tensor, shift_mask: Tensor | None) -> Tensor:
+        """Windowed attention of an already normalised (B, D, H, W, C) grid."""
+        _, d, h, w, _ = x.shape
+        window, shift = effective_window_and_shift((d, h, w), self.window_size, self.shift_size)
+        dp, hp, wp = padded_grid((d, h, w), window)
+        padded = (dp, hp, wp) != (d, h, w)
+        if padded:  # zeros after norm1, as the official model
+            x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h, 0, dp - d))  # (B, Dp, Hp, Wp, C)
+        shifted = any(s > 0 for s in shift)
+        if shifted:
+            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+        windows = self.attn(window_partition(x, window), shift_mask if shifted else None)  # (B, nW, N, C)
+        x = window_reverse(windows, window, (dp, hp, wp))  # (B, Dp, Hp, Wp, C)
+        if shifted:
+            x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
+        if padded:
+            x = x[:, :d, :h, :w, :]  # (B, D, H, W, C)
+        return x
+
+    def forward(self, x: Tensor, shift_mask: Tensor | None = None) -> Tensor:
+        """(B, D, H, W, C) -> same shape. ``shift_mask`` is the layer's mask, used only if this block shifts."""
+        x = x + self.drop_path(self._attention(self.norm1(x), shift_mask))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchMerging(nn.Module):
+    """2x2 spatial merge: (B, D, H, W, C) -> (B, D, ceil(H/2), ceil(W/2), 2C)."""
+
+    def __init__(self, dim: int, layer_norm_eps: float = 1e-5) -> None:
+        super().__init__()
+        self.dim = dim
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim, eps=layer_norm_eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _, _, h, w, _ = x.shape
+        if h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))  # (B, D, H+1?, W+1?, C)
+        # official order: (h even, w even), (h odd, w even), (h even, w odd), (h odd, w odd)
+        x = rearrange(x, "b d (h dh) (w dw) c -> b d h w (dw dh c)", dh=2, dw=2)  # (B, D, H/2, W/2, 4C)
+        return self.reduction(self.norm(x))
+
+
+class BasicLayer(nn.Module):
+    """One stage: ``depth`` blocks alternating plain and shifted windows, then optional patch merging."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window_size: Size3 = (8, 7, 7),
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: float | None = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: list[float] | float = 0.0,
+        layer_norm_eps: float = 1e-5,
+        downsample: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.window_size = tuple(window_size)
+        self.shift_size = tuple(w // 2 for w in self.window_size)
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
+        rates = drop_path if isinstance(drop_path, list) else [drop_path] * depth
+        self.blocks = nn.ModuleList(
+            SwinTransformerBlock3D(
+                dim,
+                num_heads,
+                self.window_size,
+                (0, 0, 0) if i % 2 == 0 else self.shift_size,
+                mlp_ratio,
+                qkv_bias,
+                qk_scale,
+                drop,
+                attn_drop,
+                rates[i],
+                layer_norm_eps,
+            )
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(dim, layer_norm_eps) if downsample else None
+        self._mask_cache: dict[tuple, Tensor] = {}
+
+    def shift_mask(self, grid: Size3, device: torch.device) -> Tensor | None:
+        """The shift mask of this stage on a (D, H, W) token grid, or None when no dimension shifts."""
+        window, shift = effective_window_and_shift(grid, self.window_size, self.shift_size)
+        if not any(s > 0 for s in shift):
+            return None
+        padded = padded_grid(grid, window)
+        key = (padded, window, shift, device, torch.is_inference_mode_enabled())
+        hit = self._mask_cache.get(key)
+        if hit is not None:
+            return hit
+        return _remember(self._mask_cache, key, shift_attention_mask(padded, window, shift, device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, D, H, W, C) -> (B, D, H, W, C), or merged (B, D, H/2, W/2, 2C) when the stage downsamples."""
+        mask = self.shift_mask(tuple(x.shape[1:4]), x.device)
+        checkpointing = self.use_checkpoint and self.training and torch.is_grad_enabled()
+        for blk in self.blocks:
+            x = checkpoint(blk, x, mask, use_reentrant=False) if checkpointing else blk(x, mask)
+        return x if self.downsample is None else self.downsample(x)
+
+
+class PatchEmbed3D(nn.Module):
+    """Video to patch tokens: pad to whole patches, Conv3d (kernel = stride = patch), optional LayerNorm."""
+
+    def __init__(
+        self,
+        patch_size: Size3 = (2, 4, 4),
+        in_chans: int = 3,
+        embed_dim: int = 96,
+        patch_norm: bool = True,
+        layer_norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.patch_size = tuple(patch_size)
+        self.in_chans = in_chans
+        self.embed_dim = embed_dim
+        self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+        self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps) if patch_norm else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C_in, T, H, W) -> channels-last tokens (B, D, H', W', C)."""
+        _, _, t, h, w = x.shape
+        pt, ph, pw = self.patch_size
+        pads = ((-w) % pw, (-h) % ph, (-t) % pt)
+        if any(pads):
+            x = F.pad(x, (0, pads[0], 0, pads[1], 0, pads[2]))  # (B, C_in, T', H', W')
+        x = rearrange(self.proj(x), "b c d h w -> b d h w c")  # (B, D, H', W', C)
+        return x if self.norm is None else self.norm(x)
+
+
+class SwinTransformer3D(nn.Module):
+    """The Video Swin backbone: patch embedding, four stages, final LayerNorm."""
+
+    def __init__(self, cfg: SwinConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.num_layers = len(cfg.depths)
+        self.embed_dim = cfg.embed_dim
+        self.patch_size = tuple(cfg.patch_size)
+        self.window_size = tuple(cfg.window_size)
+        self.num_features = cfg.num_features
+        self.patch_embed = PatchEmbed3D(
+            self.patch_size, cfg.in_chans, cfg.embed_dim, cfg.patch_norm, cfg.layer_norm_eps
+        )
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        rates = torch.linspace(
+            0, cfg.drop_path_rate, sum(cfg.depths)
+        ).tolist()  # stochastic depth, increasing
+        self.layers = nn.ModuleList()
+        start = 0
+        for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads, strict=True)):
+            self.layers.append(
+                BasicLayer(
+                    dim=cfg.embed_dim * 2**i,
+                    depth=depth,
+                    num_heads=heads,
+                    window_size=self.window_size,
+                    mlp_ratio=cfg.mlp_ratio,
+                    qkv_bias=cfg.qkv_bias,
+                    qk_scale=cfg.qk_scale,
+                    drop=cfg.drop_rate,
+                    attn_drop=cfg.attn_drop_rate,
+                    drop_path=rates[start : start + depth],
+                    layer_norm_eps=cfg.layer_norm_eps,
+                    downsample=i < self.num_layers - 1,
+                    use_checkpoint=cfg.use_checkpoint,
+                )
+            )
+            start += depth
+        self.norm = nn.LayerNorm(self.num_features, eps=cfg.layer_norm_eps)
+        self.apply(_init_weights)
+        for layer in self.layers:
+            for blk in layer.blocks:
+                nn.init.trunc_normal_(blk.attn.relative_position_bias_table, std=0.02)
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.ndim != 5:
+            raise ValueError(
+                f"Video Swin expects a 5-D float tensor (N, {self.config.in_chans}, T, H, W); "
+                f"got {x.ndim}-D with shape {tuple(x.shape)}"
+            )
+        if x.shape[1] != self.config.in_chans:
+            raise ValueError(
+                f"Video Swin expects {self.config.in_chans} channels in dimension 1 of (N, C, T, H, W); "
+                f"got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise ValueError(f"Video Swin expects a floating-point tensor; got {x.dtype}")
+
+    def forward_stages(self, x: Tensor) -> dict[str, Tensor]:
+        """Every stage output in (N, C, D, H, W), keyed by ``STAGE_NAMES``.
+
+        ``layers.0`` to ``layers.2`` are after patch merging, ``layers.3`` before the final norm, ``backbone``
+        after it.
+        """
+        self._check_input(x)
+        x = self.pos_drop(self.patch_embed(x))  # (B, D, H, W, C)
+        out: dict[str, Tensor] = {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            out[f"layers.{i}"] = rearrange(x, "b d h w c -> b c d h w")
+        out["backbone"] = rearrange(self.norm(x), "b d h w c -> b c d h w")
+        return out
+
+    @overload
+    def forward(self, x: Tensor, return_stages: Literal[False] = False) -> Tensor: ...
+    @overload
+    def forward(self, x: Tensor, return_stages: Literal[True]) -> dict[str, Tensor]: ...
+
+    def forward(self, x: Tensor, return_stages: bool = False) -> Tensor | dict[str, Tensor]:
+        """(N, C_in, T, H, W) -> (N, C, D, H', W') after the final norm (or the per-stage dict)."""
+        if return_stages:
+            return self.forward_stages(x)
+        self._check_input(x)
+        x = self.pos_drop(self.patch_embed(x))  # (B, D, H, W, C)
+        for layer in self.layers:
+            x = layer(x)
+        return rearrange(self.norm(x), "b d h w c -> b c d h w")  # (B, C, D, H, W)
+
+
+class I3DHead(nn.Module):
+    """mmaction's I3D head: mean over T, H, W -> dropout -> ``fc_cls``."""
+
+    def __init__(self, in_channels: int, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc_cls = nn.Linear(in_channels, num_classes)
+        nn.init.normal_(self.fc_cls.weight, std=0.01)
+        nn.init.zeros_(self.fc_cls.bias)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """(N, C, D, H, W) -> (N, classes)."""
+        return self.fc_cls(self.dropout(features.mean(dim=(2, 3, 4))))  # (N, classes)
+
+
+class VideoSwin(nn.Module):
+    """Backbone plus classification head; state-dict keys are the official ``backbone.*``/``cls_head.*``."""
+
+    def __init__(self, cfg: SwinConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.backbone = SwinTransformer3D(cfg)
+        self.cls_head = I3DHead(cfg.num_features, cfg.num_classes, cfg.head_dropout)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        """(N, 3, T, H, W) -> backbone output (N, C, D, H', W') after the final norm."""
+        return self.backbone(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 3, T, H, W), already normalised -> logits (N, classes)."""
+        return self.cls_head(self.backbone(x))
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def build_model(arch_or_config: str | SwinConfig, num_classes: int | None = None) -> VideoSwin:
+    """An untrained ``VideoSwin`` in eval mode from a preset name (see ``PRESETS``) or a ``SwinConfig``.
+
+    ``num_classes`` overrides the configuration's head size.
+    """
+    if isinstance(arch_or_config, SwinConfig):
+        cfg = arch_or_config
+    elif isinstance(arch_or_config, str):
+        cfg = get_preset(arch_or_config)
+    else:
+        raise TypeError(
+            f"build_model needs a preset name ({', '.join(sorted(PRESETS))}) or a SwinConfig; "
+            f"got {type(arch_or_config).__name__}"
+        )
+    if num_classes is not None:
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1; got {num_classes}")
+        cfg = cfg.with_(num_classes=num_classes)
+    return VideoSwin(cfg).eval()
