@@ -42,6 +42,7 @@ __all__ = [
     "WindowAttention3D",
     "build_model",
     "effective_window_and_shift",
+    "padded_grid",
     "relative_position_index",
     "shift_attention_mask",
     "window_partition",
@@ -85,13 +86,19 @@ def relative_position_index(window: Size3) -> Tensor:
     ``(dd + Wd - 1) * (2Wh - 1) * (2Ww - 1) + (dh + Wh - 1) * (2Ww - 1) + (dw + Ww - 1)``.
     """
     wd, wh, ww = window
+    cpu = torch.device("cpu")  # always real numbers, even when a model is built under a meta-device context
     coords = torch.stack(
-        torch.meshgrid(torch.arange(wd), torch.arange(wh), torch.arange(ww), indexing="ij")
+        torch.meshgrid(
+            torch.arange(wd, device=cpu),
+            torch.arange(wh, device=cpu),
+            torch.arange(ww, device=cpu),
+            indexing="ij",
+        )
     )  # (3, Wd, Wh, Ww)
     coords = rearrange(coords, "k d h w -> (d h w) k")  # (N, 3)
     rel = coords[:, None, :] - coords[None, :, :]  # (N, N, 3)
-    rel = rel + torch.tensor([wd - 1, wh - 1, ww - 1])
-    strides = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1])
+    rel = rel + torch.tensor([wd - 1, wh - 1, ww - 1], device=cpu)
+    strides = torch.tensor([(2 * wh - 1) * (2 * ww - 1), 2 * ww - 1, 1], device=cpu)
     return (rel * strides).sum(-1)  # (N, N)
 
 
@@ -455,9 +462,8 @@ class SwinTransformer3D(nn.Module):
             self.patch_size, cfg.in_chans, cfg.embed_dim, cfg.patch_norm, cfg.layer_norm_eps
         )
         self.pos_drop = nn.Dropout(cfg.drop_rate)
-        rates = torch.linspace(
-            0, cfg.drop_path_rate, sum(cfg.depths)
-        ).tolist()  # stochastic depth, increasing
+        # stochastic depth rate per block, increasing linearly to drop_path_rate
+        rates = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths), device="cpu").tolist()
         self.layers = nn.ModuleList()
         start = 0
         for i, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads, strict=True)):
