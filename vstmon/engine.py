@@ -85,7 +85,8 @@ class Engine:
     """One model on one device; batches clips across streams (see the module docstring).
 
     ``on_result`` is called on the engine thread, once per clip, in batch order; an exception it raises is
-    logged and counted, never fatal. ``normalize`` maps a uint8 (N, T, H, W, 3) tensor on the device to the
+    logged and counted, never fatal. ``result.extra`` carries ``submit_mono_s`` (when the clip was submitted)
+    and ``done_mono_s`` (when its batch finished). ``on_batch(size, seconds)`` is called once per batch. ``normalize`` maps a uint8 (N, T, H, W, 3) tensor on the device to the
     model's float (N, 3, T, H, W) input (default: ``vstmon.preprocess.normalize_clips``).
     """
 
@@ -101,6 +102,7 @@ class Engine:
         compile: bool = False,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         name: str | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -113,6 +115,7 @@ class Engine:
             normalize = normalize_clips
         self._normalize = normalize
         self._on_result = on_result
+        self._on_batch = on_batch
         self.max_batch = int(max_batch)
         self._max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         if self.device.type == "cuda" and gpu_memory_fraction is not None:
@@ -133,6 +136,8 @@ class Engine:
         self._cond = threading.Condition()
         self._pending: dict[str, _Pending] = {}
         self._min_segment: dict[str, int] = {}
+        self._inflight: dict[str, int] = {}  # stream -> clips in the batch being run (0 or 1)
+        self._submit_s: dict[str, float] = {}  # stream -> submit time of its clip in flight
         self._stop = False
         self._thread: threading.Thread | None = None
         # counters (written by the engine thread or under the lock; read without it for stats)
@@ -232,6 +237,22 @@ class Engine:
                 return 1
             return 0
 
+    def idle(self, stream: str) -> bool:
+        """True when ``stream`` has no pending clip and none in flight (all its results delivered)."""
+        with self._cond:
+            return stream not in self._pending and not self._inflight.get(stream)
+
+    def wait_idle(self, stream: str, timeout_s: float) -> bool:
+        """Wait until ``idle(stream)``; False on timeout or when the engine stops first."""
+        with self._cond:
+            return (
+                self._cond.wait_for(
+                    lambda: self._stop or (stream not in self._pending and not self._inflight.get(stream)),
+                    timeout_s,
+                )
+                and not self._stop
+            )
+
     def pending_count(self) -> int:
         with self._cond:
             return len(self._pending)
@@ -274,6 +295,11 @@ class Engine:
                 self.errors += 1
                 self.clips_failed += len(clips)
                 _log.exception("batch failed", device=self.name, size=len(clips), error=str(error))
+            finally:
+                with self._cond:
+                    for clip in clips:
+                        self._inflight.pop(clip.stream, None)
+                    self._cond.notify_all()
 
     def _take(self) -> tuple[list[Clip], torch.Tensor] | None:
         """Wait for a batch; copy its frames into the staging buffer (lock held) and free their slots."""
@@ -292,6 +318,9 @@ class Engine:
             # oldest first, so no stream is starved when more streams are pending than max_batch
             order = sorted(self._pending.values(), key=lambda p: p.submit_mono_s)[: self.max_batch]
             clips = [p.clip for p in order]
+            for p in order:
+                self._submit_s[p.clip.stream] = p.submit_mono_s
+                self._inflight[p.clip.stream] = 1
             try:
                 host = self._stage(clips)
             finally:
@@ -331,12 +360,19 @@ class Engine:
         self.last_batch_size = n
         self.busy_s += elapsed_s
         self._batch_size_counts[n] = self._batch_size_counts.get(n, 0) + 1
+        if self._on_batch is not None:
+            try:
+                self._on_batch(n, elapsed_s)
+            except Exception as error:
+                _log.warning("batch callback failed", device=self.name, error=str(error))
+        done_s = time.monotonic()
         for i, clip in enumerate(clips):
             if clip.segment < self._min_segment.get(clip.stream, 0):
                 self.clips_discarded += 1  # its segment was reset while it was in flight
                 continue
             try:
-                self._on_result(ClipResult(clip=clip, probs=probs[i], batch_size=n))
+                extra = {"submit_mono_s": self._submit_s.get(clip.stream, start_s), "done_mono_s": done_s}
+                self._on_result(ClipResult(clip=clip, probs=probs[i], batch_size=n, extra=extra))
             except Exception as error:
                 self.callback_errors += 1
                 _log.exception(
@@ -396,6 +432,7 @@ class EnginePool:
         gpu_memory_fraction: float | None = None,
         compile: bool = False,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        on_batch: Callable[[str, int, float], None] | None = None,
     ) -> None:
         if isinstance(devices, str):
             resolved = resolve_devices(devices)
@@ -415,6 +452,7 @@ class EnginePool:
                     gpu_memory_fraction=gpu_memory_fraction,
                     compile=compile,
                     normalize=normalize,
+                    on_batch=(lambda n, s, name=str(device): on_batch(name, n, s)) if on_batch else None,
                 )
             )
         self._assigned: dict[str, Engine] = {}
