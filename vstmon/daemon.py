@@ -1,0 +1,834 @@
+"""The supervisor: ``vstmon run --config config.yaml`` (the default command) and the in-process ``Daemon``.
+
+``Daemon(config)`` builds every stage from the config and owns every thread:
+
+- per stream: a ``RingBuffer`` (fixed memory), a ``Source`` thread (reads, fits and pushes frames), a
+  ``StreamWorker`` thread (scene/idle detectors per frame, ``ClipSampler``, cuts clips into two preallocated
+  arrays, stamps their segment through ``StreamState``, submits them to the stream's engine) and a
+  ``StreamState`` (segment/subject, smoothing, label/segment/reset messages);
+- one ``Engine`` per device (``EnginePool``), shared by all streams assigned to it;
+- the ``Publisher`` (PUB), the ``ControlServer`` (REP, own thread), optional Prometheus metrics;
+- a tick thread: ``status.<stream>`` and daemon ``status`` every ``publish.heartbeat_s`` and systemd
+  ``WATCHDOG=1``.
+
+Reset protocol (control command, source discontinuity, scene change, idle, end of file; ``start`` once at
+start-up) - always performed on the stream's worker thread, which is the only reader of its ring and sampler:
+clear the ring (keeping frames from the cut on), restart the sampler there, reset the detectors, open the new
+segment in ``StreamState`` (which publishes ``segment`` then ``reset`` and clears smoothing; it then refuses clips
+cut from older ring generations), and discard the engine's pending and in-flight clips of the old segment.
+Nothing published after a reset depends on a frame captured before it.
+
+Signals only set the stop event; ``run`` then stops everything in order (sources, workers, engines, control,
+publisher) and returns 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vstmon.config import Config, StreamConfig, load_config
+from vstmon.engine import Engine, EnginePool
+from vstmon.errors import CheckpointError, VstmonError
+from vstmon.log import configure_logging, get_logger, redact_url
+from vstmon.metrics import Metrics
+from vstmon.types import Clip, ClipResult, StreamEvent
+from vstmon.types import StreamState as SourceState
+
+__all__ = [
+    "Daemon",
+    "LoadedModel",
+    "StreamWorker",
+    "SystemdNotifier",
+    "add_arguments",
+    "load_model_and_labels",
+    "run",
+]
+
+_log = get_logger("daemon")
+
+_WAIT_S = 0.1  # longest a worker waits for a frame before checking its mailbox and the stop event
+_END_DRAIN_TIMEOUT_S = 120.0  # end of file: how long to wait for the last clips' results before the reset
+_LATENCY_SAMPLES = 4096  # clip-ready -> published latencies kept for p50/p99 (a fixed ring)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# systemd notify protocol (sd_notify(3)): one datagram per message to $NOTIFY_SOCKET
+# ---------------------------------------------------------------------------------------------------------
+class SystemdNotifier:
+    """Sends ``READY=1``/``WATCHDOG=1``/``STOPPING=1`` to ``$NOTIFY_SOCKET`` when set; a no-op otherwise."""
+
+    def __init__(self, environ: dict[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self._address: str | None = env.get("NOTIFY_SOCKET") or None
+        if self._address and self._address.startswith("@"):  # abstract namespace
+            self._address = "\0" + self._address[1:]
+        usec = env.get("WATCHDOG_USEC", "")
+        pid = env.get("WATCHDOG_PID", "")
+        watchdog = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
+        # ping at half the watchdog period, as sd_watchdog_enabled(3) advises
+        self.watchdog_interval_s: float | None = int(usec) / 2e6 if watchdog else None
+        self._socket: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    def notify(self, message: str) -> bool:
+        """Send one notification; True when sent. Errors are logged, never raised."""
+        if self._address is None:
+            return False
+        with self._lock:
+            try:
+                if self._socket is None:
+                    self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._socket.sendto(message.encode(), self._address)
+                return True
+            except OSError as error:
+                _log.warning("sd_notify failed", message=message, error=str(error))
+                return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close()
+                self._socket = None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class LoadedModel:
+    """The model (eval mode, on CPU), its label list and the id published in ``label`` messages."""
+
+    model: nn.Module
+    labels: list[str]
+    model_id: str
+    untrained: bool
+
+
+def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
+    """Load ``config.model``: a checkpoint (strict) or, for ``checkpoint: null``, untrained weights (warned)."""
+    from vstmon.model import build_model, load_labels, load_model
+
+    mc = config.model
+    if mc.checkpoint is None:
+        arch = "swin_t" if mc.arch == "auto" else mc.arch
+        num_classes = mc.num_classes
+        labels = list(load_labels(mc.labels, num_classes))
+        model = build_model(arch, num_classes or len(labels))
+        if warn:
+            _log.warning(
+                "model.checkpoint is null: running with UNTRAINED weights; every label is meaningless "
+                "and label messages carry untrained=true",
+                arch=arch,
+            )
+        return LoadedModel(model.eval(), labels, f"untrained:{arch}", True)
+    path = Path(mc.checkpoint)
+    if not path.is_file():
+        raise CheckpointError(
+            f"model.checkpoint: {path} does not exist. Download an official checkpoint with "
+            f"`vstmon weights fetch {mc.arch if mc.arch != 'auto' else 'swin_t'} --dest {path.parent}` "
+            "(`vstmon weights list` shows them), or set model.checkpoint: null to run with untrained weights."
+        )
+    model = load_model(path, arch=mc.arch, num_classes=mc.num_classes)
+    num_classes = _num_classes(model)
+    labels = list(load_labels(mc.labels, num_classes))
+    model_id = str(getattr(model, "checkpoint_id", None) or path.name)
+    return LoadedModel(model.eval(), labels, model_id, False)
+
+
+def _num_classes(model: nn.Module) -> int | None:
+    cfg = getattr(model, "config", None)
+    value = getattr(cfg, "num_classes", None)
+    return int(value) if value else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# per-stream worker
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class _ResetRequest:
+    reason: str
+    subject: str | None = None
+    keep_subject: bool = False
+    clear_ring: bool = True  # False after a source discontinuity (the source already cleared it)
+    drain: bool = False  # end of file: use every frame already in the ring, and wait for their results, first
+    done: threading.Event | None = None
+    segment: int = 0
+
+
+def is_file_url(url: str) -> bool:
+    """A local file path (not a URL, webcam index, /dev/video device or testsrc)."""
+    if url.isdigit() or url.startswith("/dev/video") or url.startswith("testsrc"):
+        return False
+    return "://" not in url or url.startswith("file://")
+
+
+def _probe_fps(url: str) -> float | None:
+    import cv2
+
+    path = url.removeprefix("file://")
+    capture = cv2.VideoCapture(path)
+    try:
+        fps = float(capture.get(cv2.CAP_PROP_FPS)) if capture.isOpened() else 0.0
+    finally:
+        capture.release()
+    return fps if math.isfinite(fps) and 0 < fps < 1000 else None
+
+
+def ring_capacity_frames(config: Config, stream: StreamConfig, fps: float | None) -> int:
+    """One clip span + about one second (or ``stream.buffer_s``), in source frames."""
+    fps = fps or stream.fps or 30.0
+    clip = config.clip
+    if stream.buffer_s is not None:
+        return max(math.ceil(stream.buffer_s * fps), clip.frames + 1)
+    if clip.sample_fps:
+        span = math.ceil((clip.frames - 1) / clip.sample_fps * fps) + 1
+    else:
+        span = (clip.frames - 1) * clip.frame_interval + 1
+    return span + math.ceil(fps) + 2
+
+
+class StreamWorker:
+    """One stream's consumer thread: ring -> detectors -> sampler -> clip -> engine; performs its resets."""
+
+    def __init__(
+        self,
+        name: str,
+        config: Config,
+        ring: Any,
+        sampler: Any,
+        state: Any,
+        engine: Engine,
+        lossless: bool,
+        metrics: Metrics | None = None,
+    ) -> None:
+        from vstmon.scene import MotionDetector, SceneChangeDetector
+
+        self.name = name
+        self._ring = ring
+        self._sampler = sampler
+        self._state = state
+        self._engine = engine
+        self._lossless = lossless
+        self._metrics = metrics
+        reset_cfg = config.reset
+        self._scene = SceneChangeDetector(reset_cfg.scene_change) if reset_cfg.scene_change.enabled else None
+        self._idle_s = reset_cfg.idle_s
+        self._motion = (
+            MotionDetector(reset_cfg.idle_motion_threshold, reset_cfg.scene_change.size_px)
+            if self._idle_s is not None
+            else None
+        )
+        self._idle_fired = False
+        size = config.clip.size_px
+        # two clip arrays: the engine reads a clip's frames only while it is pending, and a stream has at most
+        # one pending clip, so the array not holding the last submitted clip is always free to cut into
+        self._pool = np.zeros((2, config.clip.frames, size, size, 3), dtype=np.uint8)  # (2, T, H, W, 3)
+        self._last_buf = 1
+        self._requests: deque[_ResetRequest] = deque(maxlen=64)
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_seq = 0
+        self._generation = 0
+        self.clips_cut = 0
+        self.clips_refused = 0
+        self.resets = 0
+        self.frames_gone = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._next_seq = self._ring.oldest_seq
+        self._generation = self._ring.generation
+        self._sampler.restart(self._next_seq)
+        self._thread = threading.Thread(target=self._run, name=f"worker-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def join(self, timeout_s: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            return not self._thread.is_alive()
+        return True
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- requests from other threads --------------------------------------------------------------------------
+    def request_reset(self, request: _ResetRequest, wait_s: float | None = None) -> int | None:
+        """Queue a reset for the worker thread; with ``wait_s``, wait for it and return the new segment."""
+        if wait_s is not None:
+            request.done = threading.Event()
+        with self._lock:
+            self._requests.append(request)
+        self._wake.set()
+        if wait_s is None or request.done is None:
+            return None
+        if not request.done.wait(wait_s):
+            return None
+        return request.segment
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                request = self._next_request()
+                if request is not None:
+                    self._reset(request)
+                    continue
+                if not self._ring.wait_for(self._next_seq, _WAIT_S):
+                    continue
+                self._frame(self._next_seq)
+        except Exception as error:  # a worker bug is logged; the daemon and other streams carry on
+            _log.exception("stream worker failed", stream=self.name, error=str(error))
+        finally:
+            with self._lock:
+                pending = list(self._requests)
+                self._requests.clear()
+            for request in pending:
+                if request.done is not None:
+                    request.done.set()
+
+    def _next_request(self) -> _ResetRequest | None:
+        with self._lock:
+            if not self._requests:
+                self._wake.clear()
+                return None
+            request = self._requests[0]
+            if (
+                request.drain
+                and self._next_seq < self._ring.head_seq
+                and self._ring.generation == self._generation
+            ):
+                return None  # end of file: use the frames still in the ring first
+            return self._requests.popleft()
+
+    def _frame(self, seq: int) -> None:
+        ring = self._ring
+        generation = ring.generation
+        if generation != self._generation:  # the source cleared the ring (discontinuity): restart timing
+            self._generation = generation
+            self._restart(max(seq, ring.oldest_seq))
+            return
+        try:
+            meta = ring.meta(seq)
+            frame = ring.frame(seq)
+        except LookupError:  # FrameGone: overwritten (we fell behind) or cleared
+            self.frames_gone += 1
+            self._restart(max(seq + 1, ring.oldest_seq))
+            return
+        if self._scene is not None and self._scene.update(frame, meta.stream_ts_s):
+            self._reset(_ResetRequest("scene_change", clear_ring=True), keep_from_seq=seq)
+            # the cut frame is the first frame of the new segment; fall through to feed it to the sampler
+        if self._motion is not None and self._idle_s is not None:
+            idle_for_s = self._motion.update(frame, meta.stream_ts_s)
+            if idle_for_s < self._idle_s:
+                self._idle_fired = False
+            elif not self._idle_fired:
+                self._idle_fired = True
+                self._reset(_ResetRequest("idle", clear_ring=True), keep_from_seq=seq, reset_motion=False)
+        self._next_seq = seq + 1
+        try:
+            due = self._sampler.on_frame(seq)
+            if due:
+                self._cut_and_submit()
+        except LookupError:  # frames of the clip were overwritten meanwhile (live stream, slow reader)
+            self.frames_gone += 1
+            self._restart(max(self._next_seq, ring.oldest_seq))
+
+    def _restart(self, from_seq: int) -> None:
+        self._next_seq = from_seq
+        self._sampler.restart(from_seq)
+        if self._scene is not None:
+            self._scene.reset()
+        if self._motion is not None:
+            self._motion.reset()
+        self._idle_fired = False
+
+    def _cut_and_submit(self) -> None:
+        buf = 1 - self._last_buf
+        clip: Clip = self._sampler.cut(self._pool[buf])
+        self.clips_cut += 1
+        if not self._state.accept_clip(clip):
+            self.clips_refused += 1
+            return
+        if self._lossless:
+            while not self._stop.is_set():
+                if self._engine.submit(clip, block=True, timeout_s=_WAIT_S):
+                    self._last_buf = buf
+                    return
+                with self._lock:
+                    if self._requests and not self._requests[0].drain:
+                        return  # a reset is waiting: this clip belongs to the closing segment
+            return
+        if self._engine.submit(clip):
+            self._last_buf = buf
+
+    def _reset(
+        self, request: _ResetRequest, keep_from_seq: int | None = None, reset_motion: bool = True
+    ) -> None:
+        ring = self._ring
+        if request.drain:
+            # every frame of the ended segment has been used; let its last clips be published first
+            self._engine.wait_idle(self.name, _END_DRAIN_TIMEOUT_S)
+        if request.clear_ring:
+            if keep_from_seq is None:
+                keep_from_seq = ring.head_seq  # nothing captured before the request is used after it
+            generation = ring.clear(keep_from_seq)
+        else:
+            generation = ring.generation
+            keep_from_seq = max(self._next_seq, ring.oldest_seq)
+        self._generation = ring.generation
+        self._next_seq = keep_from_seq
+        self._sampler.restart(keep_from_seq)
+        if self._scene is not None and request.reason != "scene_change":
+            self._scene.reset()
+        if self._motion is not None and reset_motion:
+            self._motion.reset()
+            self._idle_fired = False
+        segment = self._state.reset(
+            request.reason,
+            subject=request.subject,
+            keep_subject=request.keep_subject,
+            min_generation=generation,
+        )
+        self._engine.discard(self.name, segment)
+        self.resets += 1
+        if self._metrics is not None:
+            self._metrics.count_reset(self.name, request.reason)
+        _log.info("reset", stream=self.name, reason=request.reason, segment=segment)
+        request.segment = segment
+        if request.done is not None:
+            request.done.set()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the daemon
+# ---------------------------------------------------------------------------------------------------------
+class _Stream:
+    """Everything the daemon holds for one stream."""
+
+    def __init__(self, cfg: StreamConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.ring: Any = None
+        self.source: Any = None
+        self.state: Any = None
+        self.worker: StreamWorker | None = None
+        self.engine: Engine | None = None
+        self.source_state = SourceState.CONNECTING
+        self.reason = "starting"
+        self.error: str | None = None
+
+
+class Daemon:
+    """The whole monitor, in-process: ``start()``, ``wait(timeout_s)``, ``request_stop()``, ``stop()``."""
+
+    def __init__(self, config: Config, loaded: LoadedModel | None = None) -> None:
+        self.config = config
+        self._loaded = loaded
+        self._stop_event = threading.Event()
+        self._started = False
+        self._sources_started = False
+        self._stopped = False
+        self._start_mono_s = time.monotonic()
+        self.streams: dict[str, _Stream] = {}
+        self.publisher: Any = None
+        self.control: Any = None
+        self.pool: EnginePool | None = None
+        self.metrics = Metrics()
+        self.notifier = SystemdNotifier()
+        self._tick_thread: threading.Thread | None = None
+        self._tick_wake = threading.Event()
+        self._latency_s = np.zeros(_LATENCY_SAMPLES, dtype=np.float64)  # clip submitted -> label published
+        self._latency_count = 0
+        self._latency_lock = threading.Lock()
+        self.batch_sizes: dict[int, int] = {}
+
+    # -- build and start --------------------------------------------------------------------------------------
+    def start(self, start_sources: bool = True) -> None:
+        """Build every stage and start every thread. Raises ``VstmonError`` for a fatal set-up problem.
+
+        ``start_sources=False`` leaves the streams idle (sockets bound, heartbeat running) until
+        ``start_sources()``: lets a test subscribe before the first message is sent.
+        """
+        if self._started:
+            raise RuntimeError("Daemon already started")
+        self._started = True
+        try:
+            self._start()
+            if start_sources:
+                self.start_sources()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start_sources(self) -> None:
+        """Announce every stream (``reset`` reason ``start``), then start its worker and its source."""
+        if self._sources_started:
+            return
+        self._sources_started = True
+        for stream in self.streams.values():
+            if stream.state is not None:
+                stream.state.announce_start()
+            if stream.worker is not None:
+                stream.worker.start()
+            self._publish_stream_status(stream)
+        for stream in self.streams.values():
+            if stream.source is not None:
+                try:
+                    stream.source.start()
+                except Exception as error:
+                    self._stream_failed(stream, f"cannot start the source: {error}")
+
+    def _start(self) -> None:
+        from vstmon.publish import ControlServer, Publisher
+
+        cfg = self.config
+        if cfg.inference.threads:
+            torch.set_num_threads(cfg.inference.threads)
+        loaded = self._loaded or load_model_and_labels(cfg)
+        self._loaded = loaded
+        self.publisher = Publisher(cfg.publish)
+        self.pool = EnginePool(
+            loaded.model,
+            cfg.model.device,
+            cfg.model.precision,
+            cfg.inference.max_batch,
+            cfg.inference.max_wait_ms,
+            self._on_result,
+            gpu_memory_fraction=cfg.inference.gpu_memory_fraction,
+            compile=cfg.inference.compile,
+            on_batch=self._on_batch,
+        )
+        for stream_cfg in cfg.streams:
+            stream = _Stream(stream_cfg)
+            self.streams[stream.name] = stream
+            try:
+                self._build_stream(stream, loaded)
+            except Exception as error:  # one bad stream never takes the daemon or the others down
+                stream.source_state = SourceState.FAILED
+                stream.reason = str(error) if isinstance(error, VstmonError) else f"cannot start: {error}"
+                stream.error = stream.reason
+                _log.error("stream failed to start", stream=stream.name, error=redact_url(stream.reason))
+        if cfg.publish.control:
+            self.control = ControlServer(cfg.publish.control, self._handle_control)
+            self.control.start()
+        if cfg.metrics.port:
+            self.metrics.start_server(cfg.metrics.host, cfg.metrics.port)
+        self.pool.start()
+        self._tick_thread = threading.Thread(target=self._tick_loop, name="vstmon-tick", daemon=True)
+        self._tick_thread.start()
+        self.notifier.notify("READY=1")
+        _log.info(
+            "vstmon running",
+            streams=len(self.streams),
+            devices=self.pool.devices,
+            model=loaded.model_id,
+            endpoints=self.publisher.endpoints,
+        )
+
+    def _build_stream(self, stream: _Stream, loaded: LoadedModel) -> None:
+        from vstmon.ingest.ring import RingBuffer
+        from vstmon.ingest.sampler import ClipSampler
+        from vstmon.ingest.source import Source
+        from vstmon.state import StreamState
+
+        cfg = self.config
+        scfg = stream.cfg
+        file_source = is_file_url(scfg.url)
+        lossless = file_source and not scfg.realtime
+        fps = _probe_fps(scfg.url) if file_source else None
+        size = cfg.clip.size_px
+        stream.ring = RingBuffer(ring_capacity_frames(cfg, scfg, fps), size, size, lossless=lossless)
+        sampler = ClipSampler(
+            stream.ring,
+            stream=stream.name,
+            frames=cfg.clip.frames,
+            frame_interval=cfg.clip.frame_interval,
+            hop_s=cfg.clip.hop_s,
+            sample_fps=cfg.clip.sample_fps,
+        )
+        assert self.pool is not None and self.publisher is not None
+        stream.engine = self.pool.assign(stream.name)
+        stream.state = StreamState(
+            stream.name,
+            cfg.smoothing,
+            loaded.labels,
+            cfg.publish.top_k,
+            loaded.model_id,
+            untrained=loaded.untrained,
+            publish=self.publisher.publish,
+        )
+        stream.worker = StreamWorker(
+            stream.name, cfg, stream.ring, sampler, stream.state, stream.engine, lossless, self.metrics
+        )
+        stream.source = Source(scfg, stream.ring, size, lambda event, s=stream: self._on_event(s, event))
+
+    # -- callbacks (other threads) ----------------------------------------------------------------------------
+    def _on_result(self, result: ClipResult) -> None:
+        stream = self.streams.get(result.clip.stream)
+        if stream is None or stream.state is None:
+            return
+        if stream.state.on_result(result):
+            submitted = result.extra.get("submit_mono_s")
+            if isinstance(submitted, float):
+                latency_s = time.monotonic() - submitted
+                with self._latency_lock:
+                    self._latency_s[self._latency_count % _LATENCY_SAMPLES] = latency_s
+                    self._latency_count += 1
+                self.metrics.observe_latency(stream.name, time.monotonic() - result.clip.ready_mono_s)
+
+    def _on_batch(self, device: str, size: int, seconds: float) -> None:
+        self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
+        self.metrics.observe_batch(device, size, seconds)
+
+    def _on_event(self, stream: _Stream, event: StreamEvent) -> None:
+        changed = event.state != stream.source_state or event.reason != stream.reason
+        stream.source_state = event.state
+        stream.reason = event.reason
+        _log.info("stream state", stream=stream.name, state=str(event.state), reason=event.reason)
+        worker = stream.worker
+        if worker is not None:
+            if event.state == SourceState.ENDED:
+                worker.request_reset(_ResetRequest("end", clear_ring=False, drain=not event.discontinuity))
+            elif event.discontinuity:
+                looped = "loop" in event.reason.lower()
+                if looped:
+                    worker.request_reset(_ResetRequest("end", clear_ring=False))
+                elif self.config.reset.on_reconnect:
+                    worker.request_reset(_ResetRequest("reconnect", keep_subject=True, clear_ring=False))
+        if changed:
+            self._publish_stream_status(stream)
+
+    def _stream_failed(self, stream: _Stream, reason: str) -> None:
+        stream.source_state = SourceState.FAILED
+        stream.reason = reason
+        _log.error("stream failed", stream=stream.name, reason=redact_url(reason))
+        self._publish_stream_status(stream)
+
+    def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
+        if request["cmd"] == "status":
+            return {"streams": self._streams_status()}
+        name = request["stream"]
+        stream = self.streams.get(name)
+        if stream is None:
+            known = ", ".join(self.streams) or "none"
+            raise KeyError(f"unknown stream {name!r} (streams: {known})")
+        if stream.state is None:
+            raise VstmonError(f"stream {name!r} is not running: {stream.reason}")
+        subject = request.get("subject")
+        worker = stream.worker
+        if worker is not None and worker.alive:
+            segment = worker.request_reset(_ResetRequest("control", subject=subject), wait_s=5.0)
+            if segment is None:
+                raise VstmonError(f"stream {name!r}: reset timed out")
+            return {"segment": segment}
+        segment = stream.state.reset("control", subject=subject)
+        if stream.engine is not None:
+            stream.engine.discard(name, segment)
+        return {"segment": segment}
+
+    # -- status -----------------------------------------------------------------------------------------------
+    def _source_stats(self, stream: _Stream) -> dict[str, Any]:
+        if stream.source is None:
+            return {}
+        try:
+            return dict(stream.source.stats())
+        except Exception:
+            return {}
+
+    def _stream_status(self, stream: _Stream) -> dict[str, Any]:
+        from vstmon.state import stream_status_payload
+
+        stats = self._source_stats(stream)
+        frames_dropped = int(stats.get("frames_dropped", 0))
+        if stream.ring is not None:
+            frames_dropped = max(frames_dropped, int(stream.ring.frames_dropped))
+        clips_dropped = stream.engine.clips_dropped(stream.name) if stream.engine is not None else 0
+        clips = stream.state.clips_total if stream.state is not None else 0
+        return stream_status_payload(
+            state=str(stream.source_state),
+            reason=redact_url(stream.reason),
+            fps_in=float(stats.get("fps_in", 0.0)),
+            frames_dropped=frames_dropped,
+            clips_dropped=clips_dropped,
+            reconnects=int(stats.get("reconnects", 0)),
+            clips=clips,
+        )
+
+    def _publish_stream_status(self, stream: _Stream) -> None:
+        if self.publisher is None:
+            return
+        payload = self._stream_status(stream)
+        self.publisher.publish(f"status.{stream.name}", payload)
+        self.metrics.update_stream(
+            stream.name,
+            payload["state"],
+            payload["fps_in"],
+            int(self._source_stats(stream).get("frames_read", 0)),
+            payload["frames_dropped"],
+            payload["clips"],
+            payload["clips_dropped"],
+            payload["reconnects"],
+        )
+
+    def _streams_status(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for stream in self.streams.values():
+            info = self._stream_status(stream)
+            snapshot = stream.state.snapshot() if stream.state is not None else {}
+            info["segment"] = snapshot.get("segment")
+            info["subject"] = snapshot.get("subject")
+            info["device"] = stream.engine.name if stream.engine is not None else None
+            out[stream.name] = info
+        return out
+
+    def daemon_status(self) -> dict[str, Any]:
+        from vstmon.state import daemon_status_payload
+
+        devices = self.pool.devices if self.pool is not None else []
+        model_id = self._loaded.model_id if self._loaded is not None else ""
+        return daemon_status_payload(
+            time.monotonic() - self._start_mono_s, devices, model_id, self._streams_status()
+        )
+
+    def latency_percentiles_s(self) -> dict[str, float]:
+        """Clip submitted -> label published: p50 and p99 over the last samples (seconds)."""
+        with self._latency_lock:
+            n = min(self._latency_count, _LATENCY_SAMPLES)
+            if n == 0:
+                return {"count": 0, "p50": float("nan"), "p99": float("nan")}
+            values = np.sort(self._latency_s[:n])
+        return {
+            "count": self._latency_count,
+            "p50": float(np.percentile(values, 50)),
+            "p99": float(np.percentile(values, 99)),
+        }
+
+    def _tick_loop(self) -> None:
+        heartbeat_s = self.config.publish.heartbeat_s
+        watchdog_s = self.notifier.watchdog_interval_s
+        period_s = min(heartbeat_s, watchdog_s) if watchdog_s else heartbeat_s
+        next_heartbeat = time.monotonic() + heartbeat_s
+        while not self._stop_event.wait(period_s):
+            now = time.monotonic()
+            if watchdog_s:
+                self.notifier.notify("WATCHDOG=1")
+            if now >= next_heartbeat:
+                next_heartbeat = now + heartbeat_s
+                try:
+                    for stream in self.streams.values():
+                        self._publish_stream_status(stream)
+                    if self.publisher is not None:
+                        self.publisher.publish("status", self.daemon_status())
+                except Exception as error:
+                    _log.exception("heartbeat failed", error=str(error))
+
+    # -- stopping ---------------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the daemon to stop (safe from a signal handler: only sets an event)."""
+        self._stop_event.set()
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        """Wait until a stop is requested; True when it was."""
+        return self._stop_event.wait(timeout_s)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_event.is_set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop in order: sources, workers, engines, control, tick, publisher. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._stop_event.set()
+        self.notifier.notify("STOPPING=1")
+        for stream in self.streams.values():
+            if stream.source is not None:
+                _call(stream.source.stop, "source stop", stream.name)
+            if stream.ring is not None and hasattr(stream.ring, "close"):
+                _call(stream.ring.close, "ring close", stream.name)  # wakes a writer blocked on a full ring
+        for stream in self.streams.values():
+            if stream.source is not None:
+                _call(lambda s=stream: s.source.join(timeout_s), "source join", stream.name)
+            if stream.worker is not None:
+                stream.worker.stop()
+        for stream in self.streams.values():
+            if stream.worker is not None and not stream.worker.join(timeout_s):
+                _log.error("stream worker did not stop", stream=stream.name)
+        if self.pool is not None:
+            self.pool.stop()
+            if not self.pool.join(timeout_s):
+                _log.error("engine did not stop in time")
+        if self.control is not None:
+            self.control.close()
+        if self._tick_thread is not None:
+            self._tick_thread.join(timeout_s)
+        if self.publisher is not None:
+            for stream in self.streams.values():
+                _call(lambda s=stream: self._publish_stream_status(s), "final status", stream.name)
+            self.publisher.close()
+        self.metrics.stop_server()
+        self.notifier.close()
+        _log.info("vstmon stopped")
+
+
+def _call(fn: Any, what: str, stream: str) -> None:
+    try:
+        fn()
+    except Exception as error:
+        _log.warning(f"{what} failed", stream=stream, error=str(error))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# command line
+# ---------------------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", "-c", required=True, help="the YAML config file (see config.yaml)")
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    configure_logging(config.log.level, config.log.format)
+    daemon = Daemon(config)
+    previous: dict[int, Any] = {}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        daemon.request_stop()  # the supervisor below does the work
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        previous[signum] = signal.signal(signum, on_signal)
+    try:
+        daemon.start()
+        while not daemon.wait(1.0):
+            pass
+        _log.info("stopping")
+    finally:
+        daemon.stop()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return 0
