@@ -174,17 +174,21 @@ class _ResetRequest:
 
 
 def is_file_url(url: str) -> bool:
-    """A local file path (not a URL, webcam index, /dev/video device or testsrc)."""
-    if url.isdigit() or url.startswith("/dev/video") or url.startswith("testsrc"):
+    """A local file (as the source classifies URLs); False for anything live or unparseable."""
+    from vstmon.ingest.capture import CaptureError, parse_source
+
+    try:
+        return parse_source(url).kind == "file"
+    except CaptureError:
         return False
-    return "://" not in url or url.startswith("file://")
 
 
 def _probe_fps(url: str) -> float | None:
     import cv2
 
-    path = url.removeprefix("file://")
-    capture = cv2.VideoCapture(path)
+    from vstmon.ingest.capture import parse_source
+
+    capture = cv2.VideoCapture(str(parse_source(url).target))
     try:
         fps = float(capture.get(cv2.CAP_PROP_FPS)) if capture.isOpened() else 0.0
     finally:

@@ -1,0 +1,303 @@
+"""The daemon in-process: real files, real ZeroMQ sockets on 127.0.0.1, a tiny checkpoint in the official layout.
+
+Helpers here (``tiny_checkpoint``, ``daemon_config``, ``write_mjpg``, ``collect``) are shared with
+test_daemon_e2e.py.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import free_port
+from tests.videos import render_frame
+from vstmon.client import Subscriber
+from vstmon.config import parse_config
+from vstmon.daemon import Daemon, SystemdNotifier, is_file_url, ring_capacity_frames
+from vstmon.metrics import Metrics
+
+torch.set_num_threads(1)
+cv2.setNumThreads(1)
+
+NUM_CLASSES = 10
+SIZE_PX = 64
+FRAMES = 8
+FPS = 16.0
+VIDEO_SIZE = (96, 64)  # (width, height); fitted to 64x64 (short side 64, centre crop)
+
+
+# -- shared helpers -------------------------------------------------------------------------------------------
+def tiny_checkpoint(directory: Path) -> tuple[Path, Path]:
+    """A small Video Swin (random weights, fixed seed) saved in the official layout, and its label file."""
+    from vstmon.model import build_model
+    from vstmon.model.presets import SwinConfig
+
+    torch.manual_seed(1234)
+    config = SwinConfig(
+        embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7), drop_path_rate=0.0
+    )
+    model = build_model(config, NUM_CLASSES)
+    path = directory / "tiny_swin.pth"
+    torch.save(
+        {"meta": {"note": "vstmon test model, random weights"}, "state_dict": model.state_dict()}, path
+    )
+    labels = directory / "labels.txt"
+    labels.write_text("".join(f"action_{i}\n" for i in range(NUM_CLASSES)))
+    return path, labels
+
+
+def write_mjpg(path: Path, patterns: list[tuple[str, range]], fps: float = FPS) -> Path:
+    """An MJPG .avi (intra-only: equal frames decode equally in any file) of ``(pattern, frame indices)``."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, VIDEO_SIZE)
+    assert writer.isOpened()
+    writer.set(cv2.VIDEOWRITER_PROP_QUALITY, 95)
+    try:
+        for pattern, indices in patterns:
+            for index in indices:
+                writer.write(render_frame(index, VIDEO_SIZE, pattern))
+    finally:
+        writer.release()
+    return path
+
+
+def daemon_config(
+    checkpoint: Path,
+    labels: Path,
+    streams: list[dict[str, Any]],
+    pub_port: int,
+    control_port: int | None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "model": {"arch": "auto", "checkpoint": str(checkpoint), "labels": str(labels), "device": "cpu"},
+        "clip": {"frames": FRAMES, "frame_interval": 1, "size_px": SIZE_PX, "hop_s": 0.5},
+        "inference": {"max_batch": 4, "max_wait_ms": 100, "threads": 1},
+        "streams": streams,
+        "reset": {"scene_change": {"enabled": True, "threshold": 0.5, "min_segment_s": 0.5}},
+        "smoothing": {"method": "mean", "window_clips": 3},
+        "publish": {
+            "endpoints": [f"tcp://127.0.0.1:{pub_port}"],
+            "control": f"tcp://127.0.0.1:{control_port}" if control_port else None,
+            "top_k": NUM_CLASSES,
+            "heartbeat_s": 0.2,
+        },
+        "log": {"level": "warning", "format": "console"},
+    }
+    for key, value in overrides.items():
+        data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
+    return data
+
+
+def join_subscriber(sub: Subscriber, timeout_s: float = 10.0) -> None:
+    """Slow joiner: wait until the daemon's heartbeat reaches the subscriber."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = sub.recv_raw(timeout_s=0.5)
+        if got is not None and got[0] == "status":
+            return
+    raise AssertionError("the subscriber never received the daemon's status heartbeat")
+
+
+def collect(
+    sub: Subscriber, until: Any, timeout_s: float = 60.0
+) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Per stream, every (topic, message) received until ``until(by_stream)`` is true."""
+    by_stream: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = sub.recv_raw(timeout_s=0.5)
+        if got is None:
+            continue
+        topic, message, _gaps = got
+        if "stream" in message:
+            by_stream[message["stream"]].append((topic, message))
+        if until(by_stream):
+            return by_stream
+    raise AssertionError(f"timed out; received: { {k: len(v) for k, v in by_stream.items()} }")
+
+
+def ended(names: list[str]) -> Any:
+    def check(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
+        return all(
+            any(t.startswith("reset.") and m["reason"] == "end" for t, m in by_stream.get(n, []))
+            for n in names
+        )
+
+    return check
+
+
+# -- fixtures -------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture
+def run_daemon():
+    started: list[Daemon] = []
+
+    def start(data: dict[str, Any], endpoint_port: int) -> tuple[Daemon, Subscriber]:
+        config = parse_config(data)
+        daemon = Daemon(config)
+        daemon.start(start_sources=False)
+        started.append(daemon)
+        sub = Subscriber(f"tcp://127.0.0.1:{endpoint_port}")
+        subs.append(sub)
+        join_subscriber(sub)
+        daemon.start_sources()
+        return daemon, sub
+
+    subs: list[Subscriber] = []
+    before = {t.ident for t in threading.enumerate()}
+    yield start
+    for daemon in started:
+        daemon.stop()
+    for sub in subs:
+        sub.close()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        leftover = [
+            t for t in threading.enumerate() if t.ident not in before and not t.name.startswith("ZMQbg")
+        ]
+        if not leftover:
+            break
+        time.sleep(0.05)
+    assert not leftover, f"threads left running: {[t.name for t in leftover]}"
+
+
+# -- unit parts ------------------------------------------------------------------------------------------------
+def test_sd_notify_sends_datagrams_to_notify_socket(tmp_path: Path) -> None:
+    address = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(address)
+    server.settimeout(2)
+    try:
+        notifier = SystemdNotifier({"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "4000000"})
+        assert notifier.enabled and notifier.watchdog_interval_s == pytest.approx(2.0)
+        assert notifier.notify("READY=1") and notifier.notify("WATCHDOG=1")
+        assert server.recv(64) == b"READY=1"
+        assert server.recv(64) == b"WATCHDOG=1"
+        notifier.close()
+    finally:
+        server.close()
+    quiet = SystemdNotifier({})
+    assert not quiet.enabled and not quiet.notify("READY=1") and quiet.watchdog_interval_s is None
+
+
+def test_ring_capacity_holds_one_clip_span_and_a_second() -> None:
+    config = parse_config(
+        {"clip": {"frames": 32, "frame_interval": 2}, "streams": [{"name": "a", "url": "x.mp4"}]}
+    )
+    assert ring_capacity_frames(config, config.streams[0], 25.0) == 63 + 25 + 2
+    timed = parse_config(
+        {"clip": {"frames": 16, "sample_fps": 8.0}, "streams": [{"name": "a", "url": "x.mp4"}]}
+    )
+    assert ring_capacity_frames(timed, timed.streams[0], 30.0) == 58 + 1 + 30 + 2
+
+
+def test_files_are_recognised_for_lossless_reading(tmp_path: Path) -> None:
+    path = write_mjpg(tmp_path / "a.avi", [("moving", range(4))])
+    assert is_file_url(str(path)) and is_file_url(f"file://{path}")
+    assert (
+        not is_file_url("rtsp://cam/1")
+        and not is_file_url("0")
+        and not is_file_url(str(tmp_path / "gone.mp4"))
+    )
+
+
+def test_metrics_render_stream_counters_and_batches() -> None:
+    metrics = Metrics()
+    metrics.update_stream("cam", "streaming", 25.0, 100, 3, 7, 1, 2)
+    metrics.update_stream("cam", "reconnecting", 0.0, 150, 3, 9, 1, 3)
+    metrics.observe_batch("cpu", 4, 0.05)
+    text = metrics.render().decode()
+    assert 'vstmon_frames_read_total{stream="cam"} 150.0' in text
+    assert 'vstmon_reconnects_total{stream="cam"} 3.0' in text
+    assert 'vstmon_stream_state{state="reconnecting",stream="cam"} 1.0' in text
+    assert 'vstmon_batch_size_count{device="cpu"} 1.0' in text
+
+
+def test_missing_checkpoint_says_how_to_fetch(tmp_path: Path) -> None:
+    from vstmon.daemon import load_model_and_labels
+    from vstmon.errors import CheckpointError
+
+    config = parse_config({"model": {"checkpoint": str(tmp_path / "nope.pth")}})
+    with pytest.raises(CheckpointError, match="vstmon weights fetch"):
+        load_model_and_labels(config)
+
+
+# -- the daemon -----------------------------------------------------------------------------------------------
+def test_several_file_streams_are_batched_and_published_with_continuous_seq(
+    tmp_path: Path, model_files: tuple[Path, Path], run_daemon
+) -> None:
+    checkpoint, labels = model_files
+    names = ["cam0", "cam1", "cam2", "cam3"]
+    streams = []
+    for i, name in enumerate(names):
+        path = write_mjpg(tmp_path / f"{name}.avi", [("moving", range(i, i + 40))])
+        streams.append({"name": name, "url": str(path)})
+    pub_port = free_port()
+    daemon, sub = run_daemon(
+        daemon_config(checkpoint, labels, streams, pub_port, None, inference={"max_wait_ms": 200}), pub_port
+    )
+    by_stream = collect(sub, ended(names))
+    assert sub.gaps == 0
+    for name in names:
+        messages = by_stream[name]
+        seqs = [m["seq"] for _, m in messages]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # +1 per message of the stream, any topic
+        topics = [t.split(".")[0] for t, _ in messages]
+        assert topics[0] == "reset" and messages[0][1]["reason"] == "start"
+        labels_msgs = [m for t, m in messages if t == f"label.{name}"]
+        # 40 frames at 16 fps, 8-frame clips every 0.5 s (8 frames): clips end at frames 7, 15, 23, 31, 39
+        assert len(labels_msgs) == 5
+        for m in labels_msgs:
+            assert m["v"] == 1 and m["type"] == "label" and m["segment"] == 1 and m["subject"] is None
+            assert m["clip"]["frames"] == FRAMES and m["clip"]["last_frame"] - m["clip"]["first_frame"] == 7
+            assert m["model"] and m["latency_ms"] >= 0
+            scores = [s["score"] for s in m["top"]]
+            assert len(scores) == NUM_CLASSES and scores == sorted(scores, reverse=True)
+            assert abs(sum(scores) - 1.0) < 1e-4
+        end = next(m for t, m in messages if t == f"reset.{name}" and m["reason"] == "end")
+        summary = [m for t, m in messages if t == f"segment.{name}"][-1]
+        assert summary["segment"] == 1 and summary["clips"] == 5 and end["previous_segment"] == 1
+        assert topics.index("segment") < len(topics) - 1 - topics[::-1].index("reset")
+    assert max(daemon.batch_sizes) > 1, daemon.batch_sizes  # clips of different streams shared batches
+    assert sum(size * n for size, n in daemon.batch_sizes.items()) == 20
+
+
+def test_labels_after_a_scene_cut_equal_a_fresh_run_on_the_second_half(
+    tmp_path: Path, model_files: tuple[Path, Path], run_daemon
+) -> None:
+    """The leakage guarantee: nothing published after the automatic reset depends on frames before the cut."""
+    checkpoint, labels = model_files
+    cut, total = 27, 27 + 45  # the cut is not on a clip boundary of the first scene
+    both = write_mjpg(tmp_path / "both.avi", [("scene_a", range(cut)), ("scene_b", range(cut, total))])
+    second = write_mjpg(tmp_path / "second.avi", [("scene_b", range(cut, total))])
+    pub_port = free_port()
+    streams = [{"name": "both", "url": str(both)}, {"name": "fresh", "url": str(second)}]
+    _daemon, sub = run_daemon(daemon_config(checkpoint, labels, streams, pub_port, None), pub_port)
+    by_stream = collect(sub, ended(["both", "fresh"]))
+    resets = [m for t, m in by_stream["both"] if t == "reset.both"]
+    assert [r["reason"] for r in resets] == ["start", "scene_change", "end"]
+    assert [m["reason"] for t, m in by_stream["fresh"] if t == "reset.fresh"] == ["start", "end"]
+    after = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 2]
+    fresh = [m for t, m in by_stream["fresh"] if t == "label.fresh"]
+    assert len(fresh) == 5 and len(after) == len(fresh)
+    for a, f in zip(after, fresh, strict=True):
+        assert a["clip"]["first_frame"] - cut == f["clip"]["first_frame"]
+        assert a["clip"]["last_frame"] - cut == f["clip"]["last_frame"]
+        for key in ("top", "smoothed"):
+            assert [s["index"] for s in a[key]] == [s["index"] for s in f[key]]
+            np.testing.assert_allclose([s["score"] for s in a[key]], [s["score"] for s in f[key]], atol=1e-5)
+    before = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 1]
+    assert all(m["clip"]["last_frame"] < cut for m in before)

@@ -1,0 +1,217 @@
+"""End to end: a real ``vstmon`` process, real files and a real RTSP server, real ZeroMQ sockets on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+import zmq
+
+from tests.conftest import REPO_ROOT, free_port
+from tests.rtsp_fixtures import rtsp_servers  # noqa: F401 (fixture)
+from tests.test_daemon import collect, daemon_config, tiny_checkpoint, write_mjpg
+from vstmon.client import Subscriber
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return tiny_checkpoint(tmp_path_factory.mktemp("model"))
+
+
+class Vstmon:
+    """A ``python -m vstmon`` subprocess with its config file, publish and control ports."""
+
+    def __init__(self, tmp_path: Path, data: dict[str, Any], pub_port: int, control_port: int) -> None:
+        self.config_path = tmp_path / "config.yaml"
+        self.config_path.write_text(yaml.safe_dump(data))
+        self.pub = f"tcp://127.0.0.1:{pub_port}"
+        self.control = f"tcp://127.0.0.1:{control_port}"
+        self.log_path = tmp_path / "vstmon.log"
+        self._log = self.log_path.open("wb")
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "vstmon", "--config", str(self.config_path)],
+            cwd=tmp_path,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def request(self, payload: bytes | dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+        context = zmq.Context.instance()
+        sock = context.socket(zmq.REQ)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self.control)
+        try:
+            sock.send(payload if isinstance(payload, bytes) else json.dumps(payload).encode())
+            assert sock.poll(int(timeout_s * 1000)), f"no control reply; log:\n{self.log()}"
+            return json.loads(sock.recv())
+        finally:
+            sock.close()
+
+    def terminate(self, timeout_s: float = 20.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+@pytest.fixture
+def vstmon_process(tmp_path: Path) -> Iterator[Any]:
+    started: list[Vstmon] = []
+
+    def start(data: dict[str, Any], pub_port: int, control_port: int) -> Vstmon:
+        process = Vstmon(tmp_path, data, pub_port, control_port)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.kill()
+
+
+def labels_of(by_stream: dict[str, list[tuple[str, dict[str, Any]]]], name: str) -> list[dict[str, Any]]:
+    return [m for t, m in by_stream.get(name, []) if t == f"label.{name}"]
+
+
+def test_vstmon_process_serves_files_and_control_and_exits_0_on_sigterm(
+    tmp_path: Path, model_files: tuple[Path, Path], vstmon_process
+) -> None:
+    checkpoint, labels = model_files
+    streams = [
+        {
+            "name": f"file{i}",
+            "url": str(write_mjpg(tmp_path / f"f{i}.avi", [("moving", range(64))])),
+            "loop": True,
+            "realtime": True,
+        }
+        for i in range(2)
+    ]
+    streams.append({"name": "broken", "url": str(tmp_path / "missing.mp4")})
+    pub_port, control_port = free_port(), free_port()
+    data = daemon_config(checkpoint, labels, streams, pub_port, control_port)
+    process = vstmon_process(data, pub_port, control_port)
+    with Subscriber(process.pub) as sub:
+
+        def enough(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
+            return all(len(labels_of(by_stream, s["name"])) >= 3 for s in streams[:2])
+
+        by_stream = collect(sub, enough, timeout_s=90)
+        for name in ("file0", "file1"):
+            seqs = [m["seq"] for _, m in by_stream[name]]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+        status = process.request({"cmd": "status"})
+        assert status["ok"] and set(status["streams"]) == {"file0", "file1", "broken"}
+        assert status["streams"]["broken"]["state"] == "failed"  # a bad stream never takes the others down
+        assert status["streams"]["file0"]["state"] == "streaming"
+
+        reply = process.request({"cmd": "reset", "stream": "file0", "subject": "p-43"})
+        assert reply["ok"] and reply["segment"] >= 2
+        segment = reply["segment"]
+
+        def reset_seen(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
+            return any(
+                m["segment"] == segment and m["subject"] == "p-43" for m in labels_of(by_stream, "file0")
+            )
+
+        after = collect(sub, reset_seen, timeout_s=60)["file0"]
+        topics = [t for t, _ in after]
+        reset_at = next(
+            i for i, (t, m) in enumerate(after) if t == "reset.file0" and m["reason"] == "control"
+        )
+        assert topics[reset_at - 1] == "segment.file0"
+        assert after[reset_at][1]["subject"] == "p-43" and after[reset_at][1]["segment"] == segment
+        later = after[reset_at + 1 :]
+        next_reset = next((i for i, (t, _) in enumerate(later) if t == "reset.file0"), len(later))
+        later_labels = [m for t, m in later[:next_reset] if t == "label.file0"]
+        assert later_labels and all(m["segment"] == segment and m["subject"] == "p-43" for m in later_labels)
+
+        for bad in (b"{not json", {"cmd": "reset", "stream": "nope"}, {"cmd": "reset"}, {"cmd": "explode"}):
+            answer = process.request(bad)
+            assert answer["ok"] is False and answer["error"]
+        assert process.request({"cmd": "status"})["ok"]  # the daemon carries on
+
+    started = time.monotonic()
+    assert process.terminate() == 0, process.log()
+    assert time.monotonic() - started < 20
+
+
+def test_vstmon_process_with_an_rtsp_stream_and_a_file(
+    tmp_path: Path,
+    model_files: tuple[Path, Path],
+    vstmon_process,
+    rtsp_servers,  # noqa: F811
+) -> None:
+    checkpoint, labels = model_files
+    server = rtsp_servers(mode="testsrc", fps=16)
+    video = write_mjpg(tmp_path / "f.avi", [("moving", range(64))])
+    streams = [
+        {"name": "cam", "url": server.url, "open_timeout_s": 10},
+        {"name": "file", "url": str(video), "loop": True, "realtime": True},
+    ]
+    pub_port, control_port = free_port(), free_port()
+    process = vstmon_process(
+        daemon_config(checkpoint, labels, streams, pub_port, control_port), pub_port, control_port
+    )
+    with Subscriber(process.pub) as sub:
+        by_stream = collect(
+            sub, lambda b: len(labels_of(b, "cam")) >= 3 and len(labels_of(b, "file")) >= 3, timeout_s=90
+        )
+    for message in labels_of(by_stream, "cam"):
+        assert message["clip"]["frames"] == 8 and message["segment"] >= 1
+    status = [m for t, m in by_stream["cam"] if t == "status.cam"]
+    assert status and status[-1]["state"] == "streaming"
+    assert process.terminate() == 0, process.log()
+
+
+def test_check_command_accepts_a_good_config_and_explains_a_bad_one(
+    tmp_path: Path, model_files: tuple[Path, Path]
+) -> None:
+    checkpoint, labels = model_files
+    streams = [{"name": "cam", "url": "rtsp://user:secret@10.0.0.5/stream1"}]
+    data = daemon_config(checkpoint, labels, streams, free_port(), None)
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(data))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    result = subprocess.run(
+        [sys.executable, "-m", "vstmon", "check", "--config", str(good)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "10 classes" in result.stdout and "secret" not in result.stdout and "cam:" in result.stdout
+    data["model"]["checkpoint"] = str(tmp_path / "absent.pth")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = subprocess.run(
+        [sys.executable, "-m", "vstmon", "check", "--config", str(bad)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert result.returncode == 2
+    assert "absent.pth does not exist" in result.stderr and "vstmon weights fetch" in result.stderr
+    assert "Traceback" not in result.stderr
