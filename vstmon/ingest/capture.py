@@ -1,0 +1,310 @@
+"""Opening video inputs: what a URL means, and one small reader per kind.
+
+Kinds: ``rtsp`` (rtsp://, rtsps://), ``http`` (http(s):// MJPEG or HLS), ``webcam`` (an integer index or
+/dev/videoN), ``file`` (a path or file://), ``testsrc`` (synthetic, ``testsrc://?width=640&height=480&fps=25``).
+Every reader has ``read() -> np.ndarray | None`` (a BGR frame valid until the next read; None = no frame),
+``stream_ts_s`` (the stream's clock for the frame just read, or None for live inputs), ``fps`` and ``close()``.
+
+OpenCV/FFmpeg facts this module is built on (measured, see shared/ENVIRONMENT.md):
+- open and read timeouts and decoder threads are per-capture open params;
+- ``rtsp_transport``, ``fflags;nobuffer`` and probe limits exist only as ``OPENCV_FFMPEG_CAPTURE_OPTIONS``, an
+  environment variable that OpenCV reads while it opens. ``_FfmpegOptionsGate`` sets it per open: opens that
+  need the same options run concurrently; an open that needs other options waits until those are done;
+- FFmpeg prints its own errors to stderr; the level is set to quiet (``OPENCV_FFMPEG_LOGLEVEL``, unless the user
+  set it) so that nothing of a URL reaches stderr; our own reasons say what failed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+
+from vstmon.config import StreamConfig
+from vstmon.errors import SourceError
+from vstmon.log import redact_url
+
+__all__ = ["CaptureError", "Reader", "SourceSpec", "TestPattern", "open_reader", "parse_source"]
+
+# FFmpeg's own stderr output: quiet (AV_LOG_QUIET) so that it can never print a URL with credentials.
+# Read by OpenCV once, when its FFmpeg backend initialises; set before the first capture opens.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+
+_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+_WEBCAM_PATH_RE = re.compile(r"^/dev/video\d+$")
+_LIVE_KINDS = ("rtsp", "http", "webcam")
+# Probe limits for RTSP: FFmpeg's defaults (5 s / 5 MB) make an open take ~1.2 s; 0.2 s with these.
+# probesize is generous enough for a 1080p key frame.
+_RTSP_PROBE = "analyzeduration;200000|probesize;1000000"
+
+
+class CaptureError(SourceError):
+    """A source could not be opened. ``permanent``: retrying cannot help (bad scheme, missing file)."""
+
+    def __init__(self, message: str, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSpec:
+    """What a stream URL means. ``target`` is what OpenCV opens (never logged: it may hold credentials)."""
+
+    kind: str  # rtsp | http | webcam | file | testsrc
+    target: str | int
+    display: str  # redacted, safe for logs and reasons
+
+    @property
+    def live(self) -> bool:
+        return self.kind in _LIVE_KINDS
+
+
+def parse_source(url: str) -> SourceSpec:
+    """Classify a stream URL; raises a permanent ``CaptureError`` for what can never be opened."""
+    text = url.strip()
+    display = redact_url(text)
+    if text.isdigit():
+        return SourceSpec("webcam", int(text), display)
+    if _WEBCAM_PATH_RE.match(text):
+        return SourceSpec("webcam", text, display)
+    if text == "testsrc" or text.startswith("testsrc://"):
+        return SourceSpec("testsrc", text, display)
+    if "://" in text:
+        scheme = text.split("://", 1)[0].lower()
+        if scheme in ("rtsp", "rtsps"):
+            return SourceSpec("rtsp", text, display)
+        if scheme in ("http", "https"):
+            return SourceSpec("http", text, display)
+        if scheme == "file":
+            text = urlsplit(text).path
+        else:
+            raise CaptureError(
+                f"unsupported URL scheme {scheme!r} in {display} (use rtsp://, rtsps://, http(s)://, "
+                "a file path, a webcam index, /dev/videoN or testsrc)",
+                permanent=True,
+            )
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise CaptureError(f"video file {display} does not exist", permanent=True)
+    if not path.is_file():
+        raise CaptureError(f"{display} is not a regular file", permanent=True)
+    return SourceSpec("file", str(path), redact_url(str(path)))
+
+
+class Reader(Protocol):
+    """One opened input."""
+
+    fps: float
+
+    def read(self) -> np.ndarray | None: ...
+
+    @property
+    def stream_ts_s(self) -> float | None: ...
+
+    def close(self) -> None: ...
+
+
+class _FfmpegOptionsGate:
+    """Sets ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for the duration of an open.
+
+    Opens needing the same value overlap freely; a different value waits until no open is in flight.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._value: str | None = os.environ.get(_OPTIONS_ENV)
+        self._in_flight = 0
+
+    def acquire(self, value: str, stop: threading.Event) -> bool:
+        with self._cond:
+            while self._in_flight and self._value != value:
+                if stop.is_set():
+                    return False
+                self._cond.wait(0.1)
+            if self._value != value:
+                if value:
+                    os.environ[_OPTIONS_ENV] = value
+                else:
+                    os.environ.pop(_OPTIONS_ENV, None)
+                self._value = value
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._cond:
+            self._in_flight -= 1
+            self._cond.notify_all()
+
+
+_GATE = _FfmpegOptionsGate()
+_LOG_LEVEL_SET = False
+
+
+def _quiet_opencv() -> None:
+    """OpenCV's own warnings (e.g. 'can't capture by name') go to stderr; keep errors only."""
+    global _LOG_LEVEL_SET
+    if not _LOG_LEVEL_SET:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        _LOG_LEVEL_SET = True
+
+
+class _CvReader:
+    """A ``cv2.VideoCapture`` that reads into one reused frame buffer."""
+
+    def __init__(self, capture: cv2.VideoCapture, kind: str) -> None:
+        self._capture = capture
+        self._kind = kind
+        self._frame: np.ndarray | None = None
+        fps = float(capture.get(cv2.CAP_PROP_FPS) or 0.0)
+        self.fps = fps if 0.0 < fps < 1000.0 else 0.0
+
+    def read(self) -> np.ndarray | None:
+        ok, frame = self._capture.read(self._frame)
+        if not ok or frame is None:
+            return None
+        self._frame = frame  # reused by the next read when the shape stays the same
+        return frame
+
+    @property
+    def stream_ts_s(self) -> float | None:
+        if self._kind != "file":
+            return None
+        return float(self._capture.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+class TestPattern:
+    """A deterministic moving pattern: a gradient scrolling left and a white square bouncing down.
+
+    Frame ``i`` depends only on ``i`` (and the size). ``frames`` limits the length (None = endless).
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, width_px: int, height_px: int, fps: float, frames: int | None = None) -> None:
+        self.fps = fps
+        self.frames = frames
+        self.width_px, self.height_px = width_px, height_px
+        xs = np.arange(2 * width_px, dtype=np.float32)
+        ys = np.arange(height_px, dtype=np.float32)[:, None]
+        base = np.empty((height_px, 2 * width_px, 3), np.uint8)
+        base[..., 0] = (127 + 120 * np.sin(xs * (2 * np.pi / width_px)))[None, :]
+        base[..., 1] = (ys * (255.0 / max(1, height_px - 1))).astype(np.uint8)
+        base[..., 2] = (127 + 120 * np.cos(xs * (4 * np.pi / width_px)))[None, :]
+        self._base = base
+        self._frame = np.empty((height_px, width_px, 3), np.uint8)
+        self._index = -1
+
+    def read(self) -> np.ndarray | None:
+        if self.frames is not None and self._index + 1 >= self.frames:
+            return None
+        self._index += 1
+        i, w, h = self._index, self.width_px, self.height_px
+        offset = (4 * i) % w
+        np.copyto(self._frame, self._base[:, offset : offset + w])
+        side = max(4, min(w, h) // 6)
+        y = (3 * i) % max(1, h - side)
+        x = (w - side) // 2
+        self._frame[y : y + side, x : x + side] = 255
+        return self._frame
+
+    @property
+    def stream_ts_s(self) -> float | None:
+        return self._index / self.fps
+
+    def close(self) -> None:
+        pass
+
+
+def _testsrc(cfg: StreamConfig, target: str) -> TestPattern:
+    query = parse_qs(urlsplit(target).query) if "?" in target else {}
+
+    def number(key: str, default: float) -> float:
+        try:
+            return float(query[key][0]) if key in query else default
+        except ValueError:
+            raise CaptureError(f"testsrc: {key}={query[key][0]!r} is not a number", permanent=True) from None
+
+    width = int(number("width", cfg.width or 320))
+    height = int(number("height", cfg.height or 240))
+    fps = number("fps", cfg.fps or 25.0)
+    frames = int(number("frames", 0)) or None
+    if width < 16 or height < 16 or fps <= 0:
+        raise CaptureError(f"testsrc: bad size {width}x{height} or fps {fps}", permanent=True)
+    return TestPattern(width, height, fps, frames)
+
+
+def _ffmpeg_options(cfg: StreamConfig, kind: str) -> str:
+    if kind == "rtsp":
+        return f"rtsp_transport;{cfg.transport}|fflags;nobuffer|{_RTSP_PROBE}"
+    if kind == "http":
+        return "fflags;nobuffer"
+    return ""
+
+
+def _open_params(cfg: StreamConfig, live: bool) -> list[int]:
+    read_timeout_s = min(cfg.read_timeout_s, cfg.stall_timeout_s) if live else cfg.read_timeout_s
+    params = [
+        cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+        round(cfg.open_timeout_s * 1000),
+        cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+        round(read_timeout_s * 1000),
+    ]
+    if live:  # one decoder thread: 42 ms instead of 83 ms latency (frame threading queues frames)
+        params += [cv2.CAP_PROP_N_THREADS, 1]
+    return params
+
+
+def open_reader(cfg: StreamConfig, spec: SourceSpec, stop: threading.Event) -> Reader:
+    """Open ``spec``; raises ``CaptureError`` (``permanent`` or not) with a reason free of credentials."""
+    _quiet_opencv()
+    if spec.kind == "testsrc":
+        return _testsrc(cfg, str(spec.target))
+    if spec.kind == "webcam":
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(cfg.open_timeout_s * 1000)]
+        for prop, value in (
+            (cv2.CAP_PROP_FRAME_WIDTH, cfg.width),
+            (cv2.CAP_PROP_FRAME_HEIGHT, cfg.height),
+            (cv2.CAP_PROP_FPS, cfg.fps),
+        ):
+            if value:
+                params += [prop, round(value)]
+        capture = cv2.VideoCapture(spec.target, cv2.CAP_V4L2, params)
+        if not capture.isOpened():
+            capture.release()
+            raise CaptureError(f"cannot open webcam {spec.display} (V4L2)", permanent=False)
+        return _CvReader(capture, "webcam")
+
+    options = _ffmpeg_options(cfg, spec.kind)
+    if not _GATE.acquire(options, stop):
+        raise CaptureError("stopped while waiting to open", permanent=False)
+    started_s = time.monotonic()
+    try:
+        capture = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, _open_params(cfg, spec.live))
+    finally:
+        _GATE.release()
+    if not capture.isOpened():
+        capture.release()
+        if spec.kind == "file":
+            raise CaptureError(
+                f"{spec.display} is not a video OpenCV/FFmpeg can decode (unknown format or codec)",
+                permanent=True,
+            )
+        took_s = time.monotonic() - started_s
+        why = "timed out" if took_s >= cfg.open_timeout_s * 0.9 else "failed"
+        raise CaptureError(
+            f"cannot open {spec.kind} stream {spec.display}: {why} after {took_s:.1f} s "
+            "(host unreachable, connection refused, not authorised or no such stream)",
+            permanent=False,
+        )
+    return _CvReader(capture, spec.kind)
