@@ -101,8 +101,8 @@ class FrameFitter:
         top, left = self._crop_yx
         crop = resized[top : top + size, left : left + size]  # (size, size, 3) BGR view
         result = cv2.cvtColor(crop, cv2.COLOR_BGR2RGB, dst=out)
-        if result is not out:  # OpenCV may not write into a foreign buffer; never silently lose the frame
-            out[...] = result
+        if result.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
+            out[...] = result  # OpenCV did not write in place (it does for a C-contiguous out): copy
         return out
 
 
