@@ -165,17 +165,19 @@ def make_video(
     size: tuple[int, int] = (128, 96),
     pattern: str = "moving",
     codec: str = "mp4v",
+    start_index: int = 0,
 ) -> Path:
     """Write ``n_frames`` frames of ``pattern`` at ``fps`` and ``size`` = (width, height); returns the path.
 
     Patterns: ``moving`` (gradient, moving square, index code), ``static`` (identical frames, no code),
     ``noise`` (seeded noise + code), ``scene_a`` / ``scene_b`` (the two scenes of ``make_two_scene_video``).
-    The path's extension should suit the codec (.mp4 for mp4v/h264, .avi for MJPG/XVID).
+    The path's extension should suit the codec (.mp4 for mp4v/h264, .avi for MJPG/XVID). ``start_index``
+    makes the file start at that frame of the pattern (e.g. the part of a longer video after a cut).
     """
     _check_args(n_frames, fps, size, codec)
     if pattern not in PATTERNS:
         raise ValueError(f"unknown pattern {pattern!r}; use one of {', '.join(PATTERNS)}")
-    frames = (render_frame(i, size, pattern) for i in range(n_frames))
+    frames = (render_frame(i, size, pattern) for i in range(start_index, start_index + n_frames))
     return _write(Path(path), frames, fps, size, codec)
 
 
