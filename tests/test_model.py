@@ -13,6 +13,7 @@ from vstmon.model.swin3d import (
     VideoSwin,
     build_model,
     effective_window_and_shift,
+    group_shifted_windows,
     padded_grid,
     relative_position_index,
     shift_attention_mask,
@@ -205,6 +206,29 @@ def test_shift_mask_ignores_an_unshifted_dimension() -> None:
     per_window = only_hw.reshape(4, 2, 9, 2, 9)
     torch.testing.assert_close(per_window[:, 0, :, 0], per_window[:, 1, :, 1])
     torch.testing.assert_close(per_window[:, 0, :, 0], per_window[:, 0, :, 1])
+
+
+@pytest.mark.parametrize(
+    ("grid", "window", "shift"),
+    [
+        ((24, 14, 14), (8, 7, 7), (4, 3, 3)),
+        ((16, 28, 28), (16, 7, 7), (0, 3, 3)),
+        ((24, 6, 6), (8, 6, 6), (4, 0, 0)),
+    ],
+)
+def test_window_groups_hold_exactly_each_windows_shift_mask(
+    grid: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]
+) -> None:
+    full = shift_attention_mask(grid, window, shift)  # (nW, N, N)
+    groups = group_shifted_windows(grid, window, shift)
+    assert sum(groups.counts) == full.shape[0] == groups.order.numel()
+    assert len(groups.counts) == groups.masks.shape[0] <= 8
+    assert sorted(groups.order.tolist()) == list(range(full.shape[0]))
+    assert torch.equal(groups.order[groups.inverse], torch.arange(full.shape[0]))
+    group_of_position = torch.repeat_interleave(torch.arange(len(groups.counts)), torch.tensor(groups.counts))
+    for position, window_index in enumerate(groups.order.tolist()):
+        assert torch.equal(full[window_index], groups.masks[group_of_position[position]])
+    assert len({m.numpy().tobytes() for m in groups.masks}) == len(groups.counts)  # groups are distinct
 
 
 # ---- behaviour of the network ----------------------------------------------------------------------------------

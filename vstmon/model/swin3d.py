@@ -18,7 +18,7 @@ the stages; windows are ``(B, nW, N, C)`` with ``N = Wd * Wh * Ww``. No I/O and 
 from __future__ import annotations
 
 import math
-from typing import Literal, overload
+from typing import Literal, NamedTuple, TypeVar, overload
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +40,10 @@ __all__ = [
     "SwinTransformerBlock3D",
     "VideoSwin",
     "WindowAttention3D",
+    "WindowGroups",
     "build_model",
     "effective_window_and_shift",
+    "group_shifted_windows",
     "padded_grid",
     "relative_position_index",
     "shift_attention_mask",
@@ -50,6 +52,7 @@ __all__ = [
 ]
 
 Size3 = tuple[int, int, int]
+_T = TypeVar("_T")
 
 #: Names of the per-stage outputs returned by ``SwinTransformer3D.forward_stages`` (the fixtures' names).
 STAGE_NAMES = ("layers.0", "layers.1", "layers.2", "layers.3", "backbone")
@@ -151,7 +154,41 @@ def shift_attention_mask(
     )
 
 
-def _remember(cache: dict[tuple, Tensor], key: tuple, value: Tensor) -> Tensor:
+class WindowGroups(NamedTuple):
+    """Windows of a shifted grid grouped by their (identical) shift mask.
+
+    Only windows on the last row of windows along a shifted dimension straddle two regions, so a grid has at
+    most 8 distinct masks. Attention runs once per group with that group's mask broadcast (never expanded to
+    (nW, heads, N, N)).
+    """
+
+    order: Tensor  # (nW,) int64: window indices, grouped
+    inverse: Tensor  # (nW,) int64: position of each window in ``order``
+    counts: tuple[int, ...]  # windows per group, in ``order``
+    masks: Tensor  # (G, N, N) float32: the shift mask of each group (0 / -100)
+
+
+def group_shifted_windows(
+    grid: Size3, window: Size3, shift: Size3, device: torch.device | None = None
+) -> WindowGroups:
+    """Group the windows of a padded ``grid`` by shift mask (see ``WindowGroups``)."""
+    counts_per_dim = [g // w for g, w in zip(grid, window, strict=True)]
+    kind = torch.zeros(counts_per_dim, dtype=torch.int64, device=device)  # (nd, nh, nw)
+    for axis, (n, s) in enumerate(zip(counts_per_dim, shift, strict=True)):
+        if s > 0:
+            last = (torch.arange(n, device=device) == n - 1).to(torch.int64)  # (n,)
+            view = [1, 1, 1]
+            view[axis] = n
+            kind = kind + last.view(view) * (1 << axis)
+    kind = kind.flatten()  # (nW,), in window_partition order
+    order = torch.argsort(kind, stable=True)  # (nW,)
+    _, counts = torch.unique_consecutive(kind[order], return_counts=True)  # (G,)
+    firsts = torch.cumsum(counts, 0) - counts  # (G,) first position of each group in ``order``
+    masks = shift_attention_mask(grid, window, shift, device)[order[firsts]]  # (G, N, N)
+    return WindowGroups(order, torch.argsort(order), tuple(counts.tolist()), masks)
+
+
+def _remember(cache: dict[tuple, _T], key: tuple, value: _T) -> _T:
     if len(cache) >= _CACHE_ENTRIES:
         cache.clear()
     cache[key] = value
@@ -252,36 +289,39 @@ class WindowAttention3D(nn.Module):
         bias = bias.to(dtype).contiguous()
         return _remember(self._bias_cache, key, bias) if cacheable else bias
 
-    def forward(self, windows: Tensor, shift_mask: Tensor | None = None) -> Tensor:
-        """(B, nW, N, C) windows, optional (nW, N, N) shift mask -> (B, nW, N, C)."""
+    def forward(self, windows: Tensor, groups: WindowGroups | None = None) -> Tensor:
+        """(B, nW, N, C) windows -> (B, nW, N, C); ``groups`` (shifted blocks only) carries the shift masks."""
         b, nw, n, _ = windows.shape
+        if groups is not None:
+            windows = windows.index_select(1, groups.order)  # (B, nW, N, C), grouped by shift mask
         qkv = rearrange(
-            self.qkv(windows), "b w n (three h d) -> three (b w) h n d", three=3, h=self.num_heads
-        )  # (3, B*nW, heads, N, head_dim)
+            self.qkv(windows), "b w n (three h d) -> three b w h n d", three=3, h=self.num_heads
+        )  # (3, B, nW, heads, N, head_dim)
         q, k, v = qkv.unbind(0)
         bias = self.relative_position_bias(n, q.dtype)  # (heads, N, N)
-        drop_p = self.attn_drop if self.training else 0.0
-        if shift_mask is None:
-            mask = bias.expand(b * nw, -1, -1, -1)  # (B*nW, heads, N, N), a stride-0 view
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop_p, scale=self.scale)
+        if groups is None:
+            masks, counts = bias[None], (nw,)  # (1, heads, N, N)
         else:
-            mask = bias[None] + shift_mask.to(q.dtype)[:, None]  # (nW, heads, N, N)
-            if b == 1:
-                out = F.scaled_dot_product_attention(
-                    q, k, v, attn_mask=mask, dropout_p=drop_p, scale=self.scale
-                )
-            else:  # one call per clip: the mask is shared and never expanded to B*nW
-                q, k, v = (rearrange(t, "(b w) h n d -> b w h n d", b=b) for t in (q, k, v))
-                out = torch.cat(
-                    [
-                        F.scaled_dot_product_attention(
-                            q[i], k[i], v[i], attn_mask=mask, dropout_p=drop_p, scale=self.scale
-                        )
-                        for i in range(b)
-                    ]
-                )  # (B*nW, heads, N, head_dim)
-        out = rearrange(out, "(b w) h n d -> b w n (h d)", b=b)  # (B, nW, N, C)
-        return self.proj_drop(self.proj(out))
+            masks, counts = bias[None] + groups.masks.to(q.dtype)[:, None], groups.counts  # (G, heads, N, N)
+        drop_p = self.attn_drop if self.training else 0.0
+        outs = []
+        start = 0
+        for mask, count in zip(masks, counts, strict=True):
+            part = [
+                t[:, start : start + count].flatten(0, 1) for t in (q, k, v)
+            ]  # (B*cnt, heads, N, head_dim)
+            out = F.scaled_dot_product_attention(
+                *part,
+                attn_mask=mask.expand(b * count, -1, -1, -1),  # (B*cnt, heads, N, N), a stride-0 view
+                dropout_p=drop_p,
+                scale=self.scale,
+            )
+            outs.append(rearrange(out, "(b w) h n d -> b w n (h d)", b=b))  # (B, cnt, N, C)
+            start += count
+        out = self.proj_drop(
+            self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
+        )  # (B, nW, N, C)
+        return out if groups is None else out.index_select(1, groups.inverse)
 
 
 class SwinTransformerBlock3D(nn.Module):
@@ -310,7 +350,7 @@ class SwinTransformerBlock3D(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def _attention(self, x: Tensor, shift_mask: Tensor | None) -> Tensor:
+    def _attention(self, x: Tensor, groups: WindowGroups | None) -> Tensor:
         """Windowed attention of an already normalised (B, D, H, W, C) grid."""
         _, d, h, w, _ = x.shape
         window, shift = effective_window_and_shift((d, h, w), self.window_size, self.shift_size)
@@ -321,7 +361,7 @@ class SwinTransformerBlock3D(nn.Module):
         shifted = any(s > 0 for s in shift)
         if shifted:
             x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-        windows = self.attn(window_partition(x, window), shift_mask if shifted else None)  # (B, nW, N, C)
+        windows = self.attn(window_partition(x, window), groups if shifted else None)  # (B, nW, N, C)
         x = window_reverse(windows, window, (dp, hp, wp))  # (B, Dp, Hp, Wp, C)
         if shifted:
             x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
@@ -329,9 +369,9 @@ class SwinTransformerBlock3D(nn.Module):
             x = x[:, :d, :h, :w, :]  # (B, D, H, W, C)
         return x
 
-    def forward(self, x: Tensor, shift_mask: Tensor | None = None) -> Tensor:
-        """(B, D, H, W, C) -> same shape. ``shift_mask`` is the layer's mask, used only if this block shifts."""
-        x = x + self.drop_path(self._attention(self.norm1(x), shift_mask))
+    def forward(self, x: Tensor, groups: WindowGroups | None = None) -> Tensor:
+        """(B, D, H, W, C) -> same shape. ``groups`` are the layer's shift masks, used only if this block shifts."""
+        x = x + self.drop_path(self._attention(self.norm1(x), groups))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -395,26 +435,26 @@ class BasicLayer(nn.Module):
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim, layer_norm_eps) if downsample else None
-        self._mask_cache: dict[tuple, Tensor] = {}
+        self._groups_cache: dict[tuple, WindowGroups] = {}
 
-    def shift_mask(self, grid: Size3, device: torch.device) -> Tensor | None:
-        """The shift mask of this stage on a (D, H, W) token grid, or None when no dimension shifts."""
+    def shift_groups(self, grid: Size3, device: torch.device) -> WindowGroups | None:
+        """The shifted windows of this stage on a (D, H, W) token grid (cached), or None when nothing shifts."""
         window, shift = effective_window_and_shift(grid, self.window_size, self.shift_size)
         if not any(s > 0 for s in shift):
             return None
         padded = padded_grid(grid, window)
         key = (padded, window, shift, device, torch.is_inference_mode_enabled())
-        hit = self._mask_cache.get(key)
+        hit = self._groups_cache.get(key)
         if hit is not None:
             return hit
-        return _remember(self._mask_cache, key, shift_attention_mask(padded, window, shift, device))
+        return _remember(self._groups_cache, key, group_shifted_windows(padded, window, shift, device))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, D, H, W, C) -> (B, D, H, W, C), or merged (B, D, H/2, W/2, 2C) when the stage downsamples."""
-        mask = self.shift_mask(tuple(x.shape[1:4]), x.device)
+        groups = self.shift_groups(tuple(x.shape[1:4]), x.device)
         checkpointing = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = checkpoint(blk, x, mask, use_reentrant=False) if checkpointing else blk(x, mask)
+            x = checkpoint(blk, x, groups, use_reentrant=False) if checkpointing else blk(x, groups)
         return x if self.downsample is None else self.downsample(x)
 
 
