@@ -40,7 +40,7 @@ def _encoder(fps: int) -> str:
 def _launch(args: argparse.Namespace) -> str:
     if args.mode == "testsrc":
         return (
-            f"( videotestsrc is-live=true pattern=ball ! video/x-raw,width={args.width},"
+            f"( videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! video/x-raw,width={args.width},"
             f"height={args.height},framerate={args.fps}/1 ! videoconvert ! {_encoder(args.fps)} )"
         )
     if args.mode == "file":

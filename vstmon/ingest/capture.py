@@ -10,8 +10,8 @@ OpenCV/FFmpeg facts this module is built on (measured, see shared/ENVIRONMENT.md
 - ``rtsp_transport``, ``fflags;nobuffer`` and probe limits exist only as ``OPENCV_FFMPEG_CAPTURE_OPTIONS``, an
   environment variable that OpenCV reads while it opens. ``_FfmpegOptionsGate`` sets it per open: opens that
   need the same options run concurrently; an open that needs other options waits until those are done;
-- FFmpeg prints its own errors to stderr; the level is set to quiet (``OPENCV_FFMPEG_LOGLEVEL``, unless the user
-  set it) so that nothing of a URL reaches stderr; our own reasons say what failed.
+- FFmpeg prints its own messages to stderr, at debug level with the full URL; the level is set to quiet
+  (``OPENCV_FFMPEG_LOGLEVEL``; a user's choice is capped at info) and our own reasons say what failed.
 """
 
 from __future__ import annotations
@@ -34,9 +34,22 @@ from vstmon.log import redact_url
 
 __all__ = ["CaptureError", "Reader", "SourceSpec", "TestPattern", "open_reader", "parse_source"]
 
-# FFmpeg's own stderr output: quiet (AV_LOG_QUIET) so that it can never print a URL with credentials.
-# Read by OpenCV once, when its FFmpeg backend initialises; set before the first capture opens.
-os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+# FFmpeg's own stderr output. Measured: at debug level (48) FFmpeg prints "Opening 'http://user:password@...'";
+# at info (32) and below no URL was seen. Default quiet (AV_LOG_QUIET, -8); a user's level is capped at info.
+# OpenCV reads it once, when its FFmpeg backend initialises: this module must be imported before the first
+# capture or writer opens (vstmon imports it before any).
+_FFMPEG_MAX_SAFE_LOG_LEVEL = 32
+
+
+def _safe_ffmpeg_log_level(value: str | None) -> str:
+    try:
+        level = int(value) if value is not None else -8
+    except ValueError:
+        level = -8
+    return str(min(level, _FFMPEG_MAX_SAFE_LOG_LEVEL))
+
+
+os.environ["OPENCV_FFMPEG_LOGLEVEL"] = _safe_ffmpeg_log_level(os.environ.get("OPENCV_FFMPEG_LOGLEVEL"))
 
 _OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _WEBCAM_PATH_RE = re.compile(r"^/dev/video\d+$")
