@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from itertools import pairwise
 
@@ -216,7 +217,7 @@ def test_shift_mask_ignores_an_unshifted_dimension() -> None:
         ((24, 6, 6), (8, 6, 6), (4, 0, 0)),
     ],
 )
-def test_window_groups_hold_exactly_each_windows_shift_mask(
+def test_window_groups_hold_each_windows_shift_mask_and_gather_the_rolled_windows(
     grid: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]
 ) -> None:
     full = shift_attention_mask(grid, window, shift)  # (nW, N, N)
@@ -224,7 +225,14 @@ def test_window_groups_hold_exactly_each_windows_shift_mask(
     assert sum(groups.counts) == full.shape[0] == groups.order.numel()
     assert len(groups.counts) == groups.masks.shape[0] <= 8
     assert sorted(groups.order.tolist()) == list(range(full.shape[0]))
-    assert torch.equal(groups.order[groups.inverse], torch.arange(full.shape[0]))
+    n = full.shape[1]
+    assert torch.equal(groups.token_index[groups.token_inverse], torch.arange(math.prod(grid)))
+    # the gather equals torch.roll by -shift, then window_partition, then the group order
+    x = torch.randn(2, *grid, 3)
+    rolled = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
+    expected = window_partition(rolled, window)[:, groups.order]  # (B, nW, N, C)
+    gathered = x.reshape(2, -1, 3)[:, groups.token_index].reshape(2, -1, n, 3)
+    assert torch.equal(gathered, expected)
     group_of_position = torch.repeat_interleave(torch.arange(len(groups.counts)), torch.tensor(groups.counts))
     for position, window_index in enumerate(groups.order.tolist()):
         assert torch.equal(full[window_index], groups.masks[group_of_position[position]])
@@ -339,3 +347,12 @@ def test_wrong_input_shape_is_a_clear_value_error(shape: tuple[int, ...], what: 
 def test_integer_input_is_a_clear_value_error() -> None:
     with pytest.raises(ValueError, match="floating-point"):
         tiny_model()(torch.zeros(1, 3, 8, 40, 40, dtype=torch.uint8))
+
+
+def test_a_shifted_block_alone_equals_the_block_inside_its_stage() -> None:
+    stage = tiny_model().backbone.layers[0]
+    x = torch.randn(1, 4, 10, 10, 8)
+    shifted = stage.blocks[1]
+    assert shifted.shift_size == (1, 1, 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(shifted(x), shifted(x, stage.shift_groups((4, 10, 10), x.device)))

@@ -159,13 +159,14 @@ class WindowGroups(NamedTuple):
 
     Only windows on the last row of windows along a shifted dimension straddle two regions, so a grid has at
     most 8 distinct masks. Attention runs once per group with that group's mask broadcast (never expanded to
-    (nW, heads, N, N)).
+    (nW, heads, N, N)). ``token_index`` does roll + window partition + grouping in one gather.
     """
 
-    order: Tensor  # (nW,) int64: window indices, grouped
-    inverse: Tensor  # (nW,) int64: position of each window in ``order``
+    order: Tensor  # (nW,) int64: window indices (window_partition order of the rolled grid), grouped
     counts: tuple[int, ...]  # windows per group, in ``order``
     masks: Tensor  # (G, N, N) float32: the shift mask of each group (0 / -100)
+    token_index: Tensor  # (nW * N,) int64: flat (d h w) grid position of every window token, grouped order
+    token_inverse: Tensor  # (Dp * Hp * Wp,) int64: where each grid position sits in ``token_index``
 
 
 def group_shifted_windows(
@@ -185,7 +186,11 @@ def group_shifted_windows(
     _, counts = torch.unique_consecutive(kind[order], return_counts=True)  # (G,)
     firsts = torch.cumsum(counts, 0) - counts  # (G,) first position of each group in ``order``
     masks = shift_attention_mask(grid, window, shift, device)[order[firsts]]  # (G, N, N)
-    return WindowGroups(order, torch.argsort(order), tuple(counts.tolist()), masks)
+    # token p of the rolled grid is token p + shift of the grid (torch.roll by -shift)
+    position = torch.arange(math.prod(grid), device=device).view(grid)  # (Dp, Hp, Wp)
+    rolled = torch.roll(position, shifts=tuple(-s for s in shift), dims=(0, 1, 2))  # (Dp, Hp, Wp)
+    token_index = window_partition(rolled[None, ..., None], window)[0, ..., 0][order].flatten()  # (nW * N,)
+    return WindowGroups(order, tuple(counts.tolist()), masks, token_index, torch.argsort(token_index))
 
 
 def _remember(cache: dict[tuple, _T], key: tuple, value: _T) -> _T:
@@ -290,10 +295,11 @@ class WindowAttention3D(nn.Module):
         return _remember(self._bias_cache, key, bias) if cacheable else bias
 
     def forward(self, windows: Tensor, groups: WindowGroups | None = None) -> Tensor:
-        """(B, nW, N, C) windows -> (B, nW, N, C); ``groups`` (shifted blocks only) carries the shift masks."""
+        """(B, nW, N, C) windows -> (B, nW, N, C).
+
+        ``groups`` (shifted blocks only) carries the shift masks; the windows then come in ``groups.order``.
+        """
         b, nw, n, _ = windows.shape
-        if groups is not None:
-            windows = windows.index_select(1, groups.order)  # (B, nW, N, C), grouped by shift mask
         qkv = rearrange(
             self.qkv(windows), "b w n (three h d) -> three b w h n d", three=3, h=self.num_heads
         )  # (3, B, nW, heads, N, head_dim)
@@ -318,10 +324,8 @@ class WindowAttention3D(nn.Module):
             )
             outs.append(rearrange(out, "(b w) h n d -> b w n (h d)", b=b))  # (B, cnt, N, C)
             start += count
-        out = self.proj_drop(
-            self.proj(outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))
-        )  # (B, nW, N, C)
-        return out if groups is None else out.index_select(1, groups.inverse)
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, nW, N, C)
+        return self.proj_drop(self.proj(out))
 
 
 class SwinTransformerBlock3D(nn.Module):
@@ -358,13 +362,21 @@ class SwinTransformerBlock3D(nn.Module):
         padded = (dp, hp, wp) != (d, h, w)
         if padded:  # zeros after norm1, as the official model
             x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h, 0, dp - d))  # (B, Dp, Hp, Wp, C)
-        shifted = any(s > 0 for s in shift)
-        if shifted:
-            x = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-        windows = self.attn(window_partition(x, window), groups if shifted else None)  # (B, nW, N, C)
-        x = window_reverse(windows, window, (dp, hp, wp))  # (B, Dp, Hp, Wp, C)
-        if shifted:
-            x = torch.roll(x, shifts=shift, dims=(1, 2, 3))
+        if any(s > 0 for s in shift):
+            if groups is None:  # a block used on its own; BasicLayer passes its cached groups
+                groups = group_shifted_windows((dp, hp, wp), window, shift, x.device)
+            # roll by -shift, partition and group the windows in one gather; undo all three in one more
+            flat = rearrange(x, "b d h w c -> b (d h w) c")  # (B, Dp*Hp*Wp, C)
+            windows = rearrange(
+                flat.index_select(1, groups.token_index), "b (w n) c -> b w n c", n=math.prod(window)
+            )  # (B, nW, N, C), grouped
+            windows = rearrange(self.attn(windows, groups), "b w n c -> b (w n) c")  # (B, nW*N, C)
+            x = rearrange(
+                windows.index_select(1, groups.token_inverse), "b (d h w) c -> b d h w c", d=dp, h=hp, w=wp
+            )  # (B, Dp, Hp, Wp, C)
+        else:
+            windows = self.attn(window_partition(x, window))  # (B, nW, N, C)
+            x = window_reverse(windows, window, (dp, hp, wp))  # (B, Dp, Hp, Wp, C)
         if padded:
             x = x[:, :d, :h, :w, :]  # (B, D, H, W, C)
         return x
