@@ -225,8 +225,9 @@ def classify_video(
 
         index = 0
         last_ts = -math.inf
+        frame = None
         while True:
-            ok, frame = capture.read()
+            ok, frame = capture.read(frame)  # decodes into the previous frame's array when the size matches
             if not ok or frame is None:
                 break
             msec = capture.get(cv2.CAP_PROP_POS_MSEC)
