@@ -13,6 +13,11 @@ and mmaction's I3D head, so ``VideoSwin.state_dict()`` keys are exactly an offic
 
 Layouts: a video is ``(B, C, D, H, W)`` at the module boundaries and channels-last ``(B, D, H, W, C)`` inside
 the stages; windows are ``(B, nW, N, C)`` with ``N = Wd * Wh * Ww``. No I/O and no logging here.
+
+Attention goes through ``scaled_dot_product_attention`` with the relative-position bias (plus the shift mask in
+shifted blocks) as one additive float mask. Shifted windows are gathered in groups that share a mask (at most 8),
+so the mask is broadcast per group instead of being materialised as (B * nW, heads, N, N). Without autograd the
+gathered bias is cached per window size, and each stage caches its shifted-window groups per padded grid.
 """
 
 from __future__ import annotations
