@@ -14,6 +14,7 @@ import functools
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import tempfile
 import threading
@@ -34,6 +35,7 @@ __all__ = [
     "RtspServer",
     "gst_rtsp_missing",
     "rtsp_servers",
+    "silent_server",
     "stream_config",
     "wait_until",
 ]
@@ -230,3 +232,33 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float, step_s: float = 
             return False
         done.wait(step_s)
     return True
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that accepts connections and never says a word."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+    accepted: list[socket.socket] = []
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(conn)
+
+    thread = threading.Thread(target=serve, name="silent-server")
+    thread.start()
+    yield listener.getsockname()[1]
+    stop.set()
+    thread.join(5.0)
+    listener.close()
+    for conn in accepted:
+        conn.close()

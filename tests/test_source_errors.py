@@ -6,20 +6,20 @@ What can never work (a bad scheme, a missing or undecodable file) fails at once;
 
 from __future__ import annotations
 
-import socket
-import threading
+import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
-from tests.rtsp_fixtures import EventLog, stream_config
+from tests.rtsp_fixtures import EventLog, silent_server, stream_config
 from tests.videos import make_not_a_video
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.source import Source
 from vstmon.types import StreamEvent, StreamState
+
+__all__ = ["silent_server"]  # the fixture, re-exported so pytest finds it here
 
 SIZE_PX = 32
 
@@ -33,36 +33,6 @@ def _run_until_final(url: str, timeout_s: float = 20.0, **overrides: object) -> 
     assert source.join(10.0), "the reader thread did not end"
     assert final is not None, f"no final state; events: {events.events}"
     return source, events
-
-
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A TCP port on 127.0.0.1 that accepts connections and never says a word."""
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    listener.settimeout(0.1)
-    stop = threading.Event()
-    accepted: list[socket.socket] = []
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            accepted.append(conn)
-
-    thread = threading.Thread(target=serve, name="silent-server")
-    thread.start()
-    yield listener.getsockname()[1]
-    stop.set()
-    thread.join(5.0)
-    listener.close()
-    for conn in accepted:
-        conn.close()
 
 
 def test_unsupported_scheme_fails_at_once_with_the_scheme_named() -> None:
@@ -169,3 +139,11 @@ def test_a_raising_event_callback_does_not_kill_the_reader() -> None:
     assert source.join(10.0)
     assert [e.state for e in seen] == [StreamState.CONNECTING, StreamState.STREAMING, StreamState.ENDED]
     assert source.stats()["frames_read"] == 30
+
+
+def test_live_capture_options_do_not_leak_to_other_opens_in_the_process() -> None:
+    before = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    url = f"rtsp://127.0.0.1:{free_port()}/stream"
+    _run_until_final(url, reconnect={"initial_delay_s": 0.1, "max_delay_s": 0.1, "max_attempts": 1})
+    # rtsp options (with fflags;nobuffer, which drops a file's first frames) were set only during the open
+    assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") == before

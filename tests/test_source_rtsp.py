@@ -13,12 +13,19 @@ from collections.abc import Callable
 import pytest
 
 from tests.conftest import REPO_ROOT
-from tests.rtsp_fixtures import EventLog, RtspServer, rtsp_servers, stream_config, wait_until
+from tests.rtsp_fixtures import (
+    EventLog,
+    RtspServer,
+    rtsp_servers,
+    silent_server,
+    stream_config,
+    wait_until,
+)
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.source import Source
 from vstmon.types import StreamState
 
-__all__ = ["rtsp_servers"]  # the fixture, re-exported so pytest finds it here
+__all__ = ["rtsp_servers", "silent_server"]  # fixtures, re-exported so pytest finds them here
 
 pytestmark = pytest.mark.rtsp
 
@@ -202,3 +209,28 @@ def test_password_never_reaches_logs_stderr_reasons_or_status(
     assert report["stats"]["refused"]["state"] == "reconnecting"
     assert "admin:***@" in result.stderr  # the URL is logged, masked
     assert any("admin:***@" in reason for reason in report["reasons"])
+
+
+def test_a_hung_open_does_not_delay_another_streams_connect(
+    rtsp_servers: Callable[..., RtspServer], silent_server: int
+) -> None:
+    server = rtsp_servers()
+    hung, _, hung_events = _source(
+        f"rtsp://127.0.0.1:{silent_server}/stream", name="hung", open_timeout_s=6.0
+    )
+    good, _, good_events = _source(server.url, name="good")
+    hung.start()
+    assert wait_until(lambda: len(hung_events) >= 1, 5.0)
+    time.sleep(0.2)  # let the hung open begin (it holds the silent connection for 6 s)
+    started_s = time.monotonic()
+    good.start()
+    try:
+        assert good_events.wait_state(StreamState.STREAMING, 10.0) is not None
+        # OpenCV serialises FFmpeg opens unless OPENCV_FFMPEG_IS_THREAD_SAFE=1 (set by vstmon): without it
+        # the good stream would wait for the hung open's 6 s timeout
+        assert time.monotonic() - started_s < 4.0
+        assert hung.state == StreamState.CONNECTING
+    finally:
+        good.stop()
+        hung.stop()
+        assert good.join(10.0) and hung.join(10.0)

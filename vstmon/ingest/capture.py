@@ -8,8 +8,10 @@ Every reader has ``read() -> np.ndarray | None`` (a BGR frame valid until the ne
 OpenCV/FFmpeg facts this module is built on (measured, see shared/ENVIRONMENT.md):
 - open and read timeouts and decoder threads are per-capture open params;
 - ``rtsp_transport``, ``fflags;nobuffer`` and probe limits exist only as ``OPENCV_FFMPEG_CAPTURE_OPTIONS``, an
-  environment variable that OpenCV reads while it opens. ``_FfmpegOptionsGate`` sets it per open: opens that
-  need the same options run concurrently; an open that needs other options waits until those are done;
+  environment variable that OpenCV reads at every open (measured: ``rtsp_transport;bogus`` set between two
+  opens makes the second fail). ``_FfmpegOptionsGate`` sets it per open: opens that need the same options run
+  concurrently; an open that needs other options waits until those are done. Files get no options at all:
+  ``nobuffer`` would drop the packets read while probing, i.e. the first frames;
 - FFmpeg prints its own messages to stderr, at debug level with the full URL; the level is set to quiet
   (``OPENCV_FFMPEG_LOGLEVEL``; a user's choice is capped at info) and our own reasons say what failed.
 """
@@ -50,6 +52,10 @@ def _safe_ffmpeg_log_level(value: str | None) -> str:
 
 
 os.environ["OPENCV_FFMPEG_LOGLEVEL"] = _safe_ffmpeg_log_level(os.environ.get("OPENCV_FFMPEG_LOGLEVEL"))
+# OpenCV serialises FFmpeg opens behind one global lock unless told FFmpeg is thread-safe (it is, since 4.0).
+# Measured: two opens of silent ports with a 2 s open timeout take 4.0 s by default, 2.0 s with this set, so
+# one hung camera no longer delays the (re)connection of every other stream.
+os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
 
 _OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _WEBCAM_PATH_RE = re.compile(r"^/dev/video\d+$")
@@ -128,33 +134,50 @@ class Reader(Protocol):
 class _FfmpegOptionsGate:
     """Sets ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for the duration of an open.
 
-    Opens needing the same value overlap freely; a different value waits until no open is in flight.
+    Opens needing the same value overlap freely; a different value waits until no open is in flight, and
+    while it waits no new open of the current value starts (so files are not starved by camera retries).
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._value: str | None = os.environ.get(_OPTIONS_ENV)
+        self._original: str | None = os.environ.get(_OPTIONS_ENV)  # restored when no open is in flight
+        self._value = self._original
         self._in_flight = 0
+        self._switch_pending = False
 
-    def acquire(self, value: str, stop: threading.Event) -> bool:
+    @property
+    def original(self) -> str | None:
+        return self._original
+
+    def acquire(self, value: str | None, stop: threading.Event) -> bool:
         with self._cond:
-            while self._in_flight and self._value != value:
+            while self._in_flight and (self._value != value or self._switch_pending):
+                if self._value != value:
+                    self._switch_pending = True
                 if stop.is_set():
                     return False
                 self._cond.wait(0.1)
             if self._value != value:
-                if value:
-                    os.environ[_OPTIONS_ENV] = value
-                else:
-                    os.environ.pop(_OPTIONS_ENV, None)
-                self._value = value
+                self._set(value)
+                self._switch_pending = False
             self._in_flight += 1
             return True
 
     def release(self) -> None:
         with self._cond:
             self._in_flight -= 1
+            if not self._in_flight and self._value != self._original:
+                # other VideoCapture users in the process (offline classify, tests) must not inherit
+                # nobuffer: on a file it drops the frames read while probing (measured: 5 of 30 H.264 frames)
+                self._set(self._original)
             self._cond.notify_all()
+
+    def _set(self, value: str | None) -> None:
+        if value:
+            os.environ[_OPTIONS_ENV] = value
+        else:
+            os.environ.pop(_OPTIONS_ENV, None)
+        self._value = value
 
 
 _GATE = _FfmpegOptionsGate()
@@ -257,12 +280,13 @@ def _testsrc(cfg: StreamConfig, target: str) -> TestPattern:
     return TestPattern(width, height, fps, frames)
 
 
-def _ffmpeg_options(cfg: StreamConfig, kind: str) -> str:
+def _ffmpeg_options(cfg: StreamConfig, kind: str) -> str | None:
+    """The capture options for a kind; files get the process's own setting (normally none)."""
     if kind == "rtsp":
         return f"rtsp_transport;{cfg.transport}|fflags;nobuffer|{_RTSP_PROBE}"
     if kind == "http":
         return "fflags;nobuffer"
-    return ""
+    return _GATE.original
 
 
 def _open_params(cfg: StreamConfig, live: bool) -> list[int]:
