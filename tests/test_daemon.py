@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import zmq
 
 from tests.conftest import free_port
 from tests.videos import render_frame
@@ -301,3 +302,36 @@ def test_labels_after_a_scene_cut_equal_a_fresh_run_on_the_second_half(
             np.testing.assert_allclose([s["score"] for s in a[key]], [s["score"] for s in f[key]], atol=1e-5)
     before = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 1]
     assert all(m["clip"]["last_frame"] < cut for m in before)
+
+
+def test_a_stalled_subscriber_does_not_block_the_daemon(
+    tmp_path: Path, model_files: tuple[Path, Path], run_daemon
+) -> None:
+    checkpoint, labels = model_files
+    names = ["a", "b", "c"]
+    streams = [
+        {"name": n, "url": str(write_mjpg(tmp_path / f"{n}.avi", [("moving", range(120))]))} for n in names
+    ]
+    pub_port = free_port()
+    context = zmq.Context.instance()
+    stalled = context.socket(zmq.SUB)  # subscribes to everything and never reads until the end
+    stalled.setsockopt(zmq.RCVHWM, 1)
+    stalled.setsockopt(zmq.RCVBUF, 4096)
+    stalled.setsockopt(zmq.LINGER, 0)
+    stalled.setsockopt(zmq.SUBSCRIBE, b"")
+    stalled.connect(f"tcp://127.0.0.1:{pub_port}")
+    try:
+        data = daemon_config(checkpoint, labels, streams, pub_port, None, publish={"sndhwm": 4})
+        daemon, sub = run_daemon(data, pub_port)
+        by_stream = collect(sub, ended(names))
+        assert sub.gaps == 0  # the healthy subscriber lost nothing
+        for name in names:
+            assert len([t for t, _ in by_stream[name] if t == f"label.{name}"]) == 15
+        stalled_count = 0
+        while stalled.poll(200):
+            stalled.recv_multipart()
+            stalled_count += 1
+        published = daemon.publisher.stats()["sent"]
+        print(f"stalled subscriber got {stalled_count} of {published} messages")
+    finally:
+        stalled.close()

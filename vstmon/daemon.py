@@ -394,16 +394,17 @@ class StreamWorker:
         self, request: _ResetRequest, keep_from_seq: int | None = None, reset_motion: bool = True
     ) -> None:
         ring = self._ring
-        if request.drain:
-            # every frame of the ended segment has been used; let its last clips be published first
+        if request.drain or (self._lossless and request.reason in ("scene_change", "idle")):
+            # end of file, or an automatic reset in a file read losslessly: the clips cut before the reset are
+            # published (before the reset message) instead of discarded, so a file's timeline is complete
             self._engine.wait_idle(self.name, _END_DRAIN_TIMEOUT_S)
         if request.clear_ring:
             if keep_from_seq is None:
                 keep_from_seq = ring.head_seq  # nothing captured before the request is used after it
             generation = ring.clear(keep_from_seq)
-        else:
+        else:  # the source cleared the ring at the discontinuity: restart at the first frame after it
             generation = ring.generation
-            keep_from_seq = max(self._next_seq, ring.oldest_seq)
+            keep_from_seq = ring.oldest_seq
         self._generation = ring.generation
         self._next_seq = keep_from_seq
         self._sampler.restart(keep_from_seq)
@@ -617,7 +618,7 @@ class Daemon:
         worker = stream.worker
         if worker is not None:
             if event.state == SourceState.ENDED:
-                worker.request_reset(_ResetRequest("end", clear_ring=False, drain=not event.discontinuity))
+                worker.request_reset(_ResetRequest("end", drain=True))
             elif event.discontinuity:
                 looped = "loop" in event.reason.lower()
                 if looped:

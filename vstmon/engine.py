@@ -282,6 +282,11 @@ class Engine:
             "busy_s": self.busy_s,
         }
 
+    def infer(self, frames: np.ndarray) -> np.ndarray:
+        """Run uint8 clips (N, T, H, W, 3) synchronously on the caller's thread, the same way as a batch
+        (copy, normalise, autocast forward, fp32 softmax) -> probabilities (N, C). For benchmarks and tools."""
+        return self._infer(torch.from_numpy(np.ascontiguousarray(frames)))
+
     # -- worker -----------------------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
