@@ -202,7 +202,9 @@ def test_ring_capacity_holds_one_clip_span_and_a_second() -> None:
     timed = parse_config(
         {"clip": {"frames": 16, "sample_fps": 8.0}, "streams": [{"name": "a", "url": "x.mp4"}]}
     )
-    assert ring_capacity_frames(timed, timed.streams[0], 30.0) == 58 + 1 + 30 + 2
+    assert (
+        ring_capacity_frames(timed, timed.streams[0], 30.0) == 57 + 1 + 30 + 2
+    )  # ceil(15 / 8 * 30) + 1 frames span
 
 
 def test_files_are_recognised_for_lossless_reading(tmp_path: Path) -> None:
@@ -321,7 +323,7 @@ def test_a_stalled_subscriber_does_not_block_the_daemon(
     stalled.setsockopt(zmq.SUBSCRIBE, b"")
     stalled.connect(f"tcp://127.0.0.1:{pub_port}")
     try:
-        data = daemon_config(checkpoint, labels, streams, pub_port, None, publish={"sndhwm": 4})
+        data = daemon_config(checkpoint, labels, streams, pub_port, None)
         daemon, sub = run_daemon(data, pub_port)
         by_stream = collect(sub, ended(names))
         assert sub.gaps == 0  # the healthy subscriber lost nothing
