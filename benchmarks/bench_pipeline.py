@@ -33,6 +33,7 @@ from tests.videos import render_frame
 from vstmon.config import parse_config
 from vstmon.daemon import Daemon, LoadedModel
 from vstmon.engine import Engine
+from vstmon.log import configure_logging
 from vstmon.model import build_model
 from vstmon.model.presets import PRESETS, SwinConfig
 
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
+    configure_logging("warning", "console")
     if args.threads:
         torch.set_num_threads(args.threads)
     cv2.setNumThreads(1)
