@@ -29,6 +29,11 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tiny_checkpoint(tmp_path_factory.mktemp("model"))
 
 
+def _pythonpath() -> str:
+    """The repo first, then whatever PYTHONPATH the test run had."""
+    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+
+
 class Vstmon:
     """A ``python -m vstmon`` subprocess with its config file, publish and control ports."""
 
@@ -39,7 +44,7 @@ class Vstmon:
         self.control = f"tcp://127.0.0.1:{control_port}"
         self.log_path = tmp_path / "vstmon.log"
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1"}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vstmon", "--config", str(self.config_path)],
             cwd=tmp_path,
@@ -194,7 +199,7 @@ def test_check_command_accepts_a_good_config_and_explains_a_bad_one(
     data = daemon_config(checkpoint, labels, streams, free_port(), None)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(data))
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    env = {**os.environ, "PYTHONPATH": _pythonpath()}
     result = subprocess.run(
         [sys.executable, "-m", "vstmon", "check", "--config", str(good)],
         capture_output=True,
