@@ -412,3 +412,16 @@ def test_out_of_memory_splits_the_batch_and_lowers_max_batch(engines, model):
     stats = engine.stats()
     assert engine.running
     assert stats["max_batch"] == 2 and stats["oom_splits"] >= 1 and stats["clips_failed"] == 0
+
+
+def test_wait_idle_returns_once_the_streams_results_are_delivered(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
+    assert engine.idle("cam")
+    engine.submit(make_clip("cam", seed=0))
+    assert collector.entered.wait(10)
+    assert not engine.idle("cam")  # in flight: its result is being delivered
+    assert not engine.wait_idle("cam", timeout_s=0.1)
+    collector.release.set()
+    assert engine.wait_idle("cam", timeout_s=10)
+    assert len(collector.results) == 1
