@@ -337,3 +337,18 @@ def test_a_stalled_subscriber_does_not_block_the_daemon(
         print(f"stalled subscriber got {stalled_count} of {published} messages")
     finally:
         stalled.close()
+
+
+def test_no_motion_for_idle_s_resets_once(tmp_path: Path, model_files: tuple[Path, Path], run_daemon) -> None:
+    checkpoint, labels = model_files
+    still = write_mjpg(tmp_path / "still.avi", [("static", range(64))])  # 4 s without motion
+    pub_port = free_port()
+    data = daemon_config(
+        checkpoint, labels, [{"name": "still", "url": str(still)}], pub_port, None, reset={"idle_s": 1.0}
+    )
+    _daemon, sub = run_daemon(data, pub_port)
+    by_stream = collect(sub, ended(["still"]))
+    reasons = [m["reason"] for t, m in by_stream["still"] if t == "reset.still"]
+    assert reasons == ["start", "idle", "end"]
+    labels_after = [m for t, m in by_stream["still"] if t == "label.still" and m["segment"] == 2]
+    assert labels_after and labels_after[0]["clip"]["first_frame"] >= 16  # cut from frames after the reset

@@ -220,3 +220,46 @@ def test_check_command_accepts_a_good_config_and_explains_a_bad_one(
     assert result.returncode == 2
     assert "absent.pth does not exist" in result.stderr and "vstmon weights fetch" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_an_rtsp_reconnect_resets_the_segment_and_keeps_the_subject(
+    model_files: tuple[Path, Path],
+    rtsp_servers,  # noqa: F811
+) -> None:
+    from tests.test_daemon import join_subscriber
+    from vstmon.config import parse_config
+    from vstmon.daemon import Daemon
+
+    checkpoint, labels = model_files
+    server = rtsp_servers(mode="testsrc", fps=16)
+    streams = [
+        {
+            "name": "cam",
+            "url": server.url,
+            "read_timeout_s": 2,
+            "stall_timeout_s": 2,
+            "reconnect": {"initial_delay_s": 0.2, "max_delay_s": 1.0},
+        }
+    ]
+    pub_port, control_port = free_port(), free_port()
+    daemon = Daemon(parse_config(daemon_config(checkpoint, labels, streams, pub_port, control_port)))
+    daemon.start(start_sources=False)
+    try:
+        with Subscriber(f"tcp://127.0.0.1:{pub_port}") as sub:
+            join_subscriber(sub)
+            daemon.start_sources()
+            collect(sub, lambda b: len(labels_of(b, "cam")) >= 2, timeout_s=60)
+            assert daemon._handle_control({"cmd": "reset", "stream": "cam", "subject": "p-7"})["segment"] == 2
+            server.restart()  # the camera goes away and comes back: a discontinuity
+            after = collect(
+                sub,
+                lambda b: any(m["segment"] == 3 for m in labels_of(b, "cam")),
+                timeout_s=60,
+            )["cam"]
+        resets = [m for t, m in after if t == "reset.cam"]
+        assert [r["reason"] for r in resets][-1] == "reconnect"
+        assert resets[-1]["subject"] == "p-7" and resets[-1]["segment"] == 3
+        states = [m["state"] for t, m in after if t == "status.cam"]
+        assert "reconnecting" in states
+    finally:
+        daemon.stop()
