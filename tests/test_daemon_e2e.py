@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,14 +38,21 @@ def _pythonpath() -> str:
 class Vstmon:
     """A ``python -m vstmon`` subprocess with its config file, publish and control ports."""
 
-    def __init__(self, tmp_path: Path, data: dict[str, Any], pub_port: int, control_port: int) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        data: dict[str, Any],
+        pub_port: int,
+        control_port: int,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.config_path = tmp_path / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
         self.pub = f"tcp://127.0.0.1:{pub_port}"
         self.control = f"tcp://127.0.0.1:{control_port}"
         self.log_path = tmp_path / "vstmon.log"
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1", **(extra_env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vstmon", "--config", str(self.config_path)],
             cwd=tmp_path,
@@ -87,8 +95,10 @@ class Vstmon:
 def vstmon_process(tmp_path: Path) -> Iterator[Any]:
     started: list[Vstmon] = []
 
-    def start(data: dict[str, Any], pub_port: int, control_port: int) -> Vstmon:
-        process = Vstmon(tmp_path, data, pub_port, control_port)
+    def start(
+        data: dict[str, Any], pub_port: int, control_port: int, extra_env: dict[str, str] | None = None
+    ) -> Vstmon:
+        process = Vstmon(tmp_path, data, pub_port, control_port, extra_env)
         started.append(process)
         return process
 
@@ -117,7 +127,13 @@ def test_vstmon_process_serves_files_and_control_and_exits_0_on_sigterm(
     streams.append({"name": "broken", "url": str(tmp_path / "missing.mp4")})
     pub_port, control_port = free_port(), free_port()
     data = daemon_config(checkpoint, labels, streams, pub_port, control_port)
-    process = vstmon_process(data, pub_port, control_port)
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd's part (Type=notify, watchdog)
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(20)
+    notify_env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+    process = vstmon_process(data, pub_port, control_port, notify_env)
+    assert notify.recv(64) == b"READY=1"
+    assert notify.recv(64) == b"WATCHDOG=1"
     with Subscriber(process.pub) as sub:
 
         def enough(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
@@ -161,6 +177,16 @@ def test_vstmon_process_serves_files_and_control_and_exits_0_on_sigterm(
     started = time.monotonic()
     assert process.terminate() == 0, process.log()
     assert time.monotonic() - started < 20
+    messages = []
+    notify.settimeout(0.5)
+    try:
+        while True:
+            messages.append(notify.recv(64))
+    except TimeoutError:
+        pass
+    finally:
+        notify.close()
+    assert messages[-1] == b"STOPPING=1" and set(messages[:-1]) <= {b"WATCHDOG=1"}
 
 
 def test_vstmon_process_with_an_rtsp_stream_and_a_file(
