@@ -303,6 +303,8 @@ class StreamWorker:
                     self._reset(request)
                     continue
                 if not self._ring.wait_for(self._next_seq, _WAIT_S):
+                    if self._ring.closed:  # shutting down: wait for the stop event, do not spin
+                        self._stop.wait(_WAIT_S)
                     continue
                 self._frame(self._next_seq)
         except Exception as error:  # a worker bug is logged; the daemon and other streams carry on
@@ -775,13 +777,13 @@ class Daemon:
         for stream in self.streams.values():
             if stream.source is not None:
                 _call(stream.source.stop, "source stop", stream.name)
-            if stream.ring is not None and hasattr(stream.ring, "close"):
+            if stream.worker is not None:
+                stream.worker.stop()
+            if stream.ring is not None:
                 _call(stream.ring.close, "ring close", stream.name)  # wakes a writer blocked on a full ring
         for stream in self.streams.values():
             if stream.source is not None:
                 _call(lambda s=stream: s.source.join(timeout_s), "source join", stream.name)
-            if stream.worker is not None:
-                stream.worker.stop()
         for stream in self.streams.values():
             if stream.worker is not None and not stream.worker.join(timeout_s):
                 _log.error("stream worker did not stop", stream=stream.name)
