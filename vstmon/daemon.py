@@ -468,7 +468,6 @@ class Daemon:
         self.metrics = Metrics()
         self.notifier = SystemdNotifier()
         self._tick_thread: threading.Thread | None = None
-        self._tick_wake = threading.Event()
         self._latency_s = np.zeros(_LATENCY_SAMPLES, dtype=np.float64)  # clip submitted -> label published
         self._latency_count = 0
         self._latency_lock = threading.Lock()
