@@ -352,3 +352,15 @@ def test_no_motion_for_idle_s_resets_once(tmp_path: Path, model_files: tuple[Pat
     assert reasons == ["start", "idle", "end"]
     labels_after = [m for t, m in by_stream["still"] if t == "label.still" and m["segment"] == 2]
     assert labels_after and labels_after[0]["clip"]["first_frame"] >= 16  # cut from frames after the reset
+
+
+def test_a_null_checkpoint_gives_untrained_weights_marked_as_such(
+    tmp_path: Path, model_files: tuple[Path, Path]
+) -> None:
+    from vstmon.daemon import load_model_and_labels
+
+    _checkpoint, labels = model_files
+    config = parse_config({"model": {"arch": "swin_t", "checkpoint": None, "labels": str(labels)}})
+    loaded = load_model_and_labels(config, warn=False)
+    assert loaded.untrained and loaded.model_id == "untrained:swin_t"
+    assert len(loaded.labels) == NUM_CLASSES and loaded.model.config.num_classes == NUM_CLASSES
