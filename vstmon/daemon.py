@@ -143,8 +143,8 @@ def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
     if not path.is_file():
         raise CheckpointError(
             f"model.checkpoint: {path} does not exist. Download an official checkpoint with "
-            f"`vstmon weights fetch {mc.arch if mc.arch != 'auto' else 'swin_t'} --dest {path.parent}` "
-            "(`vstmon weights list` shows them), or set model.checkpoint: null to run with untrained weights."
+            "`vstmon weights fetch` (`vstmon weights list` shows the names), point model.checkpoint at it, "
+            "or set model.checkpoint: null to run with untrained weights."
         )
     model = load_model(path, arch=mc.arch, num_classes=mc.num_classes)
     num_classes = _num_classes(model)
