@@ -42,9 +42,14 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.frames_read = Counter("vstmon_frames_read", "frames read from the source", ["stream"], registry=r)
+        self.frames_read = Counter(
+            "vstmon_frames_read", "frames read from the source", ["stream"], registry=r
+        )
         self.frames_dropped = Counter(
-            "vstmon_frames_dropped", "frames overwritten before use (ring buffer full)", ["stream"], registry=r
+            "vstmon_frames_dropped",
+            "frames overwritten before use (ring buffer full)",
+            ["stream"],
+            registry=r,
         )
         self.clips = Counter("vstmon_clips", "clips classified and published", ["stream"], registry=r)
         self.clips_dropped = Counter(
