@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -89,7 +90,9 @@ def _read(path: Path) -> object:
     """``torch.load(weights_only=True)`` with every failure turned into a CheckpointError naming the file."""
     _sniff(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about odd pickle protocols before failing on them
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as error:
         raise CheckpointError(f"checkpoint {path} cannot be read: {error.strerror or error}") from None
     except Exception as error:  # torch raises many types (UnpicklingError, RuntimeError, EOFError, KeyError)
@@ -100,6 +103,11 @@ def _read(path: Path) -> object:
                 f"checkpoint {path} holds pickled Python objects ({unsafe.group(1)}), not only tensors; "
                 "vstmon loads checkpoints with weights_only=True and will not run code from a file. "
                 "Re-save it as tensors only, e.g. torch.save({'state_dict': model.state_dict()}, path)"
+            )
+        elif "Weights only load failed" in text:
+            message = (
+                f"checkpoint {path} is not a PyTorch checkpoint, or is corrupted: "
+                "its contents cannot be unpickled as plain tensors"
             )
         elif "central directory" in text or "zip archive" in text or isinstance(error, EOFError):
             message = f"checkpoint {path} is truncated or corrupted (an incomplete download or copy?)"
