@@ -48,7 +48,7 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 class ModelConfig(_Strict):
     """Which network, which weights, which device."""
 
-    arch: str = Field("swin_t", description="swin_t|swin_s|swin_b|swin_l (optionally _sthv2) or auto")
+    arch: str = Field("auto", description="swin_t|swin_s|swin_b|swin_l (optionally _sthv2) or auto")
     checkpoint: Path | None = Field(None, description="checkpoint file; null = untrained weights (warned)")
     labels: str = Field("kinetics400", description="kinetics400, sthv2 or a path to a one-name-per-line file")
     device: str | list[str] = Field("auto", description="auto|cpu|cuda|cuda:N or a list of devices")
