@@ -36,3 +36,17 @@ def test_log_lines_are_redacted(capsys: pytest.CaptureFixture[str]) -> None:
     assert "topsecret" not in line
     assert record["url"] == "rtsp://viewer:***@127.0.0.1:8554/stream"
     assert record["component"] == "test"
+
+
+def test_a_logger_made_before_configuration_follows_it(capsys: pytest.CaptureFixture[str]) -> None:
+    early = get_logger("early")  # as a module-level logger is, at import time
+    configure_logging("warning", "json")
+    early.info("hidden")
+    early.warning("shown", n=1)
+    configure_logging("debug", "json")
+    early.debug("now shown")
+    lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()]
+    assert [(r["event"], r["level"], r["component"]) for r in lines] == [
+        ("shown", "warning", "early"),
+        ("now shown", "debug", "early"),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from typing import Any
 
 import structlog
@@ -44,6 +45,29 @@ def _redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) ->
     return {k: redact(v) for k, v in event_dict.items()}
 
 
+class _StderrLogger:
+    """Writes each line to whatever ``sys.stderr`` is at that moment.
+
+    A logger holding the stream it saw at configuration time would write into a closed file once the
+    stream is swapped (output redirection, test capture).
+    """
+
+    _lock = threading.Lock()
+
+    def msg(self, message: str) -> None:
+        with self._lock:
+            print(message, file=sys.stderr, flush=True)
+
+    log = debug = info = warn = warning = err = error = critical = exception = fatal = msg
+
+
+_STDERR_LOGGER = _StderrLogger()
+
+
+def _stderr_logger_factory(*_args: Any) -> _StderrLogger:
+    return _STDERR_LOGGER
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and stdlib logging once for the process.
 
@@ -63,12 +87,16 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger_factory,
         cache_logger_on_first_use=False,
     )
     logging.basicConfig(level=level_no, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
 
 
 def get_logger(name: str) -> Any:
-    """A structlog logger bound to ``component=name``."""
-    return structlog.get_logger().bind(component=name)
+    """A structlog logger bound to ``component=name``.
+
+    The logger stays lazy: one made at import time still follows a later ``configure_logging``
+    (binding eagerly would freeze the default configuration into it).
+    """
+    return structlog.get_logger(component=name)
