@@ -150,6 +150,8 @@ class RtspServer:
 def rtsp_servers() -> Iterator[Callable[..., RtspServer]]:
     reason = gst_rtsp_missing()
     if reason:
+        if os.environ.get("VSTMON_REQUIRE_RTSP") == "1":
+            pytest.fail(f"VSTMON_REQUIRE_RTSP=1 but the RTSP test server cannot run: {reason}")
         pytest.skip(reason)
     started: list[RtspServer] = []
 
