@@ -79,7 +79,7 @@ def test_loop_clears_the_ring_reports_a_discontinuity_and_restarts_indices(tmp_p
         source.stop()
         assert source.join(5.0)
     looped = [e for e in events.events if e.discontinuity]
-    assert all(e.state == StreamState.STREAMING and "looping" in e.reason for e in looped)
+    assert all(e.state == StreamState.STREAMING and e.looped and "looping" in e.reason for e in looped)
     assert ring.generation >= 2
     assert StreamState.ENDED not in events.states()
     # what the ring holds now comes from the last pass only: indices restart at 0 and match the pixels

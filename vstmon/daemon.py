@@ -621,8 +621,7 @@ class Daemon:
             if event.state == SourceState.ENDED:
                 worker.request_reset(_ResetRequest("end", drain=True))
             elif event.discontinuity:
-                looped = "loop" in event.reason.lower()
-                if looped:
+                if event.looped:
                     worker.request_reset(_ResetRequest("end", clear_ring=False))
                 elif self.config.reset.on_reconnect:
                     worker.request_reset(_ResetRequest("reconnect", keep_subject=True, clear_ring=False))

@@ -40,8 +40,9 @@ class StreamEvent:
     stream: str
     state: StreamState
     reason: str  # human-readable; never contains credentials
-    discontinuity: bool = False  # True when buffer and clip timing restarted (reconnect, loop, end)
+    discontinuity: bool = False  # True when buffer and clip timing restarted (reconnect or loop)
     wall_s: float = 0.0
+    looped: bool = False  # the discontinuity is a file starting over (loop: true), not a reconnect
 
 
 @dataclass(slots=True)

@@ -121,13 +121,13 @@ class Source:
         }
 
     # -- reader thread ----------------------------------------------------------------------------------
-    def _emit(self, state: StreamState, reason: str, discontinuity: bool = False) -> None:
+    def _emit(self, state: StreamState, reason: str, discontinuity: bool = False, looped: bool = False) -> None:
         reason = redact(reason)
         self.state, self.reason = state, reason
         log = self._log.warning if state in (StreamState.RECONNECTING, StreamState.FAILED) else self._log.info
         log("stream state", state=str(state), reason=reason, discontinuity=discontinuity)
         try:
-            self._on_event(StreamEvent(self.name, state, reason, discontinuity, time.time()))
+            self._on_event(StreamEvent(self.name, state, reason, discontinuity, time.time(), looped))
         except Exception as error:  # the owner's callback must not kill the reader
             self._log.error("on_event callback failed", error=redact(repr(error)))
 
@@ -180,7 +180,7 @@ class Source:
             if outcome == _Outcome.ENDED:
                 if self.cfg.loop and had_frames:
                     self.ring.clear()
-                    self._emit(StreamState.STREAMING, f"{reason}; looping", discontinuity=True)
+                    self._emit(StreamState.STREAMING, f"{reason}; looping", discontinuity=True, looped=True)
                     continue
                 self._emit(StreamState.ENDED, reason)
                 return
