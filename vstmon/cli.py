@@ -13,6 +13,11 @@ import sys
 from vstmon import __version__
 from vstmon.errors import VstmonError
 
+_DESCRIPTION = (
+    "vstmon: real-time action recognition (Video Swin Transformer) on many video streams, "
+    "labels published over ZeroMQ. `vstmon --config config.yaml` runs the daemon."
+)
+
 # name -> (module, help)
 _COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("vstmon.daemon", "run the monitor daemon (the default command)"),
@@ -26,7 +31,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; only ``command``'s module is imported (all of them when None)."""
-    parser = argparse.ArgumentParser(prog="vstmon", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="vstmon", description=_DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"vstmon {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in _COMMANDS.items():
