@@ -106,6 +106,21 @@ def test_scores_equal_the_model_run_directly_on_the_same_clips(files: dict[str, 
     assert not np.allclose(probs[0], probs[-1], atol=1e-4)  # the clips really differ
 
 
+def test_bf16_precision_runs_under_autocast_close_to_fp32(files: dict[str, Path]) -> None:
+    def scores(lines: list[dict]) -> np.ndarray:
+        table = np.zeros((len(lines), CLASSES))
+        for row, line in zip(table, lines, strict=True):
+            for entry in line["top"]:
+                row[entry["index"]] = entry["score"]
+        return table
+
+    fp32 = scores(_classify(files, "--top-k", str(CLASSES), "--precision", "fp32", out_name="fp32.jsonl"))
+    bf16 = scores(_classify(files, "--top-k", str(CLASSES), "--precision", "bf16", out_name="bf16.jsonl"))
+    assert fp32.shape == bf16.shape
+    np.testing.assert_allclose(bf16, fp32, atol=0.05, rtol=0)  # bf16 keeps ~3 significant digits
+    assert not np.array_equal(bf16, fp32)  # the forward really ran in bf16
+
+
 def test_hop_and_batch_flags_override_the_config(files: dict[str, Path]) -> None:
     lines = _classify(files, "--hop-s", "1.0", "--batch", "1", "--top-k", "1", out_name="hop1.jsonl")
     assert [line["last_frame"] for line in lines] == [14, 39]  # 0.56 s, then 1.56 s

@@ -69,6 +69,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, help="clips per forward pass (default: inference.max_batch)")
     parser.add_argument("--top-k", type=int, help="labels per clip (default: publish.top_k)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: model.device)")
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 (default: model.precision)",
+    )
 
 
 def _device(spec: str | list[str]) -> torch.device:
@@ -165,10 +170,14 @@ def classify_video(
     batch: int = 8,
     top_k: int = 5,
     device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     untrained: bool = False,
     progress: bool = False,
 ) -> ClassifyResult:
-    """Classify ``path`` clip by clip; ``write_line`` gets one JSON line (no newline) per clip, in order."""
+    """Classify ``path`` clip by clip; ``write_line`` gets one JSON line (no newline) per clip, in order.
+
+    ``dtype`` other than fp32 runs the forward pass under autocast; probabilities are always fp32.
+    """
     if batch < 1:
         raise VstmonError(f"--batch must be >= 1, got {batch}")
     if top_k < 1:
@@ -201,7 +210,9 @@ def classify_video(
                 return
             with torch.inference_mode():
                 x = normalize_clips(host[:n].to(device, non_blocking=True))  # (n, 3, T, H, W) float32
-                probs = torch.softmax(model(x).float(), dim=-1)  # (n, classes)
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                    logits = model(x)
+                probs = torch.softmax(logits.float(), dim=-1)  # (n, classes)
                 scores, indices = probs.topk(top_k, dim=-1)
             scores_list, indices_list = scores.cpu().tolist(), indices.cpu().tolist()
             for clip, row_scores, row_indices in zip(pending, scores_list, indices_list, strict=True):
@@ -266,6 +277,7 @@ def classify_video(
 
 def run(args: argparse.Namespace) -> int:
     """``vstmon classify``: resolve options (flags > config file > defaults), load the model, write the timeline."""
+    from vstmon.engine import resolve_dtype
     from vstmon.model import build_model, load_labels, load_model
 
     config = load_config(args.config) if args.config else Config()
@@ -274,6 +286,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint or model_cfg.checkpoint
     arch = args.arch or model_cfg.arch
     device = _device(args.device or model_cfg.device)
+    dtype = resolve_dtype(args.precision or model_cfg.precision, device)
     batch = args.batch or config.inference.max_batch
     top_k = args.top_k or config.publish.top_k
     hop_s = args.hop_s if args.hop_s is not None else clip_cfg.hop_s
@@ -325,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
             batch=batch,
             top_k=top_k,
             device=device,
+            dtype=dtype,
             untrained=untrained,
             progress=sys.stderr.isatty(),
         )
