@@ -121,7 +121,9 @@ class Source:
         }
 
     # -- reader thread ----------------------------------------------------------------------------------
-    def _emit(self, state: StreamState, reason: str, discontinuity: bool = False, looped: bool = False) -> None:
+    def _emit(
+        self, state: StreamState, reason: str, discontinuity: bool = False, looped: bool = False
+    ) -> None:
         reason = redact(reason)
         self.state, self.reason = state, reason
         log = self._log.warning if state in (StreamState.RECONNECTING, StreamState.FAILED) else self._log.info
