@@ -21,10 +21,13 @@ def reference_dir() -> Path | None:
 def reference() -> Path:
     path = reference_dir()
     if path is None:
-        pytest.skip(
+        reason = (
             "reference fixtures not found: expected ../shared/reference beside the repo "
             "(or set VSTMON_REFERENCE_DIR)"
         )
+        if os.environ.get("VSTMON_REQUIRE_REFERENCE") == "1":  # CI: the proof of equivalence must run
+            pytest.fail(f"VSTMON_REQUIRE_REFERENCE=1 but {reason}")
+        pytest.skip(reason)
     return path
 
 
