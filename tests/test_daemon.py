@@ -6,6 +6,7 @@ test_daemon_e2e.py.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -364,3 +365,40 @@ def test_a_null_checkpoint_gives_untrained_weights_marked_as_such(
     loaded = load_model_and_labels(config, warn=False)
     assert loaded.untrained and loaded.model_id == "untrained:swin_t"
     assert len(loaded.labels) == NUM_CLASSES and loaded.model.config.num_classes == NUM_CLASSES
+
+
+def test_watchdog_pings_stop_when_a_stage_thread_dies(
+    tmp_path: Path, model_files: tuple[Path, Path], run_daemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint, labels = model_files
+    address = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd's part
+    notify.bind(address)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
+    video = write_mjpg(tmp_path / "loop.avi", [("moving", range(32))])
+    pub_port = free_port()
+    stream = {"name": "cam", "url": str(video), "loop": True, "realtime": True}
+    daemon, _sub = run_daemon(daemon_config(checkpoint, labels, [stream], pub_port, None), pub_port)
+
+    def received(window_s: float = 0.6) -> list[bytes]:
+        """What arrives within ``window_s`` (pings come every 0.1 s while the daemon is healthy)."""
+        messages = []
+        deadline = time.monotonic() + window_s
+        with contextlib.suppress(TimeoutError):
+            while (left_s := deadline - time.monotonic()) > 0:
+                notify.settimeout(left_s)
+                messages.append(notify.recv(64))
+        return messages
+
+    try:
+        assert daemon.dead_threads() == []
+        assert b"WATCHDOG=1" in received()
+        worker = daemon.streams["cam"].worker
+        worker.stop()  # as if the stream's worker thread had died
+        assert worker.join(5.0)
+        assert daemon.dead_threads() == ["worker cam"]
+        received(0.2)  # a ping may have been in flight when the worker died
+        assert b"WATCHDOG=1" not in received()  # systemd would now kill and restart the daemon
+    finally:
+        notify.close()

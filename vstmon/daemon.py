@@ -738,9 +738,16 @@ class Daemon:
         watchdog_s = self.notifier.watchdog_interval_s
         period_s = min(heartbeat_s, watchdog_s) if watchdog_s else heartbeat_s
         next_heartbeat = time.monotonic() + heartbeat_s
+        reported_dead: list[str] = []
         while not self._stop_event.wait(period_s):
             now = time.monotonic()
-            if watchdog_s:
+            dead = self.dead_threads()
+            if dead and dead != reported_dead:
+                _log.error(
+                    "stage thread died: no more watchdog pings (systemd restarts the daemon)", dead=dead
+                )
+            reported_dead = dead
+            if watchdog_s and not dead:
                 self.notifier.notify("WATCHDOG=1")
             if now >= next_heartbeat:
                 next_heartbeat = now + heartbeat_s
@@ -751,6 +758,24 @@ class Daemon:
                         self.publisher.publish("status", self.daemon_status())
                 except Exception as error:
                     _log.exception("heartbeat failed", error=str(error))
+
+    def dead_threads(self) -> list[str]:
+        """Names of stage threads that should be running and are not (engines, stream workers, control).
+
+        The watchdog is pinged only while this is empty, so a daemon whose pipeline has silently lost a
+        thread is restarted by systemd instead of living on without publishing.
+        """
+        if self.stop_requested:
+            return []
+        dead = []
+        if self.pool is not None:
+            dead += [f"engine {e.name}" for e in self.pool.engines if not e.running]
+        dead += [
+            f"worker {s.name}" for s in self.streams.values() if s.worker is not None and not s.worker.alive
+        ]
+        if self.control is not None and not self.control.running:
+            dead.append("control")
+        return dead
 
     # -- stopping ---------------------------------------------------------------------------------------------
     def request_stop(self) -> None:

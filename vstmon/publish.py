@@ -223,6 +223,10 @@ class ControlServer:
         """Ask the thread to finish (it notices within one poll interval)."""
         self._stop.set()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def join(self, timeout_s: float | None = None) -> None:
         if self._thread is not None:
             self._thread.join(timeout_s)
