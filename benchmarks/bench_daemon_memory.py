@@ -1,0 +1,158 @@
+"""Daemon memory over a long run: RSS must stay flat while streams, resets and subscribers keep going.
+
+N looping file streams (made here, MJPG, each with a hard cut in the middle, so that scene-change resets and
+loop resets keep happening) are read as fast as the model allows (non-realtime: hours of stream time pass in
+minutes) by an in-process ``Daemon`` with a small untrained Video Swin; a ZeroMQ subscriber reads everything it
+publishes. The process's RSS is sampled every ``--sample-s`` seconds. Prints the samples, then RSS after the
+warm-up against the end, and the growth per hour of wall time and per hour of stream time. Asserts nothing.
+
+    .venv/bin/python benchmarks/bench_daemon_memory.py --minutes 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.videos import render_frame
+from vstmon.client import Subscriber
+from vstmon.config import parse_config
+from vstmon.daemon import Daemon, LoadedModel
+from vstmon.log import configure_logging
+from vstmon.model import build_model
+from vstmon.model.presets import SwinConfig
+
+__all__ = ["main"]
+
+_TINY = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7))
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", encoding="ascii") as statm:
+        return int(statm.read().split()[1]) * _PAGE_BYTES
+
+
+def _write_video(path: Path, frames: int, fps: float, size: tuple[int, int], offset: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    try:
+        for i in range(frames):
+            kind = "scene_a" if i < frames // 2 else "scene_b"  # a hard cut halfway
+            writer.write(render_frame(offset + i, size, kind))
+    finally:
+        writer.release()
+
+
+def _drain(sub: Subscriber, stop: threading.Event, counts: dict[str, int]) -> None:
+    while not stop.is_set():
+        raw = sub.recv_raw(0.2)
+        if raw is not None:
+            kind = raw[0].split(".", 1)[0]
+            counts[kind] = counts.get(kind, 0) + 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=10.0, help="wall time to run")
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--video-s", type=float, default=8.0, help="length of each looping file")
+    parser.add_argument("--fps", type=float, default=25.0)
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip")
+    parser.add_argument("--size", type=int, default=64, help="size_px")
+    parser.add_argument("--max-batch", type=int, default=4)
+    parser.add_argument("--sample-s", type=float, default=30.0)
+    parser.add_argument("--warmup-s", type=float, default=60.0, help="RSS growth is measured after this")
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    configure_logging("warning", "console")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cv2.setNumThreads(1)
+    model = build_model(_TINY, 400).eval()
+    labels = [f"class_{i}" for i in range(400)]
+    with tempfile.TemporaryDirectory() as tmp:
+        width = int(args.size * 4 / 3) // 2 * 2
+        streams = []
+        for i in range(args.streams):
+            path = Path(tmp) / f"s{i}.avi"
+            _write_video(path, int(args.video_s * args.fps), args.fps, (width, args.size), offset=i * 7)
+            streams.append({"name": f"s{i}", "url": str(path), "loop": True})
+        endpoint = f"ipc://{tmp}/pub.sock"
+        config = parse_config(
+            {
+                "model": {"device": "cpu"},
+                "clip": {"frames": args.frames, "frame_interval": 1, "size_px": args.size, "hop_s": 0.5},
+                "inference": {"max_batch": args.max_batch},
+                "streams": streams,
+                "publish": {"endpoints": [endpoint], "control": None, "heartbeat_s": 1.0},
+                "log": {"level": "warning"},
+            }
+        )
+        daemon = Daemon(config, LoadedModel(model, labels, "bench", untrained=True))
+        daemon.start(start_sources=False)
+        sub = Subscriber(endpoint)
+        stop = threading.Event()
+        counts: dict[str, int] = {}
+        drainer = threading.Thread(target=_drain, args=(sub, stop, counts), name="bench-subscriber")
+        drainer.start()
+        time.sleep(0.5)  # let the subscription reach the publisher
+        samples: list[tuple[float, int, int, int]] = []  # (elapsed s, frames, clips, rss bytes)
+        try:
+            daemon.start_sources()
+            start = time.monotonic()
+            end = start + args.minutes * 60
+            print(f"{'elapsed s':>9} {'frames':>9} {'stream h':>8} {'clips':>8} {'resets':>7} {'RSS MiB':>8}")
+            while True:
+                now = time.monotonic()
+                frames = sum(
+                    int(s.source.stats()["frames_read"]) for s in daemon.streams.values() if s.source
+                )
+                clips = sum(s.state.clips_total for s in daemon.streams.values() if s.state is not None)
+                rss = _rss_bytes()
+                samples.append((now - start, frames, clips, rss))
+                print(
+                    f"{now - start:9.0f} {frames:9d} {frames / args.fps / 3600:8.2f} {clips:8d} "
+                    f"{counts.get('reset', 0):7d} {rss / 2**20:8.1f}",
+                    flush=True,
+                )
+                if now >= end:
+                    break
+                time.sleep(min(args.sample_s, max(0.0, end - now)))
+        finally:
+            stop.set()
+            drainer.join(5.0)
+            sub.close()
+            daemon.stop()
+
+    after = [s for s in samples if s[0] >= args.warmup_s] or samples
+    first, last = after[0], after[-1]
+    wall_h = (last[0] - first[0]) / 3600
+    stream_h = (last[1] - first[1]) / args.fps / 3600
+    growth_mib = (last[3] - first[3]) / 2**20
+    peak_mib = max(s[3] for s in after) / 2**20
+    print(
+        f"\nafter {args.warmup_s:.0f} s of warm-up: RSS {first[3] / 2**20:.1f} -> {last[3] / 2**20:.1f} MiB "
+        f"(peak {peak_mib:.1f}), {growth_mib:+.1f} MiB over {wall_h * 60:.1f} min of wall time = "
+        f"{stream_h:.2f} h of stream time ({args.streams} streams); "
+        f"messages received {dict(sorted(counts.items()))}"
+    )
+    if wall_h > 0 and stream_h > 0:
+        print(
+            f"growth: {growth_mib / wall_h:+.1f} MiB per wall hour, {growth_mib / stream_h:+.2f} MiB per stream hour"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
