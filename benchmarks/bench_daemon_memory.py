@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.videos import render_frame
+from tests.videos import make_two_scene_video
 from vstmon.client import Subscriber
 from vstmon.config import parse_config
 from vstmon.daemon import Daemon, LoadedModel
@@ -41,16 +41,6 @@ _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 def _rss_bytes() -> int:
     with open("/proc/self/statm", encoding="ascii") as statm:
         return int(statm.read().split()[1]) * _PAGE_BYTES
-
-
-def _write_video(path: Path, frames: int, fps: float, size: tuple[int, int], offset: int) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
-    try:
-        for i in range(frames):
-            kind = "scene_a" if i < frames // 2 else "scene_b"  # a hard cut halfway
-            writer.write(render_frame(offset + i, size, kind))
-    finally:
-        writer.release()
 
 
 def _drain(sub: Subscriber, stop: threading.Event, counts: dict[str, int]) -> None:
@@ -86,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         streams = []
         for i in range(args.streams):
             path = Path(tmp) / f"s{i}.avi"
-            _write_video(path, int(args.video_s * args.fps), args.fps, (width, args.size), offset=i * 7)
+            n_frames = int(args.video_s * args.fps) + i * 7  # streams of different lengths drift apart
+            make_two_scene_video(path, n_frames, args.fps, (width, args.size), codec="MJPG")
             streams.append({"name": f"s{i}", "url": str(path), "loop": True})
         endpoint = f"ipc://{tmp}/pub.sock"
         config = parse_config(

@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.videos import render_frame
+from tests.videos import make_video
 from vstmon.config import parse_config
 from vstmon.daemon import Daemon, LoadedModel
 from vstmon.engine import Engine
@@ -40,15 +40,6 @@ from vstmon.model.presets import PRESETS, SwinConfig
 __all__ = ["main"]
 
 _TINY = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7))
-
-
-def _write_video(path: Path, frames: int, fps: float, size: tuple[int, int], offset: int) -> None:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
-    try:
-        for i in range(frames):
-            writer.write(render_frame(offset + i, size, "moving"))
-    finally:
-        writer.release()
 
 
 def _model_only(engine: Engine, batch: int, shape: tuple[int, ...], seconds: float) -> float:
@@ -93,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         n_frames = int(args.seconds * args.fps)
         for i in range(args.streams):
             path = Path(tmp) / f"s{i}.avi"
-            _write_video(path, n_frames, args.fps, (width, args.size), offset=i * 7)
+            make_video(path, n_frames, args.fps, (width, args.size), codec="MJPG", start_index=i * 7)
             streams.append({"name": f"s{i}", "url": str(path)})
         config = parse_config(
             {

@@ -275,17 +275,14 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
     stream, seq = f.text("stream"), f.integer("seq")
     if stream != topic_stream:
         raise MessageError(f"{topic}: stream {stream!r} does not match the topic")
+    envelope = (topic, version, ts, stream, seq)
     if kind == "label":
         clip = f.obj("clip")
         untrained = data.get("untrained", False)
         if not isinstance(untrained, bool):
             raise MessageError(f"{topic}: field 'untrained' must be a boolean")
         return LabelMessage(
-            topic,
-            version,
-            ts,
-            stream,
-            seq,
+            *envelope,
             segment=f.integer("segment"),
             subject=f.opt_text("subject"),
             clip=ClipInfo(
@@ -303,11 +300,7 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
         )
     if kind == "reset":
         return ResetMessage(
-            topic,
-            version,
-            ts,
-            stream,
-            seq,
+            *envelope,
             segment=f.integer("segment"),
             previous_segment=f.integer("previous_segment"),
             subject=f.opt_text("subject"),
@@ -319,11 +312,7 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
             for g in f.objs("labels")
         )
         return SegmentMessage(
-            topic,
-            version,
-            ts,
-            stream,
-            seq,
+            *envelope,
             segment=f.integer("segment"),
             subject=f.opt_text("subject"),
             start_ts=f.number("start_ts"),
@@ -333,11 +322,7 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
         )
     if kind == "status":
         return StatusMessage(
-            topic,
-            version,
-            ts,
-            stream,
-            seq,
+            *envelope,
             state=f.text("state"),
             reason=f.text("reason"),
             fps_in=f.number("fps_in"),
