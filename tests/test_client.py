@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -282,3 +283,31 @@ def test_listen_cli_times_out_with_exit_code_1(capsys: pytest.CaptureFixture[str
     assert main(["listen", endpoint, "--count", "3", "--timeout-s", "0.3"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "" and "got 0 of 3" in captured.err
+
+
+def test_listen_with_a_topic_filter_does_not_call_other_topics_gaps(
+    publisher, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vstmon.cli import main
+
+    pub, endpoint = publisher
+    stop = threading.Event()
+
+    def feed() -> None:
+        n = 0
+        while not stop.wait(0.01):
+            n += 1
+            pub.publish("reset.cam1", _reset_payload(n))
+            pub.publish("status.cam1", {"state": "streaming"}, stream="cam1")  # takes a seq, not subscribed
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    try:
+        assert main(["listen", endpoint, "--topic", "reset", "--count", "4", "--timeout-s", "10"]) == 0
+    finally:
+        stop.set()
+        feeder.join(5)
+    captured = capsys.readouterr()
+    seqs = [json.loads(line)["seq"] for line in captured.out.splitlines()]
+    assert len(seqs) == 4 and [b - a for a, b in itertools.pairwise(seqs)] == [2, 2, 2]
+    assert "gap" not in captured.err
