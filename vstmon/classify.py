@@ -237,6 +237,7 @@ def classify_video(
         index = 0
         last_ts = -math.inf
         frame = None
+        meta = FrameMeta()  # refilled per frame (the ring copies the values)
         while True:
             ok, frame = capture.read(frame)  # decodes into the previous frame's array when the size matches
             if not ok or frame is None:
@@ -253,7 +254,8 @@ def classify_video(
                 fitter.fit(frame, slot)
             except ValueError as error:
                 raise SourceError(f"{path}: frame {index}: {error}") from None
-            seq = ring.commit(FrameMeta(index, time.monotonic(), 0.0, ts))
+            meta.index, meta.capture_mono_s, meta.stream_ts_s = index, time.monotonic(), ts
+            seq = ring.commit(meta)
             index += 1
             if sampler.on_frame(seq):
                 pending.append(sampler.cut(host_np[len(pending)]))  # the clip's frames are a view of host

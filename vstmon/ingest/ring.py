@@ -129,7 +129,7 @@ class RingBuffer:
                 return self._views[self._head % cap]
 
     def commit(self, meta: FrameMeta) -> int:
-        """Publish the slot from ``write_slot`` with its metadata; returns its seq."""
+        """Publish the slot from ``write_slot`` with its metadata (copied: ``meta`` may be reused); returns its seq."""
         with self._cond:
             if not self._pending:
                 raise RuntimeError("commit() without a write_slot() first")

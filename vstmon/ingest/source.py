@@ -205,6 +205,7 @@ class Source:
         first_mono_s = 0.0
         pace_origin_s = 0.0  # monotonic time at which stream_ts 0 "happened" (paced inputs)
         last_frame_mono_s = time.monotonic()
+        meta = FrameMeta()  # one per run, refilled per frame (the ring copies the values)
         while not self._stop.is_set():
             frame = reader.read()
             now_mono_s, now_wall_s = time.monotonic(), time.time()
@@ -242,7 +243,9 @@ class Source:
                 self._fitter.fit(frame, slot)
             except ValueError as error:
                 return _Outcome.LOST, f"undecodable frame {index}: {error}", index > 0
-            self.ring.commit(FrameMeta(index, now_mono_s, now_wall_s, stream_ts_s))
+            meta.index, meta.capture_mono_s, meta.capture_wall_s = index, now_mono_s, now_wall_s
+            meta.stream_ts_s = stream_ts_s
+            self.ring.commit(meta)
             self._fps_times[self._frames_read % _FPS_WINDOW] = now_mono_s
             self._frames_read += 1
             last_frame_mono_s = now_mono_s
