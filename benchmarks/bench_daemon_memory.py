@@ -19,22 +19,16 @@ import threading
 import time
 from pathlib import Path
 
-import cv2
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.bench_pipeline import untrained_model
 from tests.videos import make_two_scene_video
 from vstmon.client import Subscriber
 from vstmon.config import parse_config
 from vstmon.daemon import Daemon, LoadedModel
-from vstmon.log import configure_logging
-from vstmon.model import build_model
-from vstmon.model.presets import SwinConfig
 
 __all__ = ["main"]
 
-_TINY = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7))
 _PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
 
 
@@ -65,12 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
-    configure_logging("warning", "console")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cv2.setNumThreads(1)
-    model = build_model(_TINY, 400).eval()
-    labels = [f"class_{i}" for i in range(400)]
+    model, labels = untrained_model("tiny", args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         width = int(args.size * 4 / 3) // 2 * 2
         streams = []

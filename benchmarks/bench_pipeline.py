@@ -37,9 +37,19 @@ from vstmon.log import configure_logging
 from vstmon.model import build_model
 from vstmon.model.presets import PRESETS, SwinConfig
 
-__all__ = ["main"]
+__all__ = ["main", "untrained_model"]
 
 _TINY = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7))
+
+
+def untrained_model(arch: str, threads: int | None) -> tuple[torch.nn.Module, list[str]]:
+    """Quiet logs, set the thread counts, and build an untrained 400-class model (``tiny`` or a preset)."""
+    configure_logging("warning", "console")
+    if threads:
+        torch.set_num_threads(threads)
+    cv2.setNumThreads(1)  # the decoders and the model share the cores; OpenCV's own pool would add to it
+    model = build_model(_TINY if arch == "tiny" else PRESETS[arch], 400).eval()
+    return model, [f"class_{i}" for i in range(400)]
 
 
 def _model_only(engine: Engine, batch: int, shape: tuple[int, ...], seconds: float) -> float:
@@ -71,13 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
 
-    configure_logging("warning", "console")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    cv2.setNumThreads(1)
-    config_arch = _TINY if args.arch == "tiny" else PRESETS[args.arch]
-    model = build_model(config_arch, 400).eval()
-    labels = [f"class_{i}" for i in range(400)]
+    model, labels = untrained_model(args.arch, args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         width = int(args.size * 4 / 3) // 2 * 2
         streams = []
