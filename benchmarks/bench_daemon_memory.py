@@ -25,7 +25,8 @@ from benchmarks.bench_pipeline import untrained_model
 from tests.videos import make_two_scene_video
 from vstmon.client import Subscriber
 from vstmon.config import parse_config
-from vstmon.daemon import Daemon, LoadedModel
+from vstmon.daemon import Daemon
+from vstmon.model.bundle import LoadedModel
 
 __all__ = ["main"]
 

@@ -31,10 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.videos import make_video
 from vstmon.config import parse_config
-from vstmon.daemon import Daemon, LoadedModel
+from vstmon.daemon import Daemon
 from vstmon.engine import Engine
 from vstmon.log import configure_logging
-from vstmon.model import build_model
+from vstmon.model import LoadedModel, build_model
 from vstmon.model.presets import PRESETS, SwinConfig
 
 __all__ = ["main", "untrained_model"]

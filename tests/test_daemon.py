@@ -231,8 +231,8 @@ def test_metrics_render_stream_counters_and_batches() -> None:
 
 
 def test_missing_checkpoint_says_how_to_fetch(tmp_path: Path) -> None:
-    from vstmon.daemon import load_model_and_labels
     from vstmon.errors import CheckpointError
+    from vstmon.model.bundle import load_model_and_labels
 
     config = parse_config({"model": {"checkpoint": str(tmp_path / "nope.pth")}})
     with pytest.raises(CheckpointError, match="vstmon weights fetch"):
@@ -358,7 +358,7 @@ def test_no_motion_for_idle_s_resets_once(tmp_path: Path, model_files: tuple[Pat
 def test_a_null_checkpoint_gives_untrained_weights_marked_as_such(
     tmp_path: Path, model_files: tuple[Path, Path]
 ) -> None:
-    from vstmon.daemon import load_model_and_labels
+    from vstmon.model.bundle import load_model_and_labels
 
     _checkpoint, labels = model_files
     config = parse_config({"model": {"arch": "swin_t", "checkpoint": None, "labels": str(labels)}})

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vstmon.daemon import load_model_and_labels
+    from vstmon.model.bundle import load_model_and_labels
 
     config = load_config(args.config)
     lines = [f"config {args.config}: ok"]

@@ -33,28 +33,25 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from vstmon.config import Config, StreamConfig, load_config
 from vstmon.engine import Engine, EnginePool
-from vstmon.errors import CheckpointError, VstmonError
+from vstmon.errors import VstmonError
 from vstmon.log import configure_logging, get_logger, redact_url
 from vstmon.metrics import Metrics
+from vstmon.model.bundle import LoadedModel, load_model_and_labels
 from vstmon.types import Clip, ClipResult, StreamEvent
 from vstmon.types import StreamState as SourceState
 
 __all__ = [
     "Daemon",
-    "LoadedModel",
     "StreamWorker",
     "SystemdNotifier",
     "add_arguments",
-    "load_model_and_labels",
     "run",
 ]
 
@@ -107,56 +104,6 @@ class SystemdNotifier:
             if self._socket is not None:
                 self._socket.close()
                 self._socket = None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# model
-# ---------------------------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    """The model (eval mode, on CPU), its label list and the id published in ``label`` messages."""
-
-    model: nn.Module
-    labels: list[str]
-    model_id: str
-    untrained: bool
-
-
-def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
-    """Load ``config.model``: a checkpoint (strict) or, for ``checkpoint: null``, untrained weights (warned)."""
-    from vstmon.model import build_model, load_labels, load_model
-
-    mc = config.model
-    if mc.checkpoint is None:
-        arch = "swin_t" if mc.arch == "auto" else mc.arch
-        num_classes = mc.num_classes
-        labels = list(load_labels(mc.labels, num_classes))
-        model = build_model(arch, num_classes or len(labels))
-        if warn:
-            _log.warning(
-                "model.checkpoint is null: running with UNTRAINED weights; every label is meaningless "
-                "and label messages carry untrained=true",
-                arch=arch,
-            )
-        return LoadedModel(model.eval(), labels, f"untrained:{arch}", True)
-    path = Path(mc.checkpoint)
-    if not path.is_file():
-        raise CheckpointError(
-            f"model.checkpoint: {path} does not exist. Download an official checkpoint with "
-            "`vstmon weights fetch` (`vstmon weights list` shows the names), point model.checkpoint at it, "
-            "or set model.checkpoint: null to run with untrained weights."
-        )
-    model = load_model(path, arch=mc.arch, num_classes=mc.num_classes)
-    num_classes = _num_classes(model)
-    labels = list(load_labels(mc.labels, num_classes))
-    model_id = str(getattr(model, "checkpoint_id", None) or path.name)
-    return LoadedModel(model.eval(), labels, model_id, False)
-
-
-def _num_classes(model: nn.Module) -> int | None:
-    cfg = getattr(model, "config", None)
-    value = getattr(cfg, "num_classes", None)
-    return int(value) if value else None
 
 
 # ---------------------------------------------------------------------------------------------------------

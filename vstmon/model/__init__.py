@@ -3,8 +3,11 @@
 Public API: ``build_model(arch_or_config, num_classes)`` (untrained) and
 ``load_model(checkpoint, arch="auto", num_classes=None)`` (weights from a file), both returning a model whose
 forward maps a normalised float tensor (N, 3, T, H, W) to logits (N, classes).
+``load_model_and_labels(config)`` loads what ``config.model`` names (checkpoint or untrained weights) with its
+labels, as the daemon, ``check`` and ``classify`` use it.
 """
 
+from vstmon.model.bundle import LoadedModel, load_model_and_labels
 from vstmon.model.checkpoint import load_checkpoint_state, load_model
 from vstmon.model.labels import load_labels
 from vstmon.model.presets import PRESETS, SwinConfig, get_preset
@@ -12,6 +15,7 @@ from vstmon.model.swin3d import SwinTransformer3D, VideoSwin, build_model
 
 __all__ = [
     "PRESETS",
+    "LoadedModel",
     "SwinConfig",
     "SwinTransformer3D",
     "VideoSwin",
@@ -20,4 +24,5 @@ __all__ = [
     "load_checkpoint_state",
     "load_labels",
     "load_model",
+    "load_model_and_labels",
 ]
