@@ -1,10 +1,18 @@
-"""Exceptions raised by vstmon. Every one carries a message fit to show a user as is."""
+"""Exceptions raised by vstmon. Every one carries a message fit to show a user as is.
+
+Each class also says how the command line exits on it (``exit_code``): configuration problems exit 78
+(EX_CONFIG from sysexits.h, which the systemd unit lists in ``RestartPreventExitStatus=`` so that a bad
+config is not restarted every few seconds); command-line misuse and other failures exit 2.
+"""
 
 from __future__ import annotations
 
 __all__ = [
+    "EX_CONFIG",
+    "EX_USAGE",
     "CheckpointError",
     "ConfigError",
+    "DetectorError",
     "FetchError",
     "LabelsError",
     "SourceError",
@@ -12,20 +20,40 @@ __all__ = [
 ]
 
 
+EX_USAGE = 2  # command-line misuse (argparse's code) and failures that are not the configuration's
+EX_CONFIG = 78  # sysexits.h: configuration error; the systemd unit does not restart on it
+
+
 class VstmonError(Exception):
-    """Base class: a problem the user can act on, described in plain words (no traceback needed)."""
+    """Base class: a problem the user can act on, described in plain words (no traceback needed).
+
+    ``exit_code`` is the process exit status the command line uses for it.
+    """
+
+    exit_code: int = EX_USAGE
 
 
 class ConfigError(VstmonError):
-    """The configuration is invalid; the message names the YAML key path (e.g. ``streams[1].url``)."""
+    """The configuration cannot be used: file, YAML, schema, a device that is not there, an endpoint that
+    cannot bind. The message names the YAML key path (``config.yaml: streams[1].url: ...``), one line each."""
+
+    exit_code = EX_CONFIG
 
 
 class CheckpointError(VstmonError):
     """A checkpoint file cannot be used: unreadable, not a checkpoint, or its tensors do not fit the model."""
 
+    exit_code = EX_CONFIG
+
 
 class LabelsError(VstmonError):
     """A label list is missing, malformed, or its length does not match the classifier head."""
+
+    exit_code = EX_CONFIG
+
+
+class DetectorError(VstmonError):
+    """A person-detector model cannot be used: missing, unreadable, or not an SSD graph OpenCV can run."""
 
 
 class FetchError(VstmonError):
