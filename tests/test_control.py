@@ -13,6 +13,7 @@ import zmq
 from tests.conftest import free_port
 from vstmon.cli import main
 from vstmon.errors import VstmonError
+from vstmon.log import configure_logging
 from vstmon.publish import ControlServer
 
 
@@ -38,6 +39,11 @@ class FakeDaemon:
                 raise KeyError(f"unknown stream {stream!r}")
             self.segments[stream] += 1
             return {"segment": self.segments[stream]}
+
+
+@pytest.fixture(autouse=True)
+def json_logs() -> None:
+    configure_logging("info", "json")  # log lines go to stderr, as in the daemon
 
 
 @pytest.fixture
@@ -127,6 +133,166 @@ def test_bad_requests_get_an_error_reply_and_the_server_carries_on(
     assert error_part in reply["error"]
     assert set(reply) == {"ok", "error"}
     assert _ask_json(server, {"cmd": "reset", "stream": "cam1"}) == {"ok": True, "segment": 2}
+
+
+@pytest.mark.parametrize(
+    ("request_obj", "error"),
+    [
+        (
+            {"cmd": "reset", "stream": "cam1", "subject": "s" * 65_000},
+            'reset: field "subject" is 65000 characters long (limit 128)',
+        ),
+        (
+            {"cmd": "reset", "stream": "cam1", "subject": "s" * 129},
+            'reset: field "subject" is 129 characters long (limit 128)',
+        ),
+        (
+            {"cmd": "reset", "stream": "c" * 65},
+            'reset: field "stream" is 65 characters long (limit 64)',
+        ),
+        ({"cmd": "reset", "stream": "cam1", "subject": ""}, 'reset: field "subject" must not be empty'),
+        (
+            {"cmd": "reset", "stream": "cam1", "subject": "p-\x07"},
+            'reset: field "subject" must not contain control characters (U+0007 at character 3)',
+        ),
+        (
+            {"cmd": "reset", "stream": "cam1", "subject": "a\nb"},
+            'reset: field "subject" must not contain control characters (U+000A at character 2)',
+        ),
+        (
+            {"cmd": "reset", "stream": "cam1", "subject": "\u202eevil"},  # bidi override
+            'reset: field "subject" must not contain control characters (U+202E at character 1)',
+        ),
+        (
+            {"cmd": "reset", "stream": "cam1", "subject": "x\u2028y"},  # line separator
+            'reset: field "subject" must not contain control characters (U+2028 at character 2)',
+        ),
+        (
+            {"cmd": "reset", "stream": "cam\x1b[2J"},
+            'reset: field "stream" must not contain control characters (U+001B at character 4)',
+        ),
+        (
+            {"cmd": "x" * 60_000},
+            "unknown command 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx'... (60000 characters) "
+            "(known commands: reset, status)",
+        ),
+    ],
+)
+def test_strings_are_bounded_and_errors_name_the_field_without_echoing_it(
+    server: str, daemon: FakeDaemon, request_obj: dict[str, Any], error: str
+) -> None:
+    reply = _ask_json(server, request_obj)
+    assert reply == {"ok": False, "error": error}
+    assert daemon.calls == []  # never reached the handler
+    assert _ask_json(server, {"cmd": "status"})["ok"] is True
+
+
+def test_many_long_unknown_fields_are_named_briefly(server: str) -> None:
+    names = [f"f{i:05d}" + "y" * 40 for i in range(900)]
+    reply = _ask_json(server, {"cmd": "reset", "stream": "cam1", **dict.fromkeys(names, 1)})
+    quoted = ", ".join(f"{name[:32]!r}... (46 characters)" for name in names[:5])
+    assert reply == {"ok": False, "error": f"reset: unknown field(s) {quoted} and 895 more"}
+
+
+def test_a_subject_at_the_limit_with_any_printable_characters_is_accepted(
+    server: str, daemon: FakeDaemon
+) -> None:
+    subject = ("Zoë 李 p-43 🙂 " * 20)[:128]
+    assert _ask_json(server, {"cmd": "reset", "stream": "cam1", "subject": subject}) == {
+        "ok": True,
+        "segment": 2,
+    }
+    assert daemon.calls == [{"cmd": "reset", "stream": "cam1", "subject": subject}]
+
+
+def test_a_lone_surrogate_is_a_control_character(server: str) -> None:
+    reply = _ask(server, b'{"cmd": "reset", "stream": "cam1", "subject": "a\\ud800"}')
+    assert reply == {
+        "ok": False,
+        "error": 'reset: field "subject" must not contain control characters (U+D800 at character 2)',
+    }
+
+
+def test_a_field_given_twice_is_refused(server: str, daemon: FakeDaemon) -> None:
+    reply = _ask(server, b'{"cmd": "reset", "stream": "cam1", "stream": "cam2"}')
+    assert reply == {"ok": False, "error": "request has field 'stream' twice"}
+    assert daemon.calls == []
+
+
+def test_an_integer_too_long_to_read_is_a_json_error(server: str) -> None:
+    reply = _ask(server, b'{"cmd": ' + b"9" * 5000 + b"}")
+    assert reply["ok"] is False
+    assert reply["error"].startswith("request is not valid JSON: Exceeds the limit (4300 digits)")
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"[" * 32_000 + b"]" * 32_000,  # 64,000 bytes: within the 64 KiB limit
+        b"{" + b'"a":{' * 10_000 + b"}" * 10_001,
+        b'{"cmd": "status", "x": ' + b"[" * 9 + b"]" * 9 + b"}",  # just over the limit of 8
+        b"[" * 32_000,  # deep and not even valid
+    ],
+    ids=["arrays", "objects", "nine-levels", "unclosed"],
+)
+def test_deeply_nested_requests_get_a_clear_error_and_one_log_line(
+    server: str, daemon: FakeDaemon, request_bytes: bytes, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    for _ in range(20):
+        assert _ask(server, request_bytes) == {
+            "ok": False,
+            "error": "request nested too deeply (limit 8 levels)",
+        }
+    assert _ask_json(server, {"cmd": "reset", "stream": "cam1"}) == {"ok": True, "segment": 2}
+    lines = capsys.readouterr().err.splitlines()
+    rejected = [json.loads(line) for line in lines if "control request rejected" in line]
+    assert len(rejected) == 20 and len(lines) == 20
+    assert all(r["error"] == "request nested too deeply (limit 8 levels)" for r in rejected)
+    assert "Traceback" not in "".join(lines) and "exception" not in rejected[0]
+
+
+def test_eight_levels_are_parsed_and_validated(server: str) -> None:
+    reply = _ask(server, b'{"cmd": "status", "x": ' + b"[" * 7 + b"]" * 7 + b"}")
+    assert reply == {"ok": False, "error": "status: unknown field(s) 'x'"}
+
+
+def test_a_handler_bug_logs_its_traceback_once_then_one_line_per_repeat(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    for _ in range(3):
+        reply = _ask_json(server, {"cmd": "reset", "stream": "boom"})
+        assert reply == {"ok": False, "error": "internal error: handler bug"}
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [r["event"] for r in records] == [
+        "control handler failed",
+        "control handler failed again",
+        "control handler failed again",
+    ]
+    assert "RuntimeError: handler bug" in records[0]["exception"]
+    assert all("exception" not in r for r in records[1:])
+
+
+def test_replies_never_carry_credentials(daemon: FakeDaemon) -> None:
+    def handler(request: dict[str, Any]) -> dict[str, Any]:
+        if request["cmd"] == "status":
+            return {"streams": {"token": {"reason": "cannot open rtsp://admin:p@ss/w@cam/live"}}}
+        raise VstmonError("stream 'cam1' is not running: cannot open rtsp://admin:p@ss/w@cam/live")
+
+    srv = ControlServer(f"tcp://127.0.0.1:{free_port()}", handler, poll_interval_s=0.05)
+    srv.start()
+    try:
+        assert _ask_json(srv.endpoint, {"cmd": "status"}) == {
+            "ok": True,
+            "streams": {"token": {"reason": "cannot open rtsp://admin:***@cam/live"}},  # a stream named token
+        }
+        assert _ask_json(srv.endpoint, {"cmd": "reset", "stream": "cam1"}) == {
+            "ok": False,
+            "error": "stream 'cam1' is not running: cannot open rtsp://admin:***@cam/live",
+        }
+    finally:
+        srv.close()
 
 
 def test_huge_request_is_rejected_and_the_server_carries_on(server: str, daemon: FakeDaemon) -> None:

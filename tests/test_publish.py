@@ -217,3 +217,19 @@ def test_unserialisable_payload_is_dropped_not_raised(ctx: zmq.Context, endpoint
     assert publisher.stats()["errors"] == 2
     publisher.close()
     assert publisher.publish("label.cam1", {}) is False  # after close: dropped, no exception
+
+
+def test_status_messages_never_carry_credentials(ctx: zmq.Context, endpoint: str) -> None:
+    publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
+    sub = _sub(ctx, endpoint)
+    _join(publisher, sub)
+    reason = "cannot open rtsp://admin:p@ss/w0rd@cam/live?token=tk9; retry 1 in 0.5 s"
+    assert publisher.publish("status.cam1", {"state": "reconnecting", "reason": reason})
+    assert publisher.publish("status", {"streams": {"key": {"reason": reason}}})
+    assert publisher.publish("label.cam1", {"subject": "password=p-43"})  # labels go out untouched
+    bodies = [json.loads(sub.recv_multipart()[1]) for _ in range(3) if sub.poll(5000)]
+    masked = "cannot open rtsp://admin:***@cam/live?token=*** retry 1 in 0.5 s"  # a value ends at a space
+    assert bodies[0]["reason"] == masked
+    assert bodies[1]["streams"] == {"key": {"reason": masked}}  # a stream named "key" keeps its status
+    assert bodies[2]["subject"] == "password=p-43"
+    publisher.close()

@@ -123,17 +123,25 @@ def redact_url(url: str) -> str:
     return "".join(out)
 
 
-def redact(value: Any) -> Any:
-    """Redact credentials inside strings, recursively through lists, tuples and dicts (secret keys too)."""
+def redact(value: Any, mask_secret_keys: bool = True) -> Any:
+    """Redact credentials inside strings, recursively through lists, tuples and dicts.
+
+    ``mask_secret_keys``: also replace the value of a dict key that names a secret (``password``, ``token``,
+    ...) by ``***``; turn it off for data whose keys are names chosen by users (stream names in a status).
+    """
     if isinstance(value, str):
         return redact_url(value) if ("://" in value or "=" in value) else value
     if isinstance(value, dict):
         return {
-            k: (MASK if isinstance(k, str) and _is_secret_name(k) and v is not None else redact(v))
+            k: (
+                MASK
+                if mask_secret_keys and v is not None and isinstance(k, str) and _is_secret_name(k)
+                else redact(v, mask_secret_keys)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):
-        return type(value)(redact(v) for v in value)
+        return type(value)(redact(v, mask_secret_keys) for v in value)
     return value
 
 

@@ -15,20 +15,26 @@ from __future__ import annotations
 import json
 import threading
 import time
+import traceback
+import unicodedata
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import zmq
 
 from vstmon.config import PublishConfig
 from vstmon.errors import VstmonError
-from vstmon.log import get_logger
+from vstmon.log import get_logger, redact
 
 __all__ = [
     "CONTROL_COMMANDS",
     "DEFAULT_CONTROL_ENDPOINT",
     "MAX_REQUEST_BYTES",
+    "MAX_REQUEST_DEPTH",
+    "MAX_STREAM_CHARS",
+    "MAX_SUBJECT_CHARS",
     "SCHEMA_VERSION",
+    "ControlField",
     "ControlServer",
     "Publisher",
     "validate_request",
@@ -38,18 +44,43 @@ SCHEMA_VERSION = 1
 DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5557"
 MAX_REQUEST_BYTES = 64 * 1024  # larger control requests get an error reply
 _HARD_MAX_REQUEST_BYTES = 1024 * 1024  # ZMQ_MAXMSGSIZE: larger ones are cut off by libzmq (no reply possible)
+MAX_REQUEST_DEPTH = 8  # JSON nesting of a control request (a valid one has 1 level)
+MAX_STREAM_CHARS = 64  # as stream names in the config
+MAX_SUBJECT_CHARS = 128  # a subject id rides on every later label message of its stream
+_ECHO_CHARS = 32  # at most this much of an offending value is quoted back in an error
+_ECHO_NAMES = 5  # at most this many unknown field names are quoted back
+_MAX_REPORTED_BUGS = 64  # distinct handler failures logged with a traceback; repeats get one line
 _HEADER_KEYS = ("v", "type", "ts", "stream", "seq")
-# known commands -> {field: (types, required)}
-CONTROL_COMMANDS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
-    "reset": {"stream": ((str,), True), "subject": ((str, type(None)), False)},
+
+
+class ControlField(NamedTuple):
+    """One field of a control request: accepted JSON types, whether it is required, its length limit."""
+
+    types: tuple[type, ...]
+    required: bool
+    max_chars: int
+
+
+# known commands -> {field: ControlField}. Every string is 1..max_chars characters without control
+# characters (Unicode categories Cc, Cf, Cs, Zl, Zp: C0/C1 controls, DEL, bidi overrides, zero-width
+# characters, lone surrogates, line and paragraph separators).
+CONTROL_COMMANDS: dict[str, dict[str, ControlField]] = {
+    "reset": {
+        "stream": ControlField((str,), True, MAX_STREAM_CHARS),
+        "subject": ControlField((str, type(None)), False, MAX_SUBJECT_CHARS),
+    },
     "status": {},
 }
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 _log = get_logger("publish")
 
 
 class Publisher:
     """A PUB socket bound to every ``cfg.endpoints`` address; ``publish`` adds the envelope and never blocks.
+
+    ``status`` messages pass through ``redact`` (credentials in URLs of reasons are masked; a safety net
+    behind the callers' own redaction).
 
     Envelope: ``v`` (schema version), ``type`` (first word of the topic), ``ts`` (unix seconds when sent) and,
     for stream topics (``label.cam1``), ``stream`` and ``seq`` (per stream, +1 for every message of that
@@ -90,7 +121,10 @@ class Publisher:
         kind, _, topic_stream = topic.partition(".")
         if stream is None and topic_stream:
             stream = topic_stream
-        message: dict[str, Any] = dict(payload)
+        # status reasons are free text about sources: mask credentials here too (heartbeat rate, cheap)
+        message: dict[str, Any] = (
+            redact(payload, mask_secret_keys=False) if kind == "status" else dict(payload)
+        )
         with self._lock:
             if self._socket is None:
                 self.dropped += 1
@@ -140,45 +174,109 @@ def _error_text(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
+def _echo(value: str) -> str:
+    """``value`` quoted for an error message, cut to ``_ECHO_CHARS`` characters (an error never echoes a flood)."""
+    if len(value) <= _ECHO_CHARS:
+        return repr(value)
+    return f"{value[:_ECHO_CHARS]!r}... ({len(value)} characters)"
+
+
+def _check_text(cmd: str, name: str, value: str, max_chars: int) -> None:
+    if not value:
+        raise ValueError(f'{cmd}: field "{name}" must not be empty')
+    if len(value) > max_chars:
+        raise ValueError(f'{cmd}: field "{name}" is {len(value)} characters long (limit {max_chars})')
+    for position, char in enumerate(value):
+        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            raise ValueError(
+                f'{cmd}: field "{name}" must not contain control characters '
+                f"(U+{ord(char):04X} at character {position + 1})"
+            )
+
+
 def validate_request(request: Any) -> dict[str, Any]:
-    """Check a parsed control request; returns it, raises ``ValueError`` naming the problem."""
+    """Check a parsed control request; returns it, raises ``ValueError`` naming the problem.
+
+    Errors name the field and the limit and quote at most ``_ECHO_CHARS`` characters of what was sent.
+    """
     if not isinstance(request, dict):
         raise ValueError(f"request must be a JSON object, got {type(request).__name__}")
+    known = ", ".join(CONTROL_COMMANDS)
     cmd = request.get("cmd")
     if cmd is None:
-        raise ValueError('request has no "cmd" (known commands: ' + ", ".join(CONTROL_COMMANDS) + ")")
+        raise ValueError(f'request has no "cmd" (known commands: {known})')
     if not isinstance(cmd, str):
         raise ValueError(f'"cmd" must be a string, got {type(cmd).__name__}')
     fields = CONTROL_COMMANDS.get(cmd)
     if fields is None:
-        raise ValueError(f"unknown command {cmd!r} (known commands: " + ", ".join(CONTROL_COMMANDS) + ")")
+        raise ValueError(f"unknown command {_echo(cmd)} (known commands: {known})")
     unknown = sorted(set(request) - set(fields) - {"cmd"})
     if unknown:
-        raise ValueError(f"{cmd}: unknown field(s) " + ", ".join(repr(k) for k in unknown))
-    for name, (types, required) in fields.items():
+        names = ", ".join(_echo(k) for k in unknown[:_ECHO_NAMES])
+        more = f" and {len(unknown) - _ECHO_NAMES} more" if len(unknown) > _ECHO_NAMES else ""
+        raise ValueError(f"{cmd}: unknown field(s) {names}{more}")
+    for name, spec in fields.items():
         if name not in request:
-            if required:
+            if spec.required:
                 raise ValueError(f'{cmd}: field "{name}" is required')
             continue
         value = request[name]
-        if not isinstance(value, types) or isinstance(value, bool):
+        if not isinstance(value, spec.types) or isinstance(value, bool):
             expected = " or ".join(
-                "null" if t is type(None) else t.__name__.replace("str", "string") for t in types
+                "null" if t is type(None) else t.__name__.replace("str", "string") for t in spec.types
             )
             raise ValueError(f'{cmd}: field "{name}" must be {expected}, got {type(value).__name__}')
-        if isinstance(value, str) and not value:
-            raise ValueError(f'{cmd}: field "{name}" must not be empty')
+        if isinstance(value, str):
+            _check_text(cmd, name, value, spec.max_chars)
     return request
+
+
+def _nesting_depth(value: Any) -> int:
+    """Levels of JSON arrays/objects in ``value`` (0 for a scalar); iterative, so any depth is safe."""
+    depth = 0
+    level = [value] if isinstance(value, dict | list) else []
+    while level:
+        depth += 1
+        children: list[Any] = []
+        for container in level:
+            items = container.values() if isinstance(container, dict) else container
+            children.extend(v for v in items if isinstance(v, dict | list))
+        level = children
+    return depth
+
+
+class _DuplicateField(ValueError):
+    pass
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateField(f"request has field {_echo(key)} twice")
+        obj[key] = value
+    return obj
+
+
+def _failure_site(error: BaseException) -> tuple[str, str, int]:
+    """(exception type, file, line) where ``error`` was raised: repeats of one bug share it."""
+    frames = traceback.extract_tb(error.__traceback__)
+    last = frames[-1] if frames else None
+    return type(error).__name__, last.filename if last else "", (last.lineno or 0) if last else 0
 
 
 class ControlServer:
     """The control socket: a REP socket served by its own thread, one JSON object in, one JSON object out.
 
-    Known commands are validated here (``reset``: ``stream`` string required, ``subject`` string or null
-    optional; ``status``); ``handler(request) -> dict`` does the work and its dict becomes the reply with
-    ``"ok": true`` added. Any problem (oversized or bad JSON, wrong types, unknown command, the handler raising
-    ``VstmonError``/``KeyError``/``ValueError``) is answered ``{"ok": false, "error": "..."}``; an unexpected
-    exception is logged and answered the same way. The thread never dies on a bad request.
+    Known commands are validated here (``CONTROL_COMMANDS``: ``reset`` with ``stream``, 1-64 characters, and
+    optional ``subject``, 1-128 characters or null, no control characters; ``status``); ``handler(request) ->
+    dict`` does the work and its dict becomes the reply with ``"ok": true`` added. Any problem (oversized,
+    nested deeper than ``MAX_REQUEST_DEPTH``, bad JSON, duplicate or unknown fields, wrong types or lengths,
+    unknown command, the handler raising ``VstmonError``/``KeyError``/``ValueError``) is answered
+    ``{"ok": false, "error": "..."}`` and logged as one line. Any other exception from the handler is a bug:
+    answered the same way and logged with its traceback the first time, as one line when it repeats (a client
+    cannot flood the log with tracebacks). Replies pass through ``redact`` (no credentials in URLs). The
+    thread never dies on a bad request.
     """
 
     def __init__(
@@ -200,6 +298,7 @@ class ControlServer:
         self.requests = 0
         self.errors = 0
         self.bound_endpoint: str | None = None
+        self._reported_failures: set[tuple[str, str, int]] = set()
 
     def start(self) -> None:
         """Bind (errors raise ``VstmonError`` here, in the caller) and start serving."""
@@ -268,16 +367,25 @@ class ControlServer:
             result = self._handler(request)
             if not isinstance(result, dict):
                 raise TypeError(f"control handler returned {type(result).__name__}, not a dict")
-            reply = {"ok": True, **result}
+            reply = redact({"ok": True, **result}, mask_secret_keys=False)
             json.dumps(reply)  # fail here (and answer) rather than after the reply is half built
             return reply
         except (VstmonError, KeyError, ValueError) as error:
             self.errors += 1
-            return {"ok": False, "error": _error_text(error)}
+            text = redact(_error_text(error))
+            _log.info("control request rejected", error=text)
+            return {"ok": False, "error": text}
         except Exception as error:  # a handler bug must not kill the control thread
             self.errors += 1
-            _log.exception("control handler failed", error=str(error))
-            return {"ok": False, "error": f"internal error: {_error_text(error)}"}
+            text = redact(_error_text(error))
+            site = _failure_site(error)
+            if site in self._reported_failures:
+                _log.error("control handler failed again", error=text, where=f"{site[1]}:{site[2]}")
+            else:
+                if len(self._reported_failures) < _MAX_REPORTED_BUGS:
+                    self._reported_failures.add(site)
+                _log.exception("control handler failed", error=text)
+            return {"ok": False, "error": f"internal error: {text}"}
 
     def _parse(self, frames: list[bytes]) -> dict[str, Any]:
         if len(frames) != 1:
@@ -286,9 +394,20 @@ class ControlServer:
         if len(data) > self._max_request_bytes:
             raise ValueError(f"request too large: {len(data)} bytes (limit {self._max_request_bytes})")
         try:
-            request = json.loads(data.decode("utf-8"))
+            text = data.decode("utf-8")
         except UnicodeDecodeError:
             raise ValueError("request is not UTF-8") from None
+        too_deep = f"request nested too deeply (limit {MAX_REQUEST_DEPTH} levels)"
+        try:
+            request = json.loads(text, object_pairs_hook=_refuse_duplicates)
+        except RecursionError:  # the C parser's guard; far deeper than the limit below
+            raise ValueError(too_deep) from None
         except json.JSONDecodeError as error:
             raise ValueError(f"request is not valid JSON: {error.msg} at position {error.pos}") from None
+        except _DuplicateField as error:
+            raise ValueError(str(error)) from None
+        except ValueError as error:  # e.g. an integer of more than 4300 digits
+            raise ValueError(f"request is not valid JSON: {str(error).split(':')[0]}") from None
+        if _nesting_depth(request) > MAX_REQUEST_DEPTH:
+            raise ValueError(too_deep)
         return validate_request(request)
