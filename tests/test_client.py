@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from vstmon.client import (
     parse_message,
 )
 from vstmon.config import PublishConfig, SmoothingConfig
+from vstmon.errors import VstmonError
 from vstmon.publish import Publisher
 from vstmon.state import StreamState, daemon_status_payload, stream_status_payload
 from vstmon.types import Clip, ClipResult
@@ -276,13 +278,101 @@ def test_listen_cli_prints_json_lines_in_a_subprocess(publisher) -> None:
     assert seqs == list(range(seqs[0], seqs[0] + 5))
 
 
-def test_listen_cli_times_out_with_exit_code_1(capsys: pytest.CaptureFixture[str]) -> None:
-    from vstmon.cli import main
+def _vstmon(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    """``vstmon ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "vstmon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        cwd=REPO_ROOT,
+    )
 
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    assert main(["listen", endpoint, "--count", "3", "--timeout-s", "0.3"]) == 1
-    captured = capsys.readouterr()
-    assert captured.out == "" and "got 0 of 3" in captured.err
+
+@pytest.fixture
+def silent_endpoint():
+    """A tcp endpoint where nothing answers: the port is held (bound, never listening) for the whole test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"tcp://127.0.0.1:{held.getsockname()[1]}"
+
+
+def test_listen_cli_times_out_with_exit_code_1(silent_endpoint: str) -> None:
+    proc = _vstmon("listen", silent_endpoint, "--count", "3", "--timeout-s", "0.3")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.startswith("vstmon listen: no message in 0.3 s; got 0 of 3")
+
+
+def test_listen_with_nothing_there_says_so_and_exits_1_also_without_count(silent_endpoint: str) -> None:
+    proc = _vstmon("listen", silent_endpoint, "--timeout-s", "0.5")
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr == (
+        f"vstmon listen: no message in 0.5 s (is a daemon publishing on {silent_endpoint}?)\n"
+    )
+
+
+def test_listen_exits_0_when_messages_came_and_then_the_stream_went_quiet(publisher) -> None:
+    pub, endpoint = publisher
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "vstmon.cli", "listen", endpoint, "--topic", "reset", "--timeout-s", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        cwd=REPO_ROOT,
+    )
+    first_line: list[str] = []
+    reader = threading.Thread(target=lambda: first_line.append(listener.stdout.readline()))
+    reader.start()
+    try:
+        n = 0
+        while reader.is_alive() and n < 1200:  # publish until the listener has joined and printed one (60 s)
+            n += 1
+            pub.publish("reset.cam1", _reset_payload(n))
+            reader.join(0.05)
+        assert first_line and json.loads(first_line[0])["topic"] == "reset.cam1"
+        _out, err = listener.communicate(timeout=60)  # nothing more is published: it times out
+    finally:
+        listener.kill()
+        listener.wait()
+    assert listener.returncode == 0, err
+    assert err == ""
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "message"),
+    [
+        ("localhost:5556", "endpoint 'localhost:5556' has no transport; did you mean tcp://localhost:5556?"),
+        ("5556", "endpoint '5556' has no transport; did you mean tcp://127.0.0.1:5556?"),
+        ("tcp://localhost", "endpoint 'tcp://localhost' has no port; did you mean tcp://localhost:5556?"),
+        (
+            "tcp://*:5556",
+            "endpoint 'tcp://*:5556' is a bind address (as in publish.endpoints); a client connects to the "
+            "daemon's host and port: did you mean tcp://127.0.0.1:5556?",
+        ),
+        (
+            "http://cam:5556/x",
+            "endpoint 'http://cam:5556/x': transport 'http' is not supported (tcp://, ipc:// or inproc://); "
+            "did you mean tcp://cam:5556?",
+        ),
+        (
+            "/run/vstmon.sock",
+            "endpoint '/run/vstmon.sock' has no transport; did you mean ipc:///run/vstmon.sock?",
+        ),
+    ],
+)
+def test_listen_suggests_the_endpoint_it_probably_meant(endpoint: str, message: str) -> None:
+    proc = _vstmon("listen", endpoint, "--timeout-s", "0.2")
+    assert proc.returncode == 2
+    assert proc.stderr == f"vstmon: error: {message}\n"
+
+
+def test_a_subscriber_refuses_an_endpoint_without_transport() -> None:
+    with pytest.raises(VstmonError, match=r"did you mean tcp://localhost:5556\?"):
+        Subscriber("localhost:5556")
 
 
 def test_listen_with_a_topic_filter_does_not_call_other_topics_gaps(

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from typing import Any
@@ -10,7 +14,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.conftest import free_port
+from tests.conftest import REPO_ROOT, free_port
 from vstmon.cli import main
 from vstmon.errors import VstmonError
 from vstmon.log import configure_logging
@@ -371,3 +375,55 @@ def test_ctl_without_daemon_fails_clearly_within_the_timeout(capsys: pytest.Capt
     err = capsys.readouterr().err
     assert "no reply from" in err and endpoint in err and "is the daemon running" in err
     assert elapsed < 10  # bounded (the timeout is 0.5 s; generous margin for a loaded machine)
+
+
+def _vstmon(*args: str) -> subprocess.CompletedProcess[str]:
+    """``vstmon ARGS`` as a real process."""
+    return subprocess.run(
+        [sys.executable, "-m", "vstmon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        cwd=REPO_ROOT,
+    )
+
+
+@pytest.fixture
+def silent_endpoint():
+    """A tcp endpoint where nothing answers: the port is held (bound, never listening) for the whole test."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"tcp://127.0.0.1:{held.getsockname()[1]}"
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["--timeout-s", "0.4", "{ep}", "status"],
+        ["{ep}", "--timeout-s", "0.4", "status"],
+        ["{ep}", "status", "--timeout-s", "0.4"],
+        ["{ep}", "reset", "cam1", "--timeout-s", "0.4", "--subject", "p-1"],
+        ["{ep}", "reset", "--timeout-s", "0.4", "cam1"],
+    ],
+    ids=["before-endpoint", "before-action", "after-action", "after-stream", "before-stream"],
+)
+def test_ctl_timeout_is_accepted_anywhere(silent_endpoint: str, order: list[str]) -> None:
+    proc = _vstmon("ctl", *(arg.format(ep=silent_endpoint) for arg in order))
+    assert proc.returncode == 2, proc.stderr
+    assert f"no reply from {silent_endpoint} within 0.4 s" in proc.stderr  # the given value, not the default
+
+
+def test_ctl_with_options_after_the_action_talks_to_a_real_server(server: str, daemon: FakeDaemon) -> None:
+    proc = _vstmon("ctl", server, "reset", "cam1", "--timeout-s", "30", "--subject", "p-43")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"ok": True, "segment": 2}
+    assert daemon.calls == [{"cmd": "reset", "stream": "cam1", "subject": "p-43"}]
+
+
+def test_ctl_without_transport_suggests_tcp() -> None:
+    proc = _vstmon("ctl", "localhost:5557", "status")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "vstmon: error: endpoint 'localhost:5557' has no transport; did you mean tcp://localhost:5557?\n"
+    )

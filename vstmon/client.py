@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections import deque
@@ -37,6 +38,7 @@ __all__ = [
     "StatusMessage",
     "Subscriber",
     "add_arguments",
+    "check_connect_endpoint",
     "parse_message",
     "run",
 ]
@@ -334,6 +336,67 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
     raise MessageError(f"{topic}: unknown message type {kind!r}")
 
 
+# -- endpoints --------------------------------------------------------------------------------------------------
+DEFAULT_PUB_PORT = 5556
+_CONNECT_SCHEMES = ("tcp", "ipc", "inproc")
+_PORT_RE = re.compile(r"^\d{1,5}$")
+_BARE_HOST_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+)$")
+_HOST_PORT_RE = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[^/:\s\[\]]+):(?P<port>\d{1,5}|\*)$")
+
+
+def _suggest(rest: str, default_port: int) -> str:
+    """A tcp:// endpoint for what followed a missing or wrong transport (``localhost:5556``, ``5556``, ``cam``)."""
+    rest = rest.strip().split("/", 1)[0]
+    if _PORT_RE.match(rest.lstrip(":")):
+        return f"tcp://127.0.0.1:{rest.lstrip(':')}"
+    match = _HOST_PORT_RE.match(rest)
+    if match:
+        host = "127.0.0.1" if match["host"] == "*" else match["host"]
+        port = default_port if match["port"] == "*" else match["port"]
+        return f"tcp://{host}:{port}"
+    if _BARE_HOST_RE.match(rest):
+        return f"tcp://{'127.0.0.1' if rest == '*' else rest}:{default_port}"
+    return f"tcp://127.0.0.1:{default_port}"
+
+
+def check_connect_endpoint(endpoint: str, default_port: int = DEFAULT_PUB_PORT) -> str:
+    """``endpoint`` (stripped, transport in lower case) if a client can connect to it; else ``VstmonError`` with a suggestion.
+
+    Catches what ZeroMQ only calls "Invalid argument": a missing transport (``localhost:5556`` -> did you mean
+    ``tcp://localhost:5556``?), another transport (``http://``), a bind address (``tcp://*:5556``, as in
+    ``publish.endpoints``) and a missing port. ``default_port`` fills a missing port in the suggestion.
+    """
+    text = endpoint.strip()
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        hint = f"ipc://{text}" if text.startswith(("/", "./", "~")) else _suggest(text, default_port)
+        raise VstmonError(f"endpoint {text!r} has no transport; did you mean {hint}?")
+    scheme = scheme.lower()
+    if scheme not in _CONNECT_SCHEMES:
+        raise VstmonError(
+            f"endpoint {text!r}: transport {scheme!r} is not supported (tcp://, ipc:// or inproc://); "
+            f"did you mean {_suggest(rest, default_port)}?"
+        )
+    if scheme != "tcp":
+        if not rest:
+            raise VstmonError(f"endpoint {text!r} names no {'path' if scheme == 'ipc' else 'name'}")
+        return f"{scheme}://{rest}"
+    match = _HOST_PORT_RE.match(rest)
+    hint = _suggest(rest, default_port)
+    if match is None:
+        if _BARE_HOST_RE.match(rest) and rest != "*":
+            raise VstmonError(f"endpoint {text!r} has no port; did you mean {hint}?")
+        raise VstmonError(f"endpoint {text!r} must be tcp://HOST:PORT; did you mean {hint}?")
+    if "*" in (match["host"], match["port"]):
+        raise VstmonError(
+            f"endpoint {text!r} is a bind address (as in publish.endpoints); a client connects to the "
+            f"daemon's host and port: did you mean {hint}?"
+        )
+    if not 1 <= int(match["port"]) <= 65535:
+        raise VstmonError(f"endpoint {text!r}: port {int(match['port'])} is out of range (1-65535)")
+    return f"tcp://{rest}"
+
+
 # -- subscriber -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Gap:
@@ -365,6 +428,7 @@ class Subscriber:
         context: zmq.Context | None = None,
         rcvhwm: int = 100_000,
     ) -> None:
+        endpoint = check_connect_endpoint(endpoint, DEFAULT_PUB_PORT)
         self.endpoint = endpoint
         self.timeout_s = timeout_s
         self._context = context if context is not None else zmq.Context.instance()
@@ -470,12 +534,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         metavar="S",
-        help="exit when no message arrives for S seconds (exit code 1 if --count was not reached)",
+        help="exit when no message arrives for S seconds (exit code 1, with a message on stderr, if none "
+        "arrived at all or --count was not reached)",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print messages as JSON lines; 0 on success, 1 when --timeout-s expired before --count messages."""
+    """Print messages as JSON lines.
+
+    Exit 0 after ``--count`` messages, or (without ``--count``) when ``--timeout-s`` passes without a message
+    after at least one arrived; exit 1, with ``vstmon listen: no message in S s`` on stderr, when
+    ``--timeout-s`` passes before the first message or before ``--count`` messages arrived.
+    """
     if args.count is not None and args.count < 1:
         raise VstmonError(f"--count must be >= 1, got {args.count}")
     if args.timeout_s is not None and args.timeout_s <= 0:
@@ -486,13 +556,12 @@ def run(args: argparse.Namespace) -> int:
         while args.count is None or printed < args.count:
             raw = subscriber.recv_raw()
             if raw is None:
-                if args.count is not None:
-                    print(
-                        f"vstmon listen: no message for {args.timeout_s} s; got {printed} of {args.count}",
-                        file=sys.stderr,
-                    )
-                    return 1
-                return 0
+                if args.count is None and printed:
+                    return 0  # the stream went quiet after messages: a normal end without --count
+                got = f"; got {printed} of {args.count}" if args.count is not None else ""
+                hint = "" if printed else f" (is a daemon publishing on {subscriber.endpoint}?)"
+                print(f"vstmon listen: no message in {args.timeout_s:g} s{got}{hint}", file=sys.stderr)
+                return 1
             topic, data, gaps = raw
             # with a topic filter, seq jumps over the stream's other topics are expected, not losses
             for gap in gaps if every_topic else ():

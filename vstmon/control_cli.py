@@ -2,7 +2,7 @@
 
 Sends one request to the daemon's control socket (docs/PROTOCOL.md), prints the reply as one JSON line and
 exits 0 when the reply says ``"ok": true``, 1 otherwise. No reply within ``--timeout-s`` is a clear error
-(exit code 2), never a hang.
+(exit code 2), never a hang. ``--timeout-s`` may come anywhere: before or after the endpoint or the action.
 """
 
 from __future__ import annotations
@@ -14,15 +14,18 @@ from typing import Any
 
 import zmq
 
+from vstmon.client import check_connect_endpoint
 from vstmon.errors import VstmonError
 
 __all__ = ["add_arguments", "request", "run"]
 
 DEFAULT_TIMEOUT_S = 5.0
+DEFAULT_CONTROL_PORT = 5557
 
 
 def request(endpoint: str, payload: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Send one control request and return the reply object; ``VstmonError`` when no valid reply comes."""
+    endpoint = check_connect_endpoint(endpoint, DEFAULT_CONTROL_PORT)
     context = zmq.Context.instance()
     socket = context.socket(zmq.REQ)
     timeout_ms = max(1, int(timeout_s * 1000))
@@ -57,20 +60,33 @@ def request(endpoint: str, payload: dict[str, Any], timeout_s: float = DEFAULT_T
     return reply
 
 
+def _add_timeout(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=default,
+        metavar="S",
+        help=f"give up after S seconds (default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "endpoint", metavar="ENDPOINT", help="the daemon's control address, e.g. tcp://127.0.0.1:5557"
     )
-    parser.add_argument(
-        "--timeout-s", type=float, default=DEFAULT_TIMEOUT_S, metavar="S", help="give up after S seconds"
-    )
+    _add_timeout(parser, DEFAULT_TIMEOUT_S)
     actions = parser.add_subparsers(dest="ctl_command", metavar="ACTION", required=True)
     reset = actions.add_parser(
         "reset", help="start a new segment on a stream (optionally naming the subject)"
     )
     reset.add_argument("stream", metavar="STREAM")
-    reset.add_argument("--subject", default=None, metavar="ID", help="id of the new subject")
-    actions.add_parser("status", help="print the daemon's stream states")
+    reset.add_argument(
+        "--subject", default=None, metavar="ID", help="id of the new subject (1-128 characters)"
+    )
+    status = actions.add_parser("status", help="print the daemon's stream states")
+    # after the action too; SUPPRESS: an action's parser sets the value only when it is given there
+    for action_parser in (reset, status):
+        _add_timeout(action_parser, argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:
