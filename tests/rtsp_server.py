@@ -5,6 +5,7 @@ Run with the system interpreter, which has PyGObject (``gi``):
     /usr/bin/python3 tests/rtsp_server.py --port 8554 --mode testsrc
     /usr/bin/python3 tests/rtsp_server.py --port 8554 --mode file --path clip.mp4   # H.264 mp4, no re-encode
     /usr/bin/python3 tests/rtsp_server.py --port 8554 --mode clock                  # frames encode wall clock
+    /usr/bin/python3 tests/rtsp_server.py --port 8554 --mode frozen                 # a camera stuck on one picture
 
 Serves ``rtsp://127.0.0.1:PORT/stream`` (one shared pipeline for all clients) and prints ``READY <port>``
 on stdout once listening. ``--auth user:password`` requires HTTP basic credentials.
@@ -38,6 +39,12 @@ def _encoder(fps: int) -> str:
 
 
 def _launch(args: argparse.Namespace) -> str:
+    if args.mode == "frozen":  # a still picture at a constant quantiser: every decoded frame is the same
+        return (
+            f"( videotestsrc is-live=true pattern=colors ! video/x-raw,width={args.width},height={args.height},"
+            f"framerate={args.fps}/1 ! videoconvert ! x264enc tune=zerolatency speed-preset=ultrafast "
+            f"pass=quant quantizer=20 key-int-max={args.fps} ! rtph264pay name=pay0 pt=96 config-interval=1 )"
+        )
     if args.mode == "testsrc":
         return (
             f"( videotestsrc is-live=true pattern=smpte horizontal-speed=4 ! video/x-raw,width={args.width},"
@@ -107,7 +114,7 @@ def _set_auth(server: GstRtspServer.RTSPServer, factory: GstRtspServer.RTSPMedia
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--mode", choices=["testsrc", "file", "clock"], default="testsrc")
+    parser.add_argument("--mode", choices=["testsrc", "file", "clock", "frozen"], default="testsrc")
     parser.add_argument("--path", help="H.264 .mp4 for --mode file")
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--height", type=int, default=240)

@@ -21,11 +21,13 @@ import torch
 import zmq
 
 from tests.conftest import free_port
-from tests.videos import render_frame
+from tests.videos import FFMPEG, make_video, render_frame
 from vstmon.client import Subscriber
 from vstmon.config import parse_config
-from vstmon.daemon import Daemon, SystemdNotifier, is_file_url, ring_capacity_frames
+from vstmon.daemon import Daemon, ring_capacity_frames
+from vstmon.ingest.capture import file_info, parse_source
 from vstmon.metrics import Metrics
+from vstmon.sdnotify import SystemdNotifier
 
 torch.set_num_threads(1)
 cv2.setNumThreads(1)
@@ -208,14 +210,12 @@ def test_ring_capacity_holds_one_clip_span_and_a_second() -> None:
     )  # ceil(15 / 8 * 30) + 1 frames span
 
 
-def test_files_are_recognised_for_lossless_reading(tmp_path: Path) -> None:
+def test_file_sources_are_recognised_and_probed(tmp_path: Path) -> None:
     path = write_mjpg(tmp_path / "a.avi", [("moving", range(4))])
-    assert is_file_url(str(path)) and is_file_url(f"file://{path}")
-    assert (
-        not is_file_url("rtsp://cam/1")
-        and not is_file_url("0")
-        and not is_file_url(str(tmp_path / "gone.mp4"))
-    )
+    assert parse_source(str(path)).kind == "file" and parse_source(f"file://{path}").kind == "file"
+    assert parse_source("rtsp://cam/1").kind == "rtsp" and parse_source("0").kind == "webcam"
+    info = file_info(parse_source(str(path)))
+    assert info is not None and info.frames == 4 and info.fps == pytest.approx(FPS)
 
 
 def test_metrics_render_stream_counters_and_batches() -> None:
@@ -234,7 +234,7 @@ def test_missing_checkpoint_says_how_to_fetch(tmp_path: Path) -> None:
     from vstmon.errors import CheckpointError
     from vstmon.model.bundle import load_model_and_labels
 
-    config = parse_config({"model": {"checkpoint": str(tmp_path / "nope.pth")}})
+    config = parse_config({"model": {"checkpoint": str(tmp_path / "nope.pth")}}, require_streams=False)
     with pytest.raises(CheckpointError, match="vstmon weights fetch"):
         load_model_and_labels(config)
 
@@ -307,6 +307,62 @@ def test_labels_after_a_scene_cut_equal_a_fresh_run_on_the_second_half(
     assert all(m["clip"]["last_frame"] < cut for m in before)
 
 
+def _recording(path: Path, first_index: int, n_frames: int) -> Path:
+    """One H.264 MPEG-TS recording whose clock starts at 0 (frames of the moving pattern from ``first_index``)."""
+    return make_video(path, n_frames, FPS, size=VIDEO_SIZE, codec="h264", start_index=first_index)
+
+
+@pytest.mark.skipif(not Path(FFMPEG).exists(), reason="needs Debian's ffmpeg (libx264, mpegts)")
+def test_labels_after_a_timestamp_jump_equal_a_fresh_run_on_the_second_recording(
+    tmp_path: Path, model_files: tuple[Path, Path], run_daemon
+) -> None:
+    """Two recordings concatenated (the clock starts over): the second one is labelled, as if alone."""
+    checkpoint, labels = model_files
+    first = _recording(tmp_path / "first.ts", 0, 43)
+    second = _recording(tmp_path / "second.ts", 43, 40)
+    both = tmp_path / "both.ts"
+    both.write_bytes(first.read_bytes() + second.read_bytes())
+    pub_port = free_port()
+    streams = [{"name": "both", "url": str(both)}, {"name": "fresh", "url": str(second)}]
+    data = daemon_config(
+        checkpoint, labels, streams, pub_port, None, reset={"scene_change": {"enabled": False}}
+    )
+    _daemon, sub = run_daemon(data, pub_port)
+    by_stream = collect(sub, ended(["both", "fresh"]))
+    resets = [m for t, m in by_stream["both"] if t == "reset.both"]
+    assert [r["reason"] for r in resets] == ["start", "time_jump", "end"]
+    before = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 1]
+    after = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 2]
+    fresh = [m for t, m in by_stream["fresh"] if t == "label.fresh"]
+    assert len(before) == 5 and len(fresh) == 5 and len(after) == len(fresh)  # nothing lost after the jump
+    for a, f in zip(after, fresh, strict=True):
+        # the same frames: the file is not reopened at a jump, so its frame indices go on counting
+        assert a["clip"]["first_frame"] - 43 == f["clip"]["first_frame"]
+        for key in ("top", "smoothed"):
+            assert [s["index"] for s in a[key]] == [s["index"] for s in f[key]]
+            np.testing.assert_allclose([s["score"] for s in a[key]], [s["score"] for s in f[key]], atol=1e-5)
+
+
+def test_a_file_loop_resets_with_reason_loop(
+    tmp_path: Path, model_files: tuple[Path, Path], run_daemon
+) -> None:
+    checkpoint, labels = model_files
+    path = write_mjpg(tmp_path / "loop.avi", [("moving", range(20))])
+    pub_port = free_port()
+    streams = [{"name": "looping", "url": str(path), "loop": True}]
+    _daemon, sub = run_daemon(daemon_config(checkpoint, labels, streams, pub_port, None), pub_port)
+
+    def two_loops(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
+        return sum(t == "reset.looping" and m["reason"] == "loop" for t, m in by_stream["looping"]) >= 2
+
+    by_stream = collect(sub, two_loops)
+    reasons = [m["reason"] for t, m in by_stream["looping"] if t == "reset.looping"]
+    assert reasons[:3] == ["start", "loop", "loop"]
+    # every pass of the 20-frame file gives its clips (frames 7, 15), none spanning a loop
+    segment_two = [m for t, m in by_stream["looping"] if t == "label.looping" and m["segment"] == 2]
+    assert [m["clip"]["last_frame"] for m in segment_two] == [7, 15]
+
+
 def test_a_stalled_subscriber_does_not_block_the_daemon(
     tmp_path: Path, model_files: tuple[Path, Path], run_daemon
 ) -> None:
@@ -361,7 +417,9 @@ def test_a_null_checkpoint_gives_untrained_weights_marked_as_such(
     from vstmon.model.bundle import load_model_and_labels
 
     _checkpoint, labels = model_files
-    config = parse_config({"model": {"arch": "swin_t", "checkpoint": None, "labels": str(labels)}})
+    config = parse_config(
+        {"model": {"arch": "swin_t", "checkpoint": None, "labels": str(labels)}}, require_streams=False
+    )
     loaded = load_model_and_labels(config, warn=False)
     assert loaded.untrained and loaded.model_id == "untrained:swin_t"
     assert len(loaded.labels) == NUM_CLASSES and loaded.model.config.num_classes == NUM_CLASSES

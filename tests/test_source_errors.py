@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import free_port
 from tests.rtsp_fixtures import EventLog, silent_server, stream_config
-from tests.videos import make_not_a_video
+from tests.videos import make_not_a_video, make_video
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.source import Source
 from vstmon.types import StreamEvent, StreamState
@@ -141,9 +141,49 @@ def test_a_raising_event_callback_does_not_kill_the_reader() -> None:
     assert source.stats()["frames_read"] == 30
 
 
-def test_live_capture_options_do_not_leak_to_other_opens_in_the_process() -> None:
+def test_a_hung_camera_open_does_not_hold_up_another_streams_opens(
+    silent_server: int, tmp_path: Path
+) -> None:
+    # an RTSP camera that accepts the connection and never answers: its open hangs for open_timeout_s (10 s)
+    hung_events = EventLog()
+    hung = Source(
+        stream_config(f"rtsp://127.0.0.1:{silent_server}/stream", name="hung", open_timeout_s=10.0),
+        RingBuffer(4, SIZE_PX, SIZE_PX),
+        SIZE_PX,
+        hung_events,
+    )
+    # a looping file reopens its capture at every loop (at most once a second)
+    path = make_video(tmp_path / "short.mp4", 5, 25.0, size=(64, 48))
+    file_events = EventLog()
+    looping = Source(
+        stream_config(str(path), name="file", loop=True),
+        RingBuffer(8, SIZE_PX, SIZE_PX),
+        SIZE_PX,
+        file_events,
+    )
+    hung.start()
+    assert hung_events.wait_for(lambda e: e.reason == "opening", 5.0) is not None
+    looping.start()
+    try:
+        loops = 0
+        while loops < 3:  # three reopens of the file while the camera's open is still hanging
+            after = len(file_events)
+            assert file_events.wait_for(lambda e: e.looped, 15.0, after=after) is not None, file_events.events
+            loops = sum(e.looped for e in file_events.events)
+        assert hung_events.states() == [StreamState.CONNECTING], hung_events.events
+    finally:
+        hung.stop()
+        looping.stop()
+        assert looping.join(10.0) and hung.join(30.0)
+
+
+def test_capture_options_are_one_process_wide_value_that_opens_never_change() -> None:
+    from vstmon.ingest import capture
+
     before = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+    assert before is not None and "rtsp_transport;tcp" in before and "nobuffer" not in before
     url = f"rtsp://127.0.0.1:{free_port()}/stream"
     _run_until_final(url, reconnect={"initial_delay_s": 0.1, "max_delay_s": 0.1, "max_attempts": 1})
-    # rtsp options (with fflags;nobuffer, which drops a file's first frames) were set only during the open
+    assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") == before
+    capture.use_capture_options(None)  # a file open keeps the RTSP transport in force
     assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") == before

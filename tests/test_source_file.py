@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ from tests.rtsp_fixtures import EventLog, stream_config, wait_until
 from tests.videos import FFMPEG, decode_index, make_video
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.source import Source
-from vstmon.types import StreamState
+from vstmon.types import Discontinuity, StreamState
 
 SIZE_PX = 64
 FPS = 25.0
@@ -65,27 +66,29 @@ def test_lossless_file_delivers_every_frame_in_order_with_exact_timestamps(
     assert stats["state"] == "ended" and stats["ring_nbytes"] == ring.nbytes
 
 
-def test_loop_clears_the_ring_reports_a_discontinuity_and_restarts_indices(tmp_path: Path) -> None:
+def test_loop_starts_a_new_epoch_reports_where_and_restarts_indices(tmp_path: Path) -> None:
     n_frames = 12
     path = make_video(tmp_path / "short.mp4", n_frames, FPS, size=(96, 64))
-    ring = RingBuffer(32, SIZE_PX, SIZE_PX)
+    ring = RingBuffer(64, SIZE_PX, SIZE_PX)
     events = EventLog()
     source = Source(stream_config(str(path), loop=True), ring, SIZE_PX, events)
     source.start()
     try:
-        loops = lambda: sum(e.discontinuity for e in events.events)  # noqa: E731
+        loops = lambda: sum(e.looped for e in events.events)  # noqa: E731
         assert wait_until(lambda: loops() >= 2, 20.0), events.events
     finally:
         source.stop()
         assert source.join(5.0)
     looped = [e for e in events.events if e.discontinuity]
     assert all(e.state == StreamState.STREAMING and e.looped and "looping" in e.reason for e in looped)
-    assert ring.generation >= 2
+    assert [e.at_seq for e in looped[:2]] == [n_frames, 2 * n_frames]  # where each pass starts in the ring
     assert StreamState.ENDED not in events.states()
-    # what the ring holds now comes from the last pass only: indices restart at 0 and match the pixels
-    held = [ring.meta(seq).index for seq in range(ring.oldest_seq, ring.head_seq)]
-    codes = [decode_index(ring.frame(seq)) for seq in range(ring.oldest_seq, ring.head_seq)]
-    assert held == list(range(len(held))) == codes
+    # nothing is dropped: each pass is one epoch, its indices restart at 0 and match the pixels
+    for number, start in enumerate((0, n_frames)):
+        seqs = range(start, start + n_frames)
+        assert [ring.epoch_of(seq) for seq in seqs] == [number] * n_frames
+        assert [ring.meta(seq).index for seq in seqs] == list(range(n_frames))
+        assert [decode_index(ring.frame(seq)) for seq in seqs] == list(range(n_frames))
     assert source.stats()["frames_read"] >= 2 * n_frames
 
 
@@ -148,3 +151,93 @@ def test_testsrc_streams_until_stopped_and_reports_fps() -> None:
     finally:
         source.stop()
         assert source.join(5.0)
+
+
+def test_a_file_shorter_than_a_clip_loops_at_most_once_a_second(tmp_path: Path) -> None:
+    path = make_video(tmp_path / "three_frames.mp4", 3, FPS, size=(96, 64))
+    ring = RingBuffer(8, SIZE_PX, SIZE_PX)
+    events = EventLog()
+    source = Source(stream_config(str(path), loop=True), ring, SIZE_PX, events)
+    source.start()
+    try:
+        first = events.wait_for(lambda e: e.looped, 20.0)
+        third = events.wait_for(lambda e: e.looped, 20.0, after=events.events.index(first) + 1)
+        third = events.wait_for(
+            lambda e: e.looped and e is not third, 20.0, after=events.events.index(third) + 1
+        )
+        assert first is not None and third is not None, events.events
+    finally:
+        source.stop()
+        assert source.join(5.0)
+    # two loop intervals between the first and the third loop (unthrottled: ~3 ms per loop here)
+    assert third.wall_s - first.wall_s >= 2 * 0.95
+
+
+def _ts_file(directory: Path, name: str, offset_s: float, n_frames: int = 40) -> Path:
+    """An H.264 MPEG-TS file (libx264, Debian's ffmpeg) whose timestamps start at ``offset_s`` (+1.4 s mux delay)."""
+    path = directory / f"{name}.ts"
+    command = [
+        FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size=96x64:rate={FPS:g}",
+        "-frames:v", str(n_frames), "-c:v", "libx264", "-g", "10", "-pix_fmt", "yuv420p",
+        "-output_ts_offset", str(offset_s), "-f", "mpegts", str(path),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, timeout=60)
+    return path
+
+
+def _concatenate(directory: Path, name: str, *parts: Path) -> Path:
+    """Two recordings byte-concatenated, as .ts files often are (timestamps start over or jump)."""
+    path = directory / name
+    path.write_bytes(b"".join(part.read_bytes() for part in parts))
+    return path
+
+
+@pytest.fixture(scope="module")
+def jumpy_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    if not Path(FFMPEG).exists():
+        pytest.skip("needs Debian's ffmpeg (libx264, mpegts)")
+    directory = tmp_path_factory.mktemp("jumps")
+    first = _ts_file(directory, "first", 0.0)
+    return {
+        # the second recording's clock starts over: back by 1.56 s
+        "backwards": _concatenate(directory, "backwards.ts", first, _ts_file(directory, "again", 0.0)),
+        # a recording made just before a 33-bit PTS wrap follows: forward by 26.5 hours, then the wrap itself
+        "wrap": _concatenate(directory, "wrap.ts", first, _ts_file(directory, "near_wrap", 95442.0)),
+    }
+
+
+def _drain(ring: RingBuffer, source: Source) -> list[float]:
+    """Every frame's stream_ts_s, consuming as the frames come (lossless ring)."""
+    return [g[1] for g in _read_all_slowly(ring, source, pause_s=0.0)]
+
+
+@pytest.mark.parametrize(("name", "jumps"), [("backwards", 1), ("wrap", 2)])
+def test_a_timestamp_jump_is_a_discontinuity_with_a_rebased_clock(
+    jumpy_files: dict[str, Path], name: str, jumps: int
+) -> None:
+    ring = RingBuffer(8, SIZE_PX, SIZE_PX, lossless=True)
+    events = EventLog()
+    source = Source(stream_config(str(jumpy_files[name])), ring, SIZE_PX, events)
+    source.start()
+    times = _drain(ring, source)
+    assert source.join(5.0)
+    jumped = [e for e in events.events if e.discontinuity == Discontinuity.TIME_JUMP]
+    assert len(jumped) == jumps, events.events
+    assert all(e.state == StreamState.STREAMING and "clock re-based" in e.reason for e in jumped)
+    assert events.states()[-1] == StreamState.ENDED and ring.epoch == jumps  # a new epoch at each jump
+    assert len(times) == 80  # every frame of both recordings was read (none lost after the jump)
+    steps = np.diff(times)
+    assert steps.min() > 0 and steps.max() < 0.05  # the re-based clock goes on at the frame rate
+
+
+def test_a_forward_jump_does_not_freeze_a_realtime_file(jumpy_files: dict[str, Path]) -> None:
+    ring = RingBuffer(8, SIZE_PX, SIZE_PX)
+    events = EventLog()
+    source = Source(stream_config(str(jumpy_files["wrap"]), realtime=True), ring, SIZE_PX, events)
+    started_s = time.monotonic()
+    source.start()
+    # 80 frames at 25 fps: 3.2 s; paced on the raw clock it would wait 26.5 hours at the jump
+    assert events.wait_state(StreamState.ENDED, 30.0) is not None, events.events
+    assert time.monotonic() - started_s < 20.0
+    assert source.join(5.0)
+    assert sum(e.discontinuity == Discontinuity.TIME_JUMP for e in events.events) == 2

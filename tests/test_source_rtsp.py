@@ -23,7 +23,7 @@ from tests.rtsp_fixtures import (
 )
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.source import Source
-from vstmon.types import StreamState
+from vstmon.types import Discontinuity, StreamState
 
 __all__ = ["rtsp_servers", "silent_server"]  # fixtures, re-exported so pytest finds them here
 
@@ -90,12 +90,12 @@ def test_killed_server_reconnects_after_restart_and_other_stream_is_unaffected(
     other.start()
     try:
         assert wait_until(lambda: _frames(source) >= 10 and _frames(other) >= 10, 20.0)
-        generation = ring.generation
+        epoch = ring.epoch
         mark = len(events)
         _keeps_receiving(other, server.kill)
         lost = events.wait_state(StreamState.RECONNECTING, 10.0, after=mark)
-        assert lost is not None and lost.discontinuity, events.events[mark:]
-        assert ring.generation == generation + 1 and ring.head_seq == ring.oldest_seq  # cleared
+        assert lost is not None and lost.discontinuity == Discontinuity.RECONNECT, events.events[mark:]
+        assert ring.epoch == epoch + 1 and lost.at_seq == ring.head_seq  # frames after it: a new epoch
         _keeps_receiving(other, lambda: None)  # during the reconnect attempts
         server.restart()  # same port
         restarted_s = time.monotonic()
@@ -104,8 +104,10 @@ def test_killed_server_reconnects_after_restart_and_other_stream_is_unaffected(
         # bound: one backoff delay (max 1.0 s + 20 % jitter) + one open + the first frame
         assert time.monotonic() - restarted_s < 1.2 + OPEN_S + 2.0
         assert source.stats()["reconnects"] == 1
-        assert wait_until(lambda: ring.head_seq - ring.oldest_seq >= 5, 10.0)
-        assert ring.meta(ring.oldest_seq).index == 0  # indices restart after the discontinuity
+        assert wait_until(lambda: ring.head_seq - lost.at_seq >= 5, 10.0)
+        # indices restart at the discontinuity: frame at_seq + k of the new epoch is the k-th since the reopen
+        held = [seq for seq in range(ring.oldest_seq, ring.head_seq) if ring.epoch_of(seq) == epoch + 1]
+        assert held and all(ring.meta(seq).index == seq - lost.at_seq for seq in held)
         _keeps_receiving(other, lambda: None)
         assert StreamState.RECONNECTING not in other_events.states()
     finally:
@@ -118,7 +120,9 @@ def test_frozen_server_is_detected_as_a_stall_and_recovers_after_thaw(
     rtsp_servers: Callable[..., RtspServer],
 ) -> None:
     server = rtsp_servers()
-    stall_s, read_s = 1.0, 1.0
+    # the read timeout is capped at half the stall timeout, and the stale frame a timed-out read hands over is
+    # no progress: detection within stall_s (it took 2 x read_s = 4 s when that frame restarted the clock)
+    stall_s, read_s = 2.0, 2.0
     source, ring, events = _source(server.url, stall_timeout_s=stall_s, read_timeout_s=read_s)
     other, _, _ = _source("testsrc://?width=64&height=64&fps=25", name="other")
     source.start()
@@ -130,9 +134,12 @@ def test_frozen_server_is_detected_as_a_stall_and_recovers_after_thaw(
         _keeps_receiving(other, server.freeze)
         stalled = events.wait_state(StreamState.RECONNECTING, 10.0, after=mark)
         detected_s = time.monotonic() - frozen_s
-        assert stalled is not None and stalled.discontinuity
+        assert stalled is not None and stalled.discontinuity == Discontinuity.RECONNECT
         assert "stalled" in stalled.reason, stalled.reason
-        assert detected_s < stall_s + read_s + 1.0  # + slack for a loaded machine
+        assert detected_s < stall_s + 1.0  # + slack for a loaded machine
+        # the stale frame (handed over ~1 s after the freeze) was not stored
+        assert stalled.at_seq is not None
+        assert ring.meta(stalled.at_seq - 1).capture_mono_s < frozen_s + 0.5
         _keeps_receiving(other, lambda: None)
         mark = len(events)
         server.thaw()
@@ -234,3 +241,31 @@ def test_a_hung_open_does_not_delay_another_streams_connect(
         good.stop()
         hung.stop()
         assert good.join(10.0) and hung.join(10.0)
+
+
+def test_a_camera_stuck_on_one_picture_is_a_stall(rtsp_servers: Callable[..., RtspServer]) -> None:
+    server = rtsp_servers(mode="frozen")  # a live stream whose every frame decodes to the same picture
+    source, _, events = _source(server.url, frozen_timeout_s=1.5, stall_timeout_s=5.0)
+    source.start()
+    try:
+        streaming = events.wait_state(StreamState.STREAMING, 20.0)
+        assert streaming is not None, events.events
+        lost = events.wait_state(StreamState.RECONNECTING, 15.0)
+        assert lost is not None and lost.discontinuity == Discontinuity.RECONNECT, events.events
+        assert "frozen picture" in lost.reason and "1.5 s" in lost.reason, lost.reason
+        assert _frames(source) >= 25  # frames kept arriving: this was not a stall of the transport
+    finally:
+        source.stop()
+        assert source.join(10.0)
+
+
+def test_a_moving_picture_is_not_taken_for_a_frozen_camera(rtsp_servers: Callable[..., RtspServer]) -> None:
+    server = rtsp_servers()  # testsrc: a moving pattern
+    source, _, events = _source(server.url, frozen_timeout_s=0.5)
+    source.start()
+    try:
+        assert wait_until(lambda: _frames(source) >= 75, 30.0), events.events  # 3 s of frames, 6 x the limit
+        assert StreamState.RECONNECTING not in events.states(), events.events
+    finally:
+        source.stop()
+        assert source.join(10.0)

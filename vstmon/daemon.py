@@ -11,12 +11,8 @@
 - a tick thread: ``status.<stream>`` and daemon ``status`` every ``publish.heartbeat_s`` and systemd
   ``WATCHDOG=1``.
 
-Reset protocol (control command, source discontinuity, scene change, idle, end of file; ``start`` once at
-start-up) - always performed on the stream's worker thread, which is the only reader of its ring and sampler:
-clear the ring (keeping frames from the cut on), restart the sampler there, reset the detectors, open the new
-segment in ``StreamState`` (which publishes ``segment`` then ``reset`` and clears smoothing; it then refuses clips
-cut from older ring generations), and discard the engine's pending and in-flight clips of the old segment.
-Nothing published after a reset depends on a frame captured before it.
+Resets (control command, source discontinuity, scene change, idle, end of file; ``start`` once at start-up) are
+performed on the stream's worker thread (vstmon/worker.py), which is the only reader of its ring and sampler.
 
 Signals only set the stop event; ``run`` then stops everything in order (sources, workers, engines, control,
 publisher) and returns 0.
@@ -26,13 +22,9 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import signal
-import socket
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,341 +33,39 @@ import torch
 from vstmon.config import Config, StreamConfig, load_config
 from vstmon.engine import Engine, EnginePool
 from vstmon.errors import VstmonError
+from vstmon.ingest.capture import CaptureError, file_info, parse_source
 from vstmon.log import configure_logging, get_logger, redact_url
 from vstmon.metrics import Metrics
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
-from vstmon.types import Clip, ClipResult, StreamEvent
+from vstmon.sdnotify import SystemdNotifier
+from vstmon.types import ClipResult, Discontinuity, StreamEvent
 from vstmon.types import StreamState as SourceState
+from vstmon.worker import ResetRequest, StreamWorker
 
-__all__ = [
-    "Daemon",
-    "StreamWorker",
-    "SystemdNotifier",
-    "add_arguments",
-    "run",
-]
+__all__ = ["Daemon", "add_arguments", "ring_capacity_frames", "run"]
 
 _log = get_logger("daemon")
 
-_WAIT_S = 0.1  # longest a worker waits for a frame before checking its mailbox and the stop event
-_END_DRAIN_TIMEOUT_S = 120.0  # end of file: how long to wait for the last clips' results before the reset
 _LATENCY_SAMPLES = 4096  # clip-ready -> published latencies kept for p50/p99 (a fixed ring)
 
 
 # ---------------------------------------------------------------------------------------------------------
-# systemd notify protocol (sd_notify(3)): one datagram per message to $NOTIFY_SOCKET
+# building
 # ---------------------------------------------------------------------------------------------------------
-class SystemdNotifier:
-    """Sends ``READY=1``/``WATCHDOG=1``/``STOPPING=1`` to ``$NOTIFY_SOCKET`` when set; a no-op otherwise."""
-
-    def __init__(self, environ: dict[str, str] | None = None) -> None:
-        env = os.environ if environ is None else environ
-        self._address: str | None = env.get("NOTIFY_SOCKET") or None
-        if self._address and self._address.startswith("@"):  # abstract namespace
-            self._address = "\0" + self._address[1:]
-        usec = env.get("WATCHDOG_USEC", "")
-        pid = env.get("WATCHDOG_PID", "")
-        watchdog = usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid()))
-        # ping at half the watchdog period, as sd_watchdog_enabled(3) advises
-        self.watchdog_interval_s: float | None = int(usec) / 2e6 if watchdog else None
-        self._socket: socket.socket | None = None
-        self._lock = threading.Lock()
-
-    @property
-    def enabled(self) -> bool:
-        return self._address is not None
-
-    def notify(self, message: str) -> bool:
-        """Send one notification; True when sent. Errors are logged, never raised."""
-        if self._address is None:
-            return False
-        with self._lock:
-            try:
-                if self._socket is None:
-                    self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._socket.sendto(message.encode(), self._address)
-                return True
-            except OSError as error:
-                _log.warning("sd_notify failed", message=message, error=str(error))
-                return False
-
-    def close(self) -> None:
-        with self._lock:
-            if self._socket is not None:
-                self._socket.close()
-                self._socket = None
-
-
-# ---------------------------------------------------------------------------------------------------------
-# per-stream worker
-# ---------------------------------------------------------------------------------------------------------
-@dataclass
-class _ResetRequest:
-    reason: str
-    subject: str | None = None
-    keep_subject: bool = False
-    clear_ring: bool = True  # False after a source discontinuity (the source already cleared it)
-    drain: bool = False  # end of file: use every frame already in the ring, and wait for their results, first
-    done: threading.Event | None = None
-    segment: int = 0
-
-
-def is_file_url(url: str) -> bool:
-    """A local file (as the source classifies URLs); False for anything live or unparseable."""
-    from vstmon.ingest.capture import CaptureError, parse_source
-
-    try:
-        return parse_source(url).kind == "file"
-    except CaptureError:
-        return False
-
-
-def _probe_fps(url: str) -> float | None:
-    import cv2
-
-    from vstmon.ingest.capture import parse_source
-
-    capture = cv2.VideoCapture(str(parse_source(url).target))
-    try:
-        fps = float(capture.get(cv2.CAP_PROP_FPS)) if capture.isOpened() else 0.0
-    finally:
-        capture.release()
-    return fps if math.isfinite(fps) and 0 < fps < 1000 else None
+def clip_span_frames(config: Config, fps: float) -> int:
+    """Source frames one clip spans (at ``fps`` when clips are sampled by time)."""
+    clip = config.clip
+    if clip.sample_fps:
+        return math.ceil((clip.frames - 1) / clip.sample_fps * fps) + 1
+    return (clip.frames - 1) * clip.frame_interval + 1
 
 
 def ring_capacity_frames(config: Config, stream: StreamConfig, fps: float | None) -> int:
     """One clip span + about one second (or ``stream.buffer_s``), in source frames."""
     fps = fps or stream.fps or 30.0
-    clip = config.clip
     if stream.buffer_s is not None:
-        return max(math.ceil(stream.buffer_s * fps), clip.frames + 1)
-    if clip.sample_fps:
-        span = math.ceil((clip.frames - 1) / clip.sample_fps * fps) + 1
-    else:
-        span = (clip.frames - 1) * clip.frame_interval + 1
-    return span + math.ceil(fps) + 2
-
-
-class StreamWorker:
-    """One stream's consumer thread: ring -> detectors -> sampler -> clip -> engine; performs its resets."""
-
-    def __init__(
-        self,
-        name: str,
-        config: Config,
-        ring: Any,
-        sampler: Any,
-        state: Any,
-        engine: Engine,
-        lossless: bool,
-        metrics: Metrics | None = None,
-    ) -> None:
-        from vstmon.scene import MotionDetector, SceneChangeDetector
-
-        self.name = name
-        self._ring = ring
-        self._sampler = sampler
-        self._state = state
-        self._engine = engine
-        self._lossless = lossless
-        self._metrics = metrics
-        reset_cfg = config.reset
-        self._scene = SceneChangeDetector(reset_cfg.scene_change) if reset_cfg.scene_change.enabled else None
-        self._idle_s = reset_cfg.idle_s
-        self._motion = (
-            MotionDetector(reset_cfg.idle_motion_threshold, reset_cfg.scene_change.size_px)
-            if self._idle_s is not None
-            else None
-        )
-        self._idle_fired = False
-        size = config.clip.size_px
-        # two clip arrays: the engine reads a clip's frames only while it is pending, and a stream has at most
-        # one pending clip, so the array not holding the last submitted clip is always free to cut into
-        self._pool = np.zeros((2, config.clip.frames, size, size, 3), dtype=np.uint8)  # (2, T, H, W, 3)
-        self._last_buf = 1
-        self._requests: deque[_ResetRequest] = deque(maxlen=64)
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._next_seq = 0
-        self._generation = 0
-        self.clips_cut = 0
-        self.clips_refused = 0
-        self.resets = 0
-        self.frames_gone = 0
-
-    # -- lifecycle --------------------------------------------------------------------------------------------
-    def start(self) -> None:
-        self._next_seq = self._ring.oldest_seq
-        self._generation = self._ring.generation
-        self._sampler.restart(self._next_seq)
-        self._thread = threading.Thread(target=self._run, name=f"worker-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def join(self, timeout_s: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            return not self._thread.is_alive()
-        return True
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    # -- requests from other threads --------------------------------------------------------------------------
-    def request_reset(self, request: _ResetRequest, wait_s: float | None = None) -> int | None:
-        """Queue a reset for the worker thread; with ``wait_s``, wait for it and return the new segment."""
-        if wait_s is not None:
-            request.done = threading.Event()
-        with self._lock:
-            self._requests.append(request)
-        self._wake.set()
-        if wait_s is None or request.done is None:
-            return None
-        if not request.done.wait(wait_s):
-            return None
-        return request.segment
-
-    # -- the loop ---------------------------------------------------------------------------------------------
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                request = self._next_request()
-                if request is not None:
-                    self._reset(request)
-                    continue
-                if not self._ring.wait_for(self._next_seq, _WAIT_S):
-                    if self._ring.closed:  # shutting down: wait for the stop event, do not spin
-                        self._stop.wait(_WAIT_S)
-                    continue
-                self._frame(self._next_seq)
-        except Exception as error:  # a worker bug is logged; the daemon and other streams carry on
-            _log.exception("stream worker failed", stream=self.name, error=str(error))
-        finally:
-            with self._lock:
-                pending = list(self._requests)
-                self._requests.clear()
-            for request in pending:
-                if request.done is not None:
-                    request.done.set()
-
-    def _next_request(self) -> _ResetRequest | None:
-        with self._lock:
-            if not self._requests:
-                self._wake.clear()
-                return None
-            request = self._requests[0]
-            if (
-                request.drain
-                and self._next_seq < self._ring.head_seq
-                and self._ring.generation == self._generation
-            ):
-                return None  # end of file: use the frames still in the ring first
-            return self._requests.popleft()
-
-    def _frame(self, seq: int) -> None:
-        ring = self._ring
-        generation = ring.generation
-        if generation != self._generation:  # the source cleared the ring (discontinuity): restart timing
-            self._generation = generation
-            self._restart(max(seq, ring.oldest_seq))
-            return
-        try:
-            meta = ring.meta(seq)
-            frame = ring.frame(seq)
-        except LookupError:  # FrameGone: overwritten (we fell behind) or cleared
-            self.frames_gone += 1
-            self._restart(max(seq + 1, ring.oldest_seq))
-            return
-        if self._scene is not None and self._scene.update(frame, meta.stream_ts_s):
-            self._reset(_ResetRequest("scene_change", clear_ring=True), keep_from_seq=seq)
-            # the cut frame is the first frame of the new segment; fall through to feed it to the sampler
-        if self._motion is not None and self._idle_s is not None:
-            idle_for_s = self._motion.update(frame, meta.stream_ts_s)
-            if idle_for_s < self._idle_s:
-                self._idle_fired = False
-            elif not self._idle_fired:
-                self._idle_fired = True
-                self._reset(_ResetRequest("idle", clear_ring=True), keep_from_seq=seq, reset_motion=False)
-        self._next_seq = seq + 1
-        try:
-            due = self._sampler.on_frame(seq)
-            if due:
-                self._cut_and_submit()
-        except LookupError:  # frames of the clip were overwritten meanwhile (live stream, slow reader)
-            self.frames_gone += 1
-            self._restart(max(self._next_seq, ring.oldest_seq))
-
-    def _restart(self, from_seq: int) -> None:
-        self._next_seq = from_seq
-        self._sampler.restart(from_seq)
-        if self._scene is not None:
-            self._scene.reset()
-        if self._motion is not None:
-            self._motion.reset()
-        self._idle_fired = False
-
-    def _cut_and_submit(self) -> None:
-        buf = 1 - self._last_buf
-        clip: Clip = self._sampler.cut(self._pool[buf])
-        self.clips_cut += 1
-        if not self._state.accept_clip(clip):
-            self.clips_refused += 1
-            return
-        if self._lossless:
-            while not self._stop.is_set():
-                if self._engine.submit(clip, block=True, timeout_s=_WAIT_S):
-                    self._last_buf = buf
-                    return
-                with self._lock:
-                    if self._requests and not self._requests[0].drain:
-                        return  # a reset is waiting: this clip belongs to the closing segment
-            return
-        if self._engine.submit(clip):
-            self._last_buf = buf
-
-    def _reset(
-        self, request: _ResetRequest, keep_from_seq: int | None = None, reset_motion: bool = True
-    ) -> None:
-        ring = self._ring
-        if request.drain or (self._lossless and request.reason in ("scene_change", "idle")):
-            # end of file, or an automatic reset in a file read losslessly: the clips cut before the reset are
-            # published (before the reset message) instead of discarded, so a file's timeline is complete
-            self._engine.wait_idle(self.name, _END_DRAIN_TIMEOUT_S)
-        if request.clear_ring:
-            if keep_from_seq is None:
-                keep_from_seq = ring.head_seq  # nothing captured before the request is used after it
-            generation = ring.clear(keep_from_seq)
-        else:  # the source cleared the ring at the discontinuity: restart at the first frame after it
-            generation = ring.generation
-            keep_from_seq = ring.oldest_seq
-        self._generation = ring.generation
-        self._next_seq = keep_from_seq
-        self._sampler.restart(keep_from_seq)
-        if self._scene is not None and request.reason != "scene_change":
-            self._scene.reset()
-        if self._motion is not None and reset_motion:
-            self._motion.reset()
-            self._idle_fired = False
-        segment = self._state.reset(
-            request.reason,
-            subject=request.subject,
-            keep_subject=request.keep_subject,
-            min_generation=generation,
-        )
-        self._engine.discard(self.name, segment)
-        self.resets += 1
-        if self._metrics is not None:
-            self._metrics.count_reset(self.name, request.reason)
-        _log.info("reset", stream=self.name, reason=request.reason, segment=segment)
-        request.segment = segment
-        if request.done is not None:
-            request.done.set()
+        return max(math.ceil(stream.buffer_s * fps), config.clip.frames + 1)
+    return clip_span_frames(config, fps) + math.ceil(fps) + 2
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -511,9 +201,21 @@ class Daemon:
 
         cfg = self.config
         scfg = stream.cfg
-        file_source = is_file_url(scfg.url)
-        lossless = file_source and not scfg.realtime
-        fps = _probe_fps(scfg.url) if file_source else None
+        try:
+            spec = parse_source(scfg.url)
+        except CaptureError:  # the source reports it (failed) when it starts
+            spec = None
+        info = file_info(spec) if spec is not None and spec.kind == "file" else None
+        lossless = spec is not None and spec.kind == "file" and not scfg.realtime
+        fps = info.fps if info is not None else None
+        if info is not None and info.frames and info.frames < clip_span_frames(cfg, fps or 30.0):
+            _log.warning(
+                "this file is shorter than one clip: it can never yield a label"
+                + (" (loop: true does not help: every loop starts a new segment)" if scfg.loop else ""),
+                stream=stream.name,
+                frames=info.frames,
+                clip_frames=clip_span_frames(cfg, fps or 30.0),
+            )
         size = cfg.clip.size_px
         stream.ring = RingBuffer(ring_capacity_frames(cfg, scfg, fps), size, size, lossless=lossless)
         sampler = ClipSampler(
@@ -561,17 +263,17 @@ class Daemon:
     def _on_event(self, stream: _Stream, event: StreamEvent) -> None:
         changed = event.state != stream.source_state or event.reason != stream.reason
         stream.source_state = event.state
-        stream.reason = event.reason
-        _log.info("stream state", stream=stream.name, state=str(event.state), reason=event.reason)
+        stream.reason = event.reason  # the source has logged the change; logging it again here doubled it
         worker = stream.worker
         if worker is not None:
             if event.state == SourceState.ENDED:
-                worker.request_reset(_ResetRequest("end", drain=True))
-            elif event.discontinuity:
-                if event.looped:
-                    worker.request_reset(_ResetRequest("end", clear_ring=False))
-                elif self.config.reset.on_reconnect:
-                    worker.request_reset(_ResetRequest("reconnect", keep_subject=True, clear_ring=False))
+                worker.request_reset(ResetRequest("end", drain=True))
+            elif event.discontinuity == Discontinuity.LOOP:
+                worker.request_reset(ResetRequest("loop", at_seq=event.at_seq))
+            elif event.discontinuity == Discontinuity.TIME_JUMP:
+                worker.request_reset(ResetRequest("time_jump", keep_subject=True, at_seq=event.at_seq))
+            elif event.discontinuity == Discontinuity.RECONNECT and self.config.reset.on_reconnect:
+                worker.request_reset(ResetRequest("reconnect", keep_subject=True, at_seq=event.at_seq))
         if changed:
             self._publish_stream_status(stream)
 
@@ -594,7 +296,7 @@ class Daemon:
         subject = request.get("subject")
         worker = stream.worker
         if worker is not None and worker.alive:
-            segment = worker.request_reset(_ResetRequest("control", subject=subject), wait_s=5.0)
+            segment = worker.request_reset(ResetRequest("control", subject=subject), wait_s=5.0)
             if segment is None:
                 raise VstmonError(f"stream {name!r}: reset timed out")
             return {"segment": segment}

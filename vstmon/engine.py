@@ -11,7 +11,7 @@ probabilities to ``on_result``.
 Frame ownership: the engine reads ``clip.frames`` only while holding its lock and only while the clip is
 pending: the staging copy happens at the moment the clip leaves its slot. So once ``submit`` has returned
 and the stream has submitted its *next* clip (or the engine has taken this one), the caller may reuse the
-array; a pool of two arrays per stream is enough (see ``daemon.StreamWorker``).
+array; a pool of two arrays per stream is enough (see ``worker.StreamWorker``).
 
 ``EnginePool`` puts one engine (one model copy) on each device and assigns streams round-robin.
 """

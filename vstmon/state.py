@@ -28,7 +28,16 @@ __all__ = [
     "stream_status_payload",
 ]
 
-RESET_REASONS = ("control", "scene_change", "reconnect", "idle", "end", "start")
+RESET_REASONS = (
+    "control",
+    "scene_change",
+    "reconnect",
+    "loop",
+    "time_jump",
+    "idle",
+    "end",
+    "start",
+)
 
 _log = get_logger("state")
 

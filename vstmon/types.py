@@ -10,7 +10,7 @@ from enum import StrEnum
 
 import numpy as np
 
-__all__ = ["Clip", "ClipResult", "FrameMeta", "StreamEvent", "StreamState"]
+__all__ = ["Clip", "ClipResult", "Discontinuity", "FrameMeta", "StreamEvent", "StreamState"]
 
 
 class StreamState(StrEnum):
@@ -21,6 +21,14 @@ class StreamState(StrEnum):
     RECONNECTING = "reconnecting"
     ENDED = "ended"
     FAILED = "failed"
+
+
+class Discontinuity(StrEnum):
+    """Why a source's frames stopped following on from the ones before (the ring was cleared)."""
+
+    RECONNECT = "reconnect"  # a live source was lost (dropped, stalled, frozen picture) and reopened
+    LOOP = "loop"  # a file with ``loop: true`` started over
+    TIME_JUMP = "time_jump"  # the stream clock jumped (backwards, or forwards beyond ``max_time_jump_s``)
 
 
 @dataclass(slots=True)
@@ -40,9 +48,16 @@ class StreamEvent:
     stream: str
     state: StreamState
     reason: str  # human-readable; never contains credentials
-    discontinuity: bool = False  # True when buffer and clip timing restarted (reconnect or loop)
+    discontinuity: Discontinuity | None = None  # set when clip timing must restart, and why
     wall_s: float = 0.0
-    looped: bool = False  # the discontinuity is a file starting over (loop: true), not a reconnect
+    at_seq: int | None = (
+        None  # discontinuity: ring seq of the first frame after it (``RingBuffer.begin_epoch``)
+    )
+
+    @property
+    def looped(self) -> bool:
+        """The discontinuity is a file starting over (``loop: true``)."""
+        return self.discontinuity == Discontinuity.LOOP
 
 
 @dataclass(slots=True)

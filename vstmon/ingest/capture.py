@@ -7,17 +7,23 @@ Every reader has ``read() -> np.ndarray | None`` (a BGR frame valid until the ne
 
 OpenCV/FFmpeg facts this module is built on (measured, see shared/ENVIRONMENT.md):
 - open and read timeouts and decoder threads are per-capture open params;
-- ``rtsp_transport``, ``fflags;nobuffer`` and probe limits exist only as ``OPENCV_FFMPEG_CAPTURE_OPTIONS``, an
-  environment variable that OpenCV reads at every open (measured: ``rtsp_transport;bogus`` set between two
-  opens makes the second fail). ``_FfmpegOptionsGate`` sets it per open: opens that need the same options run
-  concurrently; an open that needs other options waits until those are done. Files get no options at all:
-  ``nobuffer`` would drop the packets read while probing, i.e. the first frames;
+- ``rtsp_transport`` and the probe limits exist only as ``OPENCV_FFMPEG_CAPTURE_OPTIONS``, an environment
+  variable that OpenCV reads at the start of every open. It is process-wide, and there is no way to know when an
+  open in progress has read it, so changing it between opens would make every open wait for the ones in flight
+  (one hung camera stalled every other stream's (re)open for its whole open timeout). It is therefore ONE value
+  for every open in the process, set once: the RTSP transport (the config requires one transport for all RTSP
+  streams) and small probe limits (0.2 s / 1 MB: an RTSP open takes ~0.3 s instead of ~1.2 s; files, whose
+  headers carry what the probe needs, are unaffected). A user's own value is appended and wins.
+  ``fflags;nobuffer`` is deliberately NOT in it: on a file it drops the packets read while probing (measured: the
+  first 5 of 30 H.264 frames); without it the first ~6 frames of an RTSP connection come out up to ~0.25 s late
+  (measured), after which latency is the same (44 ms);
 - FFmpeg prints its own messages to stderr, at debug level with the full URL; the level is set to quiet
   (``OPENCV_FFMPEG_LOGLEVEL``; a user's choice is capped at info) and our own reasons say what failed.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import threading
@@ -32,9 +38,20 @@ import numpy as np
 
 from vstmon.config import StreamConfig
 from vstmon.errors import SourceError
-from vstmon.log import redact_url
+from vstmon.log import get_logger, redact_url
 
-__all__ = ["CaptureError", "Reader", "SourceSpec", "TestPattern", "open_reader", "parse_source"]
+__all__ = [
+    "CaptureError",
+    "FileInfo",
+    "Reader",
+    "SourceSpec",
+    "TestPattern",
+    "file_info",
+    "live_read_timeout_s",
+    "open_reader",
+    "parse_source",
+    "use_capture_options",
+]
 
 # FFmpeg's own stderr output. Measured: at debug level (48) FFmpeg prints "Opening 'http://user:password@...'";
 # at info (32) and below no URL was seen. Default quiet (AV_LOG_QUIET, -8); a user's level is capped at info.
@@ -60,9 +77,10 @@ os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
 _OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
 _WEBCAM_PATH_RE = re.compile(r"^/dev/video\d+$")
 _LIVE_KINDS = ("rtsp", "http", "webcam")
-# Probe limits for RTSP: FFmpeg's defaults (5 s / 5 MB) make an open take ~1.2 s; 0.2 s with these.
-# probesize is generous enough for a 1080p key frame.
-_RTSP_PROBE = "analyzeduration;200000|probesize;1000000"
+# Probe limits: FFmpeg's defaults (5 s / 5 MB) make an RTSP open take ~1.2 s; ~0.3 s with these. probesize is
+# generous enough for a 1080p key frame.
+_PROBE_LIMITS = "analyzeduration;200000|probesize;1000000"
+_log = get_logger("ingest")
 
 
 class CaptureError(SourceError):
@@ -118,6 +136,32 @@ def parse_source(url: str) -> SourceSpec:
     return SourceSpec("file", str(path), redact_url(str(path)))
 
 
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What a video file's header says (0 where it says nothing usable)."""
+
+    fps: float
+    frames: int
+
+
+def file_info(spec: SourceSpec) -> FileInfo | None:
+    """Frame rate and frame count of a file source from its header; None when it cannot be opened."""
+    if spec.kind != "file":
+        raise ValueError(f"file_info needs a file source, got {spec.kind}")
+    capture = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG)
+    try:
+        if not capture.isOpened():
+            return None
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        count = float(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+    finally:
+        capture.release()
+    return FileInfo(
+        fps=fps if math.isfinite(fps) and 0 < fps < 1000 else 0.0,
+        frames=int(count) if math.isfinite(count) and count > 0 else 0,
+    )
+
+
 class Reader(Protocol):
     """One opened input."""
 
@@ -131,65 +175,44 @@ class Reader(Protocol):
     def close(self) -> None: ...
 
 
-class _FfmpegOptionsGate:
-    """Sets ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` for the duration of an open.
+_options_lock = threading.Lock()
+_options_value: str | None = None  # what this module last set
+_rtsp_transport: str | None = None  # the transport of the RTSP opens so far
+_USER_OPTIONS = os.environ.get(_OPTIONS_ENV)  # the user's own value at import, appended (it wins)
 
-    Opens needing the same value overlap freely; a different value waits until no open is in flight, and
-    while it waits no new open of the current value starts (so files are not starved by camera retries).
+
+def use_capture_options(transport: str | None = None) -> None:
+    """Make the process-wide ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` right for an open; never waits.
+
+    ``transport``: the RTSP transport an RTSP open needs (None for any other open, which keeps the current one).
+    The value changes only when an RTSP open asks for another transport than the RTSP opens before it, which the
+    daemon's config rules out (one transport for all RTSP streams); it is logged, since an open in flight
+    elsewhere may then see the new transport.
     """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._original: str | None = os.environ.get(_OPTIONS_ENV)  # restored when no open is in flight
-        self._value = self._original
-        self._in_flight = 0
-        self._switch_pending = False
-
-    @property
-    def original(self) -> str | None:
-        return self._original
-
-    def acquire(self, value: str | None, stop: threading.Event) -> bool:
-        with self._cond:
-            while self._in_flight and (self._value != value or self._switch_pending):
-                if self._value != value:
-                    self._switch_pending = True
-                if stop.is_set():
-                    return False
-                self._cond.wait(0.1)
-            if self._value != value:
-                self._set(value)
-                self._switch_pending = False
-            self._in_flight += 1
-            return True
-
-    def release(self) -> None:
-        with self._cond:
-            self._in_flight -= 1
-            if not self._in_flight and self._value != self._original:
-                # other VideoCapture users in the process (offline classify, tests) must not inherit
-                # nobuffer: on a file it drops the frames read while probing (measured: 5 of 30 H.264 frames)
-                self._set(self._original)
-            self._cond.notify_all()
-
-    def _set(self, value: str | None) -> None:
-        if value:
+    global _options_value, _rtsp_transport
+    with _options_lock:
+        if transport is not None:
+            if _rtsp_transport not in (None, transport):
+                _log.warning(
+                    "RTSP transport changed for the whole process (OpenCV/FFmpeg capture options are "
+                    "process-wide)",
+                    old=_rtsp_transport,
+                    new=transport,
+                )
+            _rtsp_transport = transport
+        value = f"rtsp_transport;{_rtsp_transport or 'tcp'}|{_PROBE_LIMITS}"
+        if _USER_OPTIONS:
+            value = f"{value}|{_USER_OPTIONS}"
+        if value != _options_value:
             os.environ[_OPTIONS_ENV] = value
-        else:
-            os.environ.pop(_OPTIONS_ENV, None)
-        self._value = value
+            _options_value = value
 
 
-_GATE = _FfmpegOptionsGate()
-_LOG_LEVEL_SET = False
+use_capture_options()  # before anything in the process opens a capture
 
-
-def _quiet_opencv() -> None:
-    """OpenCV's own warnings (e.g. 'can't capture by name') go to stderr; keep errors only."""
-    global _LOG_LEVEL_SET
-    if not _LOG_LEVEL_SET:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        _LOG_LEVEL_SET = True
+# OpenCV's own warnings (e.g. "can't capture by name", or one line per open with OPENCV_FFMPEG_IS_THREAD_SAFE)
+# go to stderr; keep errors only, for every capture and writer in the process.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 class _CvReader:
@@ -280,17 +303,17 @@ def _testsrc(cfg: StreamConfig, target: str) -> TestPattern:
     return TestPattern(width, height, fps, frames)
 
 
-def _ffmpeg_options(cfg: StreamConfig, kind: str) -> str | None:
-    """The capture options for a kind; files get the process's own setting (normally none)."""
-    if kind == "rtsp":
-        return f"rtsp_transport;{cfg.transport}|fflags;nobuffer|{_RTSP_PROBE}"
-    if kind == "http":
-        return "fflags;nobuffer"
-    return _GATE.original
+def live_read_timeout_s(cfg: StreamConfig) -> float:
+    """The read timeout a live capture gets: at most half the stall timeout.
+
+    A read that times out after a stall still hands over one buffered (stale) frame; the source does not count
+    it as progress, so the stall is declared by the second timed-out read: within ``stall_timeout_s``.
+    """
+    return min(cfg.read_timeout_s, cfg.stall_timeout_s / 2.0)
 
 
 def _open_params(cfg: StreamConfig, live: bool) -> list[int]:
-    read_timeout_s = min(cfg.read_timeout_s, cfg.stall_timeout_s) if live else cfg.read_timeout_s
+    read_timeout_s = live_read_timeout_s(cfg) if live else cfg.read_timeout_s
     params = [
         cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
         round(cfg.open_timeout_s * 1000),
@@ -302,9 +325,8 @@ def _open_params(cfg: StreamConfig, live: bool) -> list[int]:
     return params
 
 
-def open_reader(cfg: StreamConfig, spec: SourceSpec, stop: threading.Event) -> Reader:
+def open_reader(cfg: StreamConfig, spec: SourceSpec) -> Reader:
     """Open ``spec``; raises ``CaptureError`` (``permanent`` or not) with a reason free of credentials."""
-    _quiet_opencv()
     if spec.kind == "testsrc":
         return _testsrc(cfg, str(spec.target))
     if spec.kind == "webcam":
@@ -322,14 +344,9 @@ def open_reader(cfg: StreamConfig, spec: SourceSpec, stop: threading.Event) -> R
             raise CaptureError(f"cannot open webcam {spec.display} (V4L2)", permanent=False)
         return _CvReader(capture, "webcam")
 
-    options = _ffmpeg_options(cfg, spec.kind)
-    if not _GATE.acquire(options, stop):
-        raise CaptureError("stopped while waiting to open", permanent=False)
+    use_capture_options(cfg.transport if spec.kind == "rtsp" else None)
     started_s = time.monotonic()
-    try:
-        capture = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, _open_params(cfg, spec.live))
-    finally:
-        _GATE.release()
+    capture = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, _open_params(cfg, spec.live))
     if not capture.isOpened():
         capture.release()
         if spec.kind == "file":

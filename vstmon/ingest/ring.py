@@ -17,6 +17,9 @@ Memory is fixed at construction (``nbytes``): ``capacity_frames`` x ``height_px`
 A frame becomes invalid (``FrameGone``) as soon as the writer takes its slot back (``write_slot``), not only at
 ``commit``: the reader's copy is validated after it is made, so it can never return a torn frame.
 ``clear()`` drops frames and bumps ``generation`` so that clips cut before it can be recognised downstream.
+``begin_epoch()`` marks a source discontinuity (reconnect, file loop, clock jump) without dropping anything:
+every frame carries the epoch it was committed in (``epoch_of(seq)``), so the reader can use every frame before
+the discontinuity (lossless files lose none) and restart its timing exactly at the first frame after it.
 """
 
 from __future__ import annotations
@@ -57,12 +60,14 @@ class RingBuffer:
         self._views = [self._frames[i] for i in range(cap)]  # per-slot views, made once
         self._index = np.full(cap, -1, np.int64)  # FrameMeta.index per slot
         self._times = np.zeros((cap, 3), np.float64)  # capture_mono_s, capture_wall_s, stream_ts_s per slot
+        self._epochs = np.zeros(cap, np.int64)  # the epoch each slot's frame was committed in
         self._cond = threading.Condition(threading.Lock())
         self._head = 0  # next seq to be written
         self._oldest = 0  # oldest seq still valid
         self._released = 0  # the reader needs no seq below this
         self._pending = False  # write_slot handed out the head slot, not committed yet
         self._generation = 0
+        self._epoch = 0  # bumped by begin_epoch (source discontinuities)
         self._frames_dropped = 0
         self._closed = False
 
@@ -87,6 +92,11 @@ class RingBuffer:
     def generation(self) -> int:
         """Bumped by every ``clear()``."""
         return self._generation
+
+    @property
+    def epoch(self) -> int:
+        """The epoch the next committed frame gets (bumped by ``begin_epoch``)."""
+        return self._epoch
 
     @property
     def frames_dropped(self) -> int:
@@ -136,6 +146,7 @@ class RingBuffer:
             seq = self._head
             slot = seq % self.capacity_frames
             self._index[slot] = meta.index
+            self._epochs[slot] = self._epoch
             times = self._times[slot]
             times[0], times[1], times[2] = meta.capture_mono_s, meta.capture_wall_s, meta.stream_ts_s
             self._head = seq + 1
@@ -184,6 +195,11 @@ class RingBuffer:
         with self._cond:
             return float(self._times[self._check(seq), 2])
 
+    def epoch_of(self, seq: int) -> int:
+        """The epoch frame ``seq`` was committed in; ``FrameGone`` if it was overwritten or cleared."""
+        with self._cond:
+            return int(self._epochs[self._check(seq)])
+
     def frame(self, seq: int) -> np.ndarray:
         """A view of frame ``seq`` (valid until the writer takes its slot back; copy it or use ``read``)."""
         with self._cond:
@@ -220,6 +236,12 @@ class RingBuffer:
                 self._cond.notify_all()
 
     # -- both -------------------------------------------------------------------------------------------------
+
+    def begin_epoch(self) -> int:
+        """Writer: the frames committed from now on follow a discontinuity; returns the first seq they get."""
+        with self._cond:
+            self._epoch += 1
+            return self._head
 
     def clear(self, keep_from_seq: int | None = None) -> int:
         """Drop every frame (or those below ``keep_from_seq``); bumps and returns ``generation``."""

@@ -17,8 +17,9 @@ gives exactly the clips of a fresh run on the part after the cut):
   ``j = 0 .. frames-1``, the frame nearest in time to ``end_ts - (frames - 1 - j) / sample_fps`` (a near-tie,
   within 1 us, goes to the later frame; a source slower than ``sample_fps`` repeats frames).
 
-A clip never spans a restart or a ring ``clear()``: when the ring's generation changes the sampler restarts by
-itself at the ring's oldest frame, and ``cut`` refuses (``FrameGone``) a clip whose frames were cleared.
+A clip never spans a restart, a ring ``clear()`` or a source discontinuity: when the ring's generation changes the
+sampler restarts by itself at the ring's oldest frame; when a fed frame's epoch (``ring.epoch_of``) differs from
+the segment's, it restarts at that frame; and ``cut`` refuses (``FrameGone``) a clip whose frames were cleared.
 
 Late callers. Exactly one clip can be due at a time, always the newest: if a clip became due and the caller
 fed the next frame without cutting it, or skipped frames (live mode, the reader fell behind) across several grid
@@ -92,6 +93,9 @@ class ClipSampler:
         self._due: int | None = None  # seq of the due clip's last frame
         self._last_fed = self._start - 1
         self._keep_from = self._start  # time mode: oldest frame a future clip may use
+        self._epoch: int | None = (
+            None  # the source epoch of the segment's frames (taken from the first one fed)
+        )
         self.restarts += 1
 
     def restart(self, from_seq: int) -> None:
@@ -122,11 +126,18 @@ class ClipSampler:
         if seq < self._start or seq <= self._last_fed:
             return False
         try:
+            epoch = ring.epoch_of(seq)
+            if self._epoch is not None and epoch != self._epoch:  # a source discontinuity: start over here
+                self._restart(seq)
+                ring.release(seq)
             if self._t0 is None:
                 self._start = max(self._start, ring.oldest_seq)
                 if self._start > seq:
                     return False
+                if ring.epoch_of(self._start) != epoch:  # frames skipped across a discontinuity
+                    self._start = seq
                 self._t0 = ring.stream_ts_s(self._start)
+                self._epoch = epoch
             rel_s = ring.stream_ts_s(seq) - self._t0
         except FrameGone:
             return False

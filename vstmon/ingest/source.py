@@ -10,9 +10,18 @@ State machine (every transition goes to ``on_event`` with a reason free of crede
         \\--open fails (retryable)--+----------------------------------/
     any --permanent error (bad scheme, missing or undecodable file) or max_attempts reached--> failed
 
-A reconnect or a file loop is a discontinuity: the source clears the ring and reports ``discontinuity=True``.
-Frame indices and the stream clock restart with every (re)open. End of file keeps the ring (the consumer may
-still cut the last frames).
+Progress, for live sources: a frame counts only when its read returned in time. A read that hits the read
+timeout (at most half of ``stall_timeout_s``) after the input hung still hands over one buffered frame; that
+frame is stale, is not stored and does not restart the stall clock, so a hung camera is declared stalled within
+``stall_timeout_s``. A live picture that stays bit-identical (in the fitted crop) for ``frozen_timeout_s`` is a
+frozen camera and is treated like a stall (reconnect).
+
+Discontinuities (``StreamEvent.discontinuity`` says which, ``at_seq`` where: the source starts a new ring epoch
+there, ``RingBuffer.begin_epoch``, and drops nothing, so a lossless file loses no frame): a reconnect, a
+file loop (at most one per ``_MIN_LOOP_INTERVAL_S``, so a file shorter than a clip cannot spin), and a jump of
+the stream clock (backwards, or forwards by more than ``max_time_jump_s``: concatenated recordings, PTS wraps,
+capture gaps), after which the clock is re-based to go on from where it was. Frame indices restart with every
+(re)open. End of file keeps the ring (the consumer may still cut the last frames).
 """
 
 from __future__ import annotations
@@ -22,21 +31,31 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import cv2
 import numpy as np
 
 from vstmon.config import StreamConfig
 from vstmon.ingest.backoff import Backoff
-from vstmon.ingest.capture import CaptureError, Reader, SourceSpec, open_reader, parse_source
+from vstmon.ingest.capture import (
+    CaptureError,
+    Reader,
+    SourceSpec,
+    live_read_timeout_s,
+    open_reader,
+    parse_source,
+)
 from vstmon.ingest.ring import RingBuffer
 from vstmon.log import get_logger, redact
 from vstmon.preprocess import FrameFitter
-from vstmon.types import FrameMeta, StreamEvent, StreamState
+from vstmon.types import Discontinuity, FrameMeta, StreamEvent, StreamState
 
 __all__ = ["Source"]
 
 _FPS_WINDOW = 32  # frames in the rolling fps estimate
 _SLOT_WAIT_S = 0.1  # lossless rings: how often a waiting writer checks the stop event
 _RESYNC_BEHIND_S = 1.0  # realtime pacing: further behind than this, restart the pacing clock
+_MIN_LOOP_INTERVAL_S = 1.0  # loop: true: a file starts over at most this often (a short file cannot spin)
+_MIN_STEP_S = 1e-3  # stream clock: a zero or tiny backward step becomes this much forward
 
 
 class _Outcome:
@@ -75,7 +94,9 @@ class Source:
         self._frames_read = 0
         self._reconnects = 0
         self._fps_times = np.zeros(_FPS_WINDOW, np.float64)  # capture monotonic times, circular
-        self._last_frame_mono_s = 0.0
+        self._previous: np.ndarray | None = (
+            None  # the last fitted frame (frozen-picture detection, live only)
+        )
 
     # -- owner API --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,14 +143,18 @@ class Source:
 
     # -- reader thread ----------------------------------------------------------------------------------
     def _emit(
-        self, state: StreamState, reason: str, discontinuity: bool = False, looped: bool = False
+        self,
+        state: StreamState,
+        reason: str,
+        discontinuity: Discontinuity | None = None,
+        at_seq: int | None = None,
     ) -> None:
         reason = redact(reason)
         self.state, self.reason = state, reason
         log = self._log.warning if state in (StreamState.RECONNECTING, StreamState.FAILED) else self._log.info
         log("stream state", state=str(state), reason=reason, discontinuity=discontinuity)
         try:
-            self._on_event(StreamEvent(self.name, state, reason, discontinuity, time.time(), looped))
+            self._on_event(StreamEvent(self.name, state, reason, discontinuity, time.time(), at_seq))
         except Exception as error:  # the owner's callback must not kill the reader
             self._log.error("on_event callback failed", error=redact(repr(error)))
 
@@ -140,18 +165,21 @@ class Source:
             self._log.exception("reader crashed")
             self._emit(StreamState.FAILED, f"internal error in reader: {type(error).__name__}: {error}")
 
-    def _retry_or_fail(self, reason: str, discontinuity: bool) -> bool:
+    def _retry_or_fail(self, reason: str, discontinuity: Discontinuity | None, at_seq: int | None) -> bool:
         """Report the failure, wait out the backoff; False when the source gives up or is stopped."""
         if self._backoff.exhausted:
             self._emit(
                 StreamState.FAILED,
                 f"{reason}; gave up after {self._backoff.attempts} attempts",
                 discontinuity,
+                at_seq,
             )
             return False
         delay_s = self._backoff.next_delay_s()
         attempt = self._backoff.attempts
-        self._emit(StreamState.RECONNECTING, f"{reason}; retry {attempt} in {delay_s:.1f} s", discontinuity)
+        self._emit(
+            StreamState.RECONNECTING, f"{reason}; retry {attempt} in {delay_s:.1f} s", discontinuity, at_seq
+        )
         return not self._stop.wait(delay_s)
 
     def _run_states(self) -> None:
@@ -162,15 +190,16 @@ class Source:
             self._emit(StreamState.FAILED, str(error))
             return
         while not self._stop.is_set():
+            opened_mono_s = time.monotonic()
             try:
-                reader = open_reader(self.cfg, spec, self._stop)
+                reader = open_reader(self.cfg, spec)
             except CaptureError as error:
                 if self._stop.is_set():
                     return
                 if error.permanent:
                     self._emit(StreamState.FAILED, str(error))
                     return
-                if not self._retry_or_fail(str(error), discontinuity=False):
+                if not self._retry_or_fail(str(error), None, None):
                     return
                 continue
             try:
@@ -181,49 +210,74 @@ class Source:
                 return
             if outcome == _Outcome.ENDED:
                 if self.cfg.loop and had_frames:
-                    self.ring.clear()
-                    self._emit(StreamState.STREAMING, f"{reason}; looping", discontinuity=True, looped=True)
+                    at_seq = self.ring.begin_epoch()
+                    # a short file must not loop at the speed of its open (measured: 354 loops/s for a file
+                    # shorter than one clip): one loop per _MIN_LOOP_INTERVAL_S at most
+                    wait_s = _MIN_LOOP_INTERVAL_S - (time.monotonic() - opened_mono_s)
+                    if wait_s > 0 and self._stop.wait(wait_s):
+                        return
+                    self._emit(StreamState.STREAMING, f"{reason}; looping", Discontinuity.LOOP, at_seq)
                     continue
                 self._emit(StreamState.ENDED, reason)
                 return
-            # LOST: a live stream dropped or stalled; frames before and after must not share a clip
+            # LOST: a live stream dropped, stalled or froze; frames before and after must not share a clip
+            lost, at_seq = None, None
             if had_frames:
-                self.ring.clear()
+                lost, at_seq = Discontinuity.RECONNECT, self.ring.begin_epoch()
                 self._reconnects += 1
             if not spec.live:  # a file that cannot be read on is over
-                self._emit(StreamState.FAILED, reason, discontinuity=had_frames)
+                self._emit(StreamState.FAILED, reason, lost, at_seq)
                 return
-            if not self._retry_or_fail(reason, discontinuity=had_frames):
+            if not self._retry_or_fail(reason, lost, at_seq):
                 return
 
     def _pump(self, reader: Reader, spec: SourceSpec) -> tuple[str, str, bool]:
-        """Read frames into the ring until the input ends, fails or stalls, or stop is set."""
-        realtime = bool(self.cfg.realtime) if spec.kind == "file" else self.cfg.realtime is not False
+        """Read frames into the ring until the input ends, fails, stalls or freezes, or stop is set."""
+        cfg = self.cfg
+        realtime = bool(cfg.realtime) if spec.kind == "file" else cfg.realtime is not False
         paced = spec.kind in ("file", "testsrc") and realtime
-        stall_s = self.cfg.stall_timeout_s
+        live = spec.live
+        stall_s = cfg.stall_timeout_s
+        stale_read_s = 0.9 * live_read_timeout_s(cfg)  # a read this slow handed over a stale frame
+        frozen_s = cfg.frozen_timeout_s if live else None
+        if frozen_s is not None and self._previous is None:
+            self._previous = np.empty((self.size_px, self.size_px, 3), np.uint8)  # last fitted frame
+        clock = _StreamClock(cfg.max_time_jump_s, reader.fps)
         index = 0
         first_mono_s = 0.0
         pace_origin_s = 0.0  # monotonic time at which stream_ts 0 "happened" (paced inputs)
-        last_frame_mono_s = time.monotonic()
+        progress_mono_s = time.monotonic()  # the last frame that counts as progress (stall detection)
+        changed_mono_s = progress_mono_s  # the last frame that differed from the one before (frozen picture)
         meta = FrameMeta()  # one per run, refilled per frame (the ring copies the values)
         while not self._stop.is_set():
+            read_mono_s = time.monotonic()
             frame = reader.read()
             now_mono_s, now_wall_s = time.monotonic(), time.time()
             if frame is None:
                 if spec.kind in ("file", "testsrc"):
                     return _Outcome.ENDED, f"end of input after {index} frames", index > 0
-                waited_s = now_mono_s - last_frame_mono_s
-                what = "stalled" if waited_s >= stall_s * 0.9 else "lost"
-                return (
-                    _Outcome.LOST,
-                    f"stream {what}: no frame for {waited_s:.1f} s after {index} frames",
-                    index > 0,
-                )
-            stream_ts_s = reader.stream_ts_s
+                return _Outcome.LOST, self._lost_reason(now_mono_s - progress_mono_s, index), index > 0
+            if live and now_mono_s - read_mono_s >= stale_read_s:
+                # the read timed out and FFmpeg handed over what it still had: a stale frame, not progress
+                if now_mono_s - progress_mono_s >= stall_s:
+                    return _Outcome.LOST, self._lost_reason(now_mono_s - progress_mono_s, index), index > 0
+                continue
+            progress_mono_s = now_mono_s
             if index == 0:
                 first_mono_s = now_mono_s
-            if stream_ts_s is None:  # live: the capture clock, relative to the first frame
-                stream_ts_s = now_mono_s - first_mono_s
+            source_ts_s = reader.stream_ts_s
+            if source_ts_s is None:  # live: the capture clock, relative to the first frame
+                source_ts_s = now_mono_s - first_mono_s
+            stream_ts_s, jump_s = clock.update(source_ts_s)
+            if jump_s is not None:
+                # two recordings concatenated, a PTS wrap, a capture gap: frames before and after must not
+                # share a clip; the clock goes on from where it was (so realtime pacing does not freeze)
+                self._emit(
+                    StreamState.STREAMING,
+                    f"the stream clock jumped {jump_s:+.3f} s after frame {index - 1}; clock re-based",
+                    Discontinuity.TIME_JUMP,
+                    self.ring.begin_epoch(),
+                )
             if paced:
                 if index == 0:
                     pace_origin_s = now_mono_s - stream_ts_s
@@ -243,14 +297,59 @@ class Source:
                 self._fitter.fit(frame, slot)
             except ValueError as error:
                 return _Outcome.LOST, f"undecodable frame {index}: {error}", index > 0
+            if frozen_s is not None and self._previous is not None:
+                if index == 0 or cv2.norm(slot, self._previous, cv2.NORM_INF) > 0:
+                    changed_mono_s = now_mono_s
+                    np.copyto(self._previous, slot)
+                elif now_mono_s - changed_mono_s >= frozen_s:
+                    return (
+                        _Outcome.LOST,
+                        f"frozen picture: the same frame for {now_mono_s - changed_mono_s:.1f} s "
+                        f"after {index} frames",
+                        index > 0,
+                    )
             meta.index, meta.capture_mono_s, meta.capture_wall_s = index, now_mono_s, now_wall_s
             meta.stream_ts_s = stream_ts_s
             self.ring.commit(meta)
             self._fps_times[self._frames_read % _FPS_WINDOW] = now_mono_s
             self._frames_read += 1
-            last_frame_mono_s = now_mono_s
             if index == 0:
                 self._backoff.reset()
                 self._emit(StreamState.STREAMING, f"receiving {spec.kind} frames")
             index += 1
         return _Outcome.STOPPED, "stopped", index > 0
+
+    def _lost_reason(self, waited_s: float, frames: int) -> str:
+        what = "stalled" if waited_s >= self.cfg.stall_timeout_s * 0.9 else "lost"
+        return f"stream {what}: no frame for {waited_s:.1f} s after {frames} frames"
+
+
+class _StreamClock:
+    """A source's stream clock, re-based across discontinuities so that it only ever moves forward.
+
+    ``update(source_ts_s) -> (stream_ts_s, jump_s)``: ``jump_s`` is the raw step when it was a discontinuity
+    (backwards by more than half a frame, or forwards by more than ``max_jump_s``), else None. After a jump the
+    clock goes on one frame period after the last frame. Smaller backward or zero steps (timestamp noise) are
+    clamped to a millisecond after the last frame.
+    """
+
+    def __init__(self, max_jump_s: float, fps: float) -> None:
+        self.max_jump_s = max_jump_s
+        self.frame_s = 1.0 / fps if fps > 0 else 1.0 / 25.0
+        self._offset_s = 0.0
+        self._last_s: float | None = None
+
+    def update(self, source_ts_s: float) -> tuple[float, float | None]:
+        ts_s = source_ts_s + self._offset_s
+        last_s = self._last_s
+        jump_s = None
+        if last_s is not None:
+            step_s = ts_s - last_s
+            if step_s > self.max_jump_s or step_s < -0.5 * self.frame_s:
+                jump_s = step_s
+                self._offset_s += last_s + self.frame_s - ts_s
+                ts_s = last_s + self.frame_s
+            elif step_s <= 0:
+                ts_s = last_s + _MIN_STEP_S
+        self._last_s = ts_s
+        return ts_s, jump_s
