@@ -282,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
     from vstmon.engine import resolve_dtype
     from vstmon.model import build_model, load_labels, load_model
 
-    config = load_config(args.config) if args.config else Config()
+    config = load_config(args.config, require_streams=False) if args.config else Config()
     configure_logging(config.log.level, config.log.format)  # logs go to stderr; stdout may be the timeline
     clip_cfg, model_cfg = config.clip, config.model
     checkpoint = args.checkpoint or model_cfg.checkpoint
