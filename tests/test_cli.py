@@ -5,9 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import pytest
+
 from vstmon import __version__
+from vstmon.errors import EX_CONFIG, EX_USAGE
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,7 +46,7 @@ def test_missing_config_is_a_clear_error_without_traceback(tmp_path: Path) -> No
     missing = tmp_path / "nope.yaml"
     for args in (("--config", str(missing)), ("check", "--config", str(missing))):
         done = _vstmon(*args, cwd=tmp_path)
-        assert done.returncode == 2, done.stderr
+        assert done.returncode == EX_CONFIG, done.stderr
         assert str(missing) in done.stderr and "Traceback" not in done.stderr
 
 
@@ -50,8 +54,108 @@ def test_bad_config_value_names_the_yaml_path(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("streams:\n  - name: cam\n    url: testsrc://\n    hop_s: -1\n")
     done = _vstmon("check", "--config", str(config), cwd=tmp_path)
-    assert done.returncode == 2 and "Traceback" not in done.stderr
-    assert "hop_s" in done.stderr and "streams" in done.stderr
+    assert done.returncode == EX_CONFIG and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"vstmon: error: {config}: streams[0].hop_s: ")
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+_STREAM = "streams: [{name: cam, url: 'testsrc://'}]\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (_STREAM + "publish: {endpoints: ['tcp://*:70000']}\n", "publish.endpoints[0]"),
+        (_STREAM + "model: {arch: swin_xxl}\n", "model.arch"),
+        (_STREAM + "model: {checkpoint: nowhere.pth}\n", "model.checkpoint"),
+        (_STREAM + "model: {checkpoint: null, labels: nowhere.txt}\n", "model.labels"),
+        ("streams: []\n", "streams"),
+        (_STREAM + "log: {level: info}\nlog: {level: debug}\n", "log"),
+    ],
+)
+def test_check_exits_78_on_config_errors_without_loading_the_model(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    path = _config(tmp_path, text)
+    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert done.stderr.startswith(f"vstmon: error: {path}: {key}: "), done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_each_bad_key_gets_its_own_prefixed_line(tmp_path: Path) -> None:
+    path = _config(
+        tmp_path, "streams: [{name: a, url: x}, {name: a, url: y}]\npublish: {sndhwm: 1e12, top_k: 0}\n"
+    )
+    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
+    assert done.returncode == EX_CONFIG
+    keys = [line.split(": ")[3] for line in done.stderr.splitlines()]
+    assert keys == ["streams[1].name", "publish.top_k", "publish.sndhwm"]
+    assert all(line.startswith(f"vstmon: error: {path}: ") for line in done.stderr.splitlines())
+
+
+def test_check_refuses_cuda_on_a_machine_without_it(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    path = _config(tmp_path, _STREAM + "model: {checkpoint: null, device: cuda}\n")
+    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
+    assert done.returncode == EX_CONFIG
+    assert done.stderr.startswith(
+        f"vstmon: error: {path}: model.device: cuda:0 was asked for, but torch sees no CUDA"
+    )
+
+
+def test_check_prints_the_resolved_device_and_precision(tmp_path: Path) -> None:
+    from vstmon.engine import resolve_devices, resolve_dtype
+
+    path = _config(tmp_path, _STREAM + "model: {checkpoint: null, device: auto, precision: auto}\n")
+    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    device = resolve_devices("auto")[0]
+    precision = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[
+        str(resolve_dtype("auto", device))
+    ]
+    assert f"device: {device}, precision {precision}\n" in done.stdout
+    assert "auto" not in done.stdout.split("device: ")[1].splitlines()[0]
+
+
+def test_check_refuses_a_billion_laughs_file(tmp_path: Path) -> None:
+    levels = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = _config(tmp_path, "\n".join(levels) + "\n" + _STREAM)
+    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)  # timeout: a hang guard
+    assert done.returncode == EX_CONFIG
+    assert "aliases expand this to more than" in done.stderr
+
+
+def test_the_daemon_exits_78_on_a_config_error(tmp_path: Path) -> None:
+    path = _config(tmp_path, "streams: [{name: cam, url: 'testsrc://', open_timeout_s: 1e300}]\n")
+    done = _vstmon("--config", str(path), cwd=tmp_path)
+    assert done.returncode == EX_CONFIG
+    assert done.stderr.splitlines()[-1].startswith(f"vstmon: error: {path}: streams[0].open_timeout_s: ")
+
+
+def test_the_daemon_exits_78_on_a_missing_checkpoint(tmp_path: Path) -> None:
+    path = _config(
+        tmp_path,
+        _STREAM
+        + "model: {checkpoint: nowhere.pth}\npublish: {endpoints: ['ipc://pub.sock'], control: null}\n",
+    )
+    done = _vstmon("--config", str(path), cwd=tmp_path)
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert "model.checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_command_line_misuse_exits_2(tmp_path: Path) -> None:
+    done = _vstmon("check")  # --config is required
+    assert done.returncode == EX_USAGE == 2 and "--config" in done.stderr
 
 
 def test_unknown_command_option_is_an_argparse_error() -> None:

@@ -39,3 +39,12 @@ def test_unit_is_a_notify_service_with_watchdog() -> None:
     assert "Type=notify" in text
     assert "WatchdogSec=" in text
     assert "vstmon run --config" in text
+
+
+def test_unit_does_not_restart_on_a_configuration_error() -> None:
+    from vstmon.errors import EX_CONFIG, CheckpointError, ConfigError, LabelsError
+
+    assert EX_CONFIG == ConfigError.exit_code == CheckpointError.exit_code == LabelsError.exit_code == 78
+    lines = UNIT.read_text().splitlines()
+    assert f"RestartPreventExitStatus={EX_CONFIG}" in lines
+    assert "Restart=on-failure" in lines

@@ -2,6 +2,10 @@
 
 Each sub-command lives in its own module, which provides ``add_arguments(parser)`` and ``run(args) -> int``;
 this file only wires them (imports are lazy so ``vstmon --help`` stays fast).
+
+Exit codes: 0 success; 2 command-line misuse (argparse) and failures that are not the configuration's;
+78 (EX_CONFIG) a configuration problem: file, YAML, schema, checkpoint or labels, device, endpoint
+(``VstmonError.exit_code``); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -57,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except VstmonError as error:
-        print(f"vstmon: error: {error}", file=sys.stderr)
-        return 2
+        # one line per problem (a config with several bad keys gives several), each prefixed
+        for line in str(error).splitlines() or [type(error).__name__]:
+            print(f"vstmon: error: {line}", file=sys.stderr)
+        return error.exit_code
     except KeyboardInterrupt:
         return 130
 
