@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import zmq
 
 from vstmon.config import PublishConfig
-from vstmon.errors import VstmonError
+from vstmon.errors import ConfigError, VstmonError
 from vstmon.log import get_logger, redact
 
 __all__ = [
@@ -108,7 +108,7 @@ class Publisher:
                 socket.bind(endpoint)
             except zmq.ZMQError as error:
                 socket.close(linger=0)
-                raise VstmonError(f"publish.endpoints: cannot bind {endpoint}: {error}") from None
+                raise ConfigError(f"publish.endpoints: cannot bind {endpoint}: {error}") from None
             self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._socket: zmq.Socket | None = socket
 
@@ -311,7 +311,7 @@ class ControlServer:
             socket.bind(self.endpoint)
         except zmq.ZMQError as error:
             socket.close(linger=0)
-            raise VstmonError(f"publish.control: cannot bind {self.endpoint}: {error}") from None
+            raise ConfigError(f"publish.control: cannot bind {self.endpoint}: {error}") from None
         self.bound_endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._socket = socket  # handed to the thread; never used by this thread again
         self._stop.clear()
