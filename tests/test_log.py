@@ -31,6 +31,9 @@ from vstmon.log import configure_logging, get_logger, redact, redact_url
         ("rtsp://admin:@host/live", "rtsp://admin:@host/live"),  # nothing to hide
         # two URLs in one text, each masked
         ("a rtsp://u:p@h1/s and http://v:q@h2/t", "a rtsp://u:***@h1/s and http://v:***@h2/t"),
+        # a URL that went through pathlib ("//" -> "/"), still a URL; "C:/" is not a scheme
+        ("video file rtsp:/admin:p@ss@h/x does not exist", "video file rtsp:/admin:***@h/x does not exist"),
+        ("C:/videos/me@home.mp4 and /srv/a:b@c.mp4", "C:/videos/me@home.mp4 and /srv/a:b@c.mp4"),
         # repr of an exception holding the URL
         ("OSError('rtsp://admin:p@ss@host/x')", "OSError('rtsp://admin:***@host/x')"),
         # an "@" in the query: the host is masked too (over-masking, never leaking)
@@ -111,7 +114,7 @@ def test_redact_walks_containers_and_masks_secret_keys() -> None:
 
 def test_redaction_is_linear_on_long_hostile_text() -> None:
     # would take minutes with a backtracking pattern; asserts only the result (no timing)
-    for text in ("a" * 60_000, "a://" * 15_000, "a=" * 30_000, "a.b" * 20_000):
+    for text in ("a" * 60_000, "a://" * 15_000, "ab:/" * 15_000, "a=" * 30_000, "a.b" * 20_000):
         assert redact_url(text) == text
     assert redact_url("x://" + "@" * 60_000) == "x://***@"
     assert redact_url("token=" * 10_000) == "token=***"

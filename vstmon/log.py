@@ -4,7 +4,7 @@ Redaction (``redact_url`` for one string, ``redact`` through containers) is appl
 to stdlib ``logging`` records and to uncaught tracebacks, and callers use it for status reasons and ``check``
 output. The rules, chosen to over-mask rather than leak:
 
-1. A URL starts at ``scheme://``. Its **user-info is everything between ``scheme://`` and the last ``@``
+1. A URL starts at ``scheme://`` (or ``scheme:/``, as a path normalisation leaves it). Its **user-info is everything between ``scheme://`` and the last ``@``
    before the URL ends**, and in free text a URL ends at the next whitespace (or the end of the text), not at
    the first ``/``, ``?`` or ``#``: a password may hold ``@``, ``/``, ``?``, ``#`` or ``:`` (FFmpeg itself splits
    the user-info at the last ``@``). An ``@`` later in the same URL (in its path or query) therefore masks the
@@ -36,6 +36,9 @@ __all__ = ["MASK", "configure_logging", "get_logger", "redact", "redact_url"]
 
 MASK = "***"
 _WHITESPACE_RE = re.compile(r"\s")
+# "scheme://", also "scheme:/" (a URL passed through a path normalisation, as pathlib does) for schemes of 2+
+# characters, so that "C:/" is not a scheme. The look-behind makes the search linear (it starts only at word starts).
+_SCHEME_RE = re.compile(r"(?<![A-Za-z0-9+.\-])(?:[A-Za-z][A-Za-z0-9+.\-]*://|[A-Za-z][A-Za-z0-9+.\-]+:/)")
 # name=value; the name must start a word (so "x_token=" is one name, not "token=" inside it)
 _PARAM_RE = re.compile(r"(?<![\w.\-])([\w.\-]+)=([^&\s]*)")
 _NAME_PARTS_RE = re.compile(r"[_.\-]")
@@ -78,8 +81,8 @@ def _secret_spans(text: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every secret in ``text`` (may overlap); linear in ``len(text)``."""
     spans: list[tuple[int, int]] = []
     search_from = 0
-    while (separator := text.find("://", search_from)) != -1:
-        start = separator + 3
+    while (scheme := _SCHEME_RE.search(text, search_from)) is not None:
+        start = scheme.end()
         space = _WHITESPACE_RE.search(text, start)
         end = space.start() if space else len(text)
         at = text.rfind("@", start, end)
@@ -130,7 +133,7 @@ def redact(value: Any, mask_secret_keys: bool = True) -> Any:
     ...) by ``***``; turn it off for data whose keys are names chosen by users (stream names in a status).
     """
     if isinstance(value, str):
-        return redact_url(value) if ("://" in value or "=" in value) else value
+        return redact_url(value) if (":/" in value or "=" in value) else value
     if isinstance(value, dict):
         return {
             k: (
