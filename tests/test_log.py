@@ -163,6 +163,29 @@ def test_stdlib_logging_records_are_redacted(capsys: pytest.CaptureFixture[str])
     assert "http://u:***@h/x?api_key=***" in err and "k9" not in err and "p@ss" not in err
 
 
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO_ROOT,
+        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+    )
+
+
+def test_a_malformed_stdlib_log_call_does_not_raise_through_the_filter() -> None:
+    proc = _python(
+        "import logging\n"
+        "from vstmon.log import configure_logging\n"
+        "configure_logging('info', 'json')\n"
+        "logging.getLogger('thirdparty').warning('%d items', 'not a number')\n"
+        "print('alive')\n"
+    )
+    assert proc.returncode == 0 and proc.stdout == "alive\n"
+    assert "Logging error" in proc.stderr  # reported the way logging reports it
+
+
 def test_uncaught_tracebacks_of_a_process_are_redacted() -> None:
     code = (
         "import threading\n"
@@ -173,14 +196,7 @@ def test_uncaught_tracebacks_of_a_process_are_redacted() -> None:
         "t = threading.Thread(target=boom, name='worker'); t.start(); t.join()\n"
         "raise RuntimeError('main: rtsp://admin:p@ss/w@cam/b')\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO_ROOT,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-    )
+    proc = _python(code)
     assert proc.returncode == 1
     assert "Exception in thread worker" in proc.stderr
     assert "thread: rtsp://admin:***@cam/a" in proc.stderr

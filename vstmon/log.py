@@ -179,7 +179,10 @@ class _RedactingFilter(logging.Filter):
     """Masks secrets in stdlib ``logging`` records (third-party libraries) before any handler formats them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format/args pair: leave it to the handler, which reports it as logging does
+            return True
         redacted = redact_url(message)
         if redacted != message:
             record.msg, record.args = redacted, None
