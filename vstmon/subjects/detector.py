@@ -77,11 +77,18 @@ class PersonDetector:
             )
         if threads is not None:
             cv2.setNumThreads(int(threads))
+        buffers = (
+            np.frombuffer(description.graph_bytes, dtype=np.uint8),
+            np.frombuffer(description.text.encode(), dtype=np.uint8),
+        )
+        # OpenCV 5 has two DNN engines; its classic one ran this graph with ~10% less CPU than the new one
+        # (benchmarks/bench_subjects.py), OpenCV 4 has only that one.
+        engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
         try:
-            self._net = cv2.dnn.readNetFromTensorflow(
-                np.frombuffer(description.graph_bytes, dtype=np.uint8),
-                np.frombuffer(description.text.encode(), dtype=np.uint8),
-            )
+            if engine is None:
+                self._net = cv2.dnn.readNetFromTensorflow(*buffers)
+            else:
+                self._net = cv2.dnn.readNetFromTensorflow(*buffers, engine)
         except cv2.error as error:
             raise DetectorError(
                 f"detector model {self.model_path}: OpenCV cannot load it: {_cv_message(error)}"
