@@ -2,13 +2,20 @@
 
 A checkpoint (strict load) or, for ``model.checkpoint: null``, untrained weights (``arch: auto`` means
 ``swin_t`` then), together with the label list sized to the model's head and the id published in labels.
+
+Untrained weights are reproducible: they are drawn from torch's CPU generator seeded with ``UNTRAINED_SEED``
+(0), inside ``torch.random.fork_rng`` so the caller's random state is left as it was. Two runs on the same
+frames give the same (meaningless) labels. A bare-backbone checkpoint's new head is drawn the same way.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from vstmon.config import Config
@@ -16,9 +23,12 @@ from vstmon.errors import CheckpointError
 from vstmon.log import get_logger
 from vstmon.model.checkpoint import load_model
 from vstmon.model.labels import load_labels
-from vstmon.model.swin3d import build_model
+from vstmon.model.presets import SwinConfig
+from vstmon.model.swin3d import VideoSwin, build_model
 
-__all__ = ["LoadedModel", "load_model_and_labels"]
+__all__ = ["UNTRAINED_SEED", "LoadedModel", "build_untrained_model", "load_model_and_labels"]
+
+UNTRAINED_SEED = 0  # the seed of every untrained weight vstmon draws (stated in the README)
 
 _log = get_logger("model")
 
@@ -33,6 +43,25 @@ class LoadedModel:
     untrained: bool
 
 
+@contextmanager
+def _seeded(seed: int) -> Iterator[None]:
+    """Draw from torch's CPU generator seeded with ``seed``; the caller's random state is restored after."""
+    with torch.random.fork_rng(devices=[]):  # models are built on the CPU: only its generator is used
+        torch.random.default_generator.manual_seed(seed)  # not torch.manual_seed: it would reseed CUDA too
+        yield
+
+
+def build_untrained_model(
+    arch: str | SwinConfig, num_classes: int | None = None, seed: int = UNTRAINED_SEED
+) -> VideoSwin:
+    """``build_model(arch, num_classes)`` with weights drawn from a generator seeded with ``seed``.
+
+    The same arguments always give the same weights; the global random state is not touched.
+    """
+    with _seeded(seed):
+        return build_model(arch, num_classes)
+
+
 def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
     """Load ``config.model``: a checkpoint (strict) or, for ``checkpoint: null``, untrained weights (warned)."""
     mc = config.model
@@ -40,12 +69,13 @@ def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
         arch = "swin_t" if mc.arch == "auto" else mc.arch
         num_classes = mc.num_classes
         labels = list(load_labels(mc.labels, num_classes))
-        model = build_model(arch, num_classes or len(labels))
+        model = build_untrained_model(arch, num_classes or len(labels))
         if warn:
             _log.warning(
                 "model.checkpoint is null: running with UNTRAINED weights; every label is meaningless "
-                "and label messages carry untrained=true",
+                "and carries untrained=true",
                 arch=arch,
+                seed=UNTRAINED_SEED,
             )
         return LoadedModel(model.eval(), labels, f"untrained:{arch}", True)
     path = Path(mc.checkpoint)
@@ -55,7 +85,8 @@ def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
             "`vstmon weights fetch` (`vstmon weights list` shows the names), point model.checkpoint at it, "
             "or set model.checkpoint: null to run with untrained weights."
         )
-    model = load_model(path, arch=mc.arch, num_classes=mc.num_classes)
+    with _seeded(UNTRAINED_SEED):  # a bare backbone gets a new head: drawn reproducibly too
+        model = load_model(path, arch=mc.arch, num_classes=mc.num_classes)
     num_classes = _num_classes(model)
     labels = list(load_labels(mc.labels, num_classes))
     model_id = str(getattr(model, "checkpoint_id", None) or path.name)
