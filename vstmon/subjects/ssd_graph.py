@@ -364,7 +364,8 @@ def _default_anchors(num_layers: int) -> tuple[list[list[float]], list[list[floa
     """SSD anchor generator defaults (TF OD API ``ssd_anchor_generator`` in the SSD(Lite)-MobileNet configs)."""
     min_scale, max_scale = 0.2, 0.95
     ratios = [1.0, 2.0, 0.5, 3.0, 1.0 / 3.0]
-    scales = [min_scale + (max_scale - min_scale) * i / (num_layers - 1) for i in range(num_layers)] + [1.0]
+    steps = max(num_layers - 1, 1)
+    scales = [min_scale + (max_scale - min_scale) * i / steps for i in range(num_layers)] + [1.0]
     widths, heights = [], []
     for layer in range(num_layers):
         if layer == 0:  # reduce_boxes_in_lowest_layer
