@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
+import select
+import struct
+import subprocess
+import sys
+import termios
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import REPO_ROOT
 from tests.videos import make_not_a_video, make_video
 from vstmon.cli import main
 from vstmon.preprocess import fit_frame, normalize_clips
@@ -79,14 +90,9 @@ def test_timeline_has_the_right_clips_and_times(files: dict[str, Path]) -> None:
         assert all(entry["label"] == f"action {entry['index']}" for entry in line["top"])
 
 
-def test_scores_equal_the_model_run_directly_on_the_same_clips(files: dict[str, Path]) -> None:
-    from vstmon.model import build_model
-
-    lines = _classify(files, "--top-k", str(CLASSES))
-    model = build_model(_tiny_config())
-    state = torch.load(files["tiny.pth"], weights_only=True)["state_dict"]
-    model.load_state_dict(state, strict=False)  # buffers that are recomputed may be absent
-    capture = cv2.VideoCapture(str(files["video.mp4"]))
+def _direct_probs(model: torch.nn.Module, video: Path, lines: list[dict]) -> np.ndarray:
+    """Softmax of ``model`` run directly on the clips the timeline ``lines`` name, decoded here: (N, classes)."""
+    capture = cv2.VideoCapture(str(video))
     decoded = []
     while (frame := capture.read()[1]) is not None:
         decoded.append(fit_frame(frame, SIZE))
@@ -97,25 +103,33 @@ def test_scores_equal_the_model_run_directly_on_the_same_clips(files: dict[str, 
     )  # (N, T, H, W, 3)
     assert clips.shape == (len(lines), FRAMES, SIZE, SIZE, 3)
     with torch.inference_mode():
-        probs = torch.softmax(model(normalize_clips(torch.from_numpy(clips))), dim=-1).numpy()
-    for line, expected in zip(lines, probs, strict=True):
-        got = np.zeros(CLASSES)
+        return torch.softmax(model(normalize_clips(torch.from_numpy(clips))), dim=-1).numpy()
+
+
+def _scores(lines: list[dict], classes: int = CLASSES) -> np.ndarray:
+    """The timeline's scores as a dense (N, classes) table (0 where a class is not in a line's top)."""
+    table = np.zeros((len(lines), classes))
+    for row, line in zip(table, lines, strict=True):
         for entry in line["top"]:
-            got[entry["index"]] = entry["score"]
-        np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
+            row[entry["index"]] = entry["score"]
+    return table
+
+
+def test_scores_equal_the_model_run_directly_on_the_same_clips(files: dict[str, Path]) -> None:
+    from vstmon.model import build_model
+
+    lines = _classify(files, "--top-k", str(CLASSES))
+    model = build_model(_tiny_config())
+    state = torch.load(files["tiny.pth"], weights_only=True)["state_dict"]
+    model.load_state_dict(state, strict=False)  # buffers that are recomputed may be absent
+    probs = _direct_probs(model, files["video.mp4"], lines)
+    np.testing.assert_allclose(_scores(lines), probs, atol=1e-5, rtol=0)
     assert not np.allclose(probs[0], probs[-1], atol=1e-4)  # the clips really differ
 
 
 def test_bf16_precision_runs_under_autocast_close_to_fp32(files: dict[str, Path]) -> None:
-    def scores(lines: list[dict]) -> np.ndarray:
-        table = np.zeros((len(lines), CLASSES))
-        for row, line in zip(table, lines, strict=True):
-            for entry in line["top"]:
-                row[entry["index"]] = entry["score"]
-        return table
-
-    fp32 = scores(_classify(files, "--top-k", str(CLASSES), "--precision", "fp32", out_name="fp32.jsonl"))
-    bf16 = scores(_classify(files, "--top-k", str(CLASSES), "--precision", "bf16", out_name="bf16.jsonl"))
+    fp32 = _scores(_classify(files, "--top-k", str(CLASSES), "--precision", "fp32", out_name="fp32.jsonl"))
+    bf16 = _scores(_classify(files, "--top-k", str(CLASSES), "--precision", "bf16", out_name="bf16.jsonl"))
     assert fp32.shape == bf16.shape
     np.testing.assert_allclose(bf16, fp32, atol=0.05, rtol=0)  # bf16 keeps ~3 significant digits
     assert not np.array_equal(bf16, fp32)  # the forward really ran in bf16
@@ -193,3 +207,256 @@ def test_unreadable_inputs_are_clear_errors(
     assert code == 2
     err = capsys.readouterr().err
     assert str(path) in err and "Traceback" not in err
+
+
+# -- the same model as the daemon; reproducible untrained weights ------------------------------------------------
+def test_a_null_checkpoint_with_arch_auto_runs_the_daemons_untrained_model(files: dict[str, Path]) -> None:
+    """The fixture's config has ``checkpoint: null`` and ``arch: auto``, which the daemon runs as swin_t."""
+    from vstmon.config import load_config
+    from vstmon.model import load_model_and_labels
+
+    out = files["root"] / "auto.jsonl"
+    code = main(["classify", str(files["video.mp4"]), "--config", str(files["config.yaml"]), "--out", str(out),
+                 "--top-k", str(CLASSES)])  # fmt: skip
+    assert code == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 4 and all(line["untrained"] is True for line in lines)
+    daemon = load_model_and_labels(load_config(files["config.yaml"], require_streams=False), warn=False)
+    assert daemon.model_id == "untrained:swin_t" and len(daemon.labels) == CLASSES
+    probs = _direct_probs(daemon.model, files["video.mp4"], lines)
+    np.testing.assert_allclose(_scores(lines), probs, atol=1e-5, rtol=0)
+
+
+def _vstmon(
+    *args: str, cwd: Path, stderr: int | None = subprocess.PIPE, timeout_s: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``python -m vstmon ARGS`` as a user runs it. OpenCV/FFmpeg settings this test process made (importing
+    vstmon sets some in os.environ) are not passed on: the child must make its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    env |= {"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "vstmon", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                          stderr=stderr, text=True, timeout=timeout_s, check=False)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def untrained_runs(files: dict[str, Path]) -> list[tuple[subprocess.CompletedProcess[str], str]]:
+    """Two ``vstmon classify`` processes on the same file, untrained weights: (process, timeline text) each."""
+    runs = []
+    for i in range(2):
+        out = files["root"] / f"untrained_run{i}.jsonl"
+        done = _vstmon("classify", str(files["video.mp4"]), "--config", str(files["config.yaml"]),
+                       "--arch", "swin_t", "--labels", "kinetics400", "--out", str(out), cwd=files["root"])  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        runs.append((done, out.read_text()))
+    return runs
+
+
+def test_two_untrained_runs_write_identical_lines(untrained_runs: list) -> None:
+    (_, first), (_, second) = untrained_runs
+    lines = first.splitlines()
+    assert len(lines) == 4 and all(json.loads(line)["untrained"] is True for line in lines)
+    assert second == first
+
+
+def test_the_untrained_warning_is_printed_once(untrained_runs: list) -> None:
+    for done, _ in untrained_runs:
+        warnings = [line for line in done.stderr.splitlines() if "UNTRAINED" in line]
+        assert len(warnings) == 1, done.stderr
+
+
+def test_no_progress_bar_when_stderr_is_not_a_terminal(untrained_runs: list) -> None:
+    for done, _ in untrained_runs:
+        assert "\r" not in done.stderr and "frame/s" not in done.stderr
+
+
+# -- the input is checked first; the output is never partial -----------------------------------------------------
+def test_the_video_is_checked_before_the_model_loads(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    video = make_not_a_video(files["root"] / "junk.mp4")
+    junk_checkpoint = files["root"] / "junk.pth"
+    junk_checkpoint.write_bytes(b"not a checkpoint" * 64)  # loading it would fail with its own error
+    code = main(["classify", str(video), "--config", str(files["config.yaml"]),
+                 "--checkpoint", str(junk_checkpoint)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert str(video) in err and str(junk_checkpoint) not in err
+
+
+def _part_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("*.part"))
+
+
+def test_a_failed_run_leaves_no_out_file(files: dict[str, Path]) -> None:
+    video = make_not_a_video(files["root"] / "junk2.mp4")
+    out = files["root"] / "never.jsonl"
+    code = main(["classify", str(video), "--config", str(files["config.yaml"]), "--checkpoint",
+                 str(files["tiny.pth"]), "--out", str(out)])  # fmt: skip
+    assert code == 2
+    assert not out.exists() and _part_files(files["root"]) == []
+
+
+def test_a_run_failing_after_the_output_opened_keeps_the_previous_out_file(files: dict[str, Path]) -> None:
+    bad_labels = files["root"] / "three_labels.txt"
+    bad_labels.write_text("a\nb\nc\n")  # the checkpoint has 6 classes: fails after the video and output open
+    out = files["root"] / "previous.jsonl"
+    out.write_text('{"clip": 0}\n')
+    code = main(["classify", str(files["video.mp4"]), "--config", str(files["config.yaml"]), "--checkpoint",
+                 str(files["tiny.pth"]), "--labels", str(bad_labels), "--out", str(out)])  # fmt: skip
+    assert code != 0
+    assert out.read_text() == '{"clip": 0}\n' and _part_files(files["root"]) == []
+
+
+def test_each_line_is_in_the_file_when_its_batch_is_done_and_the_target_appears_at_the_end(
+    files: dict[str, Path],
+) -> None:
+    from vstmon.classify import TimelineOutput, classify_video
+    from vstmon.model import build_model
+
+    class SeesTheFile(torch.nn.Module):
+        """The real model; before each forward pass it reads what a second reader of the output sees."""
+
+        def __init__(self, model: torch.nn.Module, output: TimelineOutput) -> None:
+            super().__init__()
+            self.model, self.output, self.seen = model, output, []
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert self.output.part is not None and not out.exists()
+            self.seen.append(len(self.output.part.read_text().splitlines()))
+            return self.model(x)
+
+    out = files["root"] / "streamed.jsonl"
+    labels = [f"action {i}" for i in range(CLASSES)]
+    with TimelineOutput(out) as output:
+        model = SeesTheFile(build_model(_tiny_config()), output)
+        classify_video(files["video.mp4"], model, labels, output.write_line, frames=FRAMES,
+                       frame_interval=INTERVAL, size_px=SIZE, hop_s=HOP_S, batch=1)  # fmt: skip
+        output.commit()
+    assert model.seen == [0, 1, 2, 3]
+    assert len(out.read_text().splitlines()) == 4 and _part_files(files["root"]) == []
+
+
+def test_a_reader_that_closes_stdout_early_stops_the_run_without_a_traceback(files: dict[str, Path]) -> None:
+    video = make_video(files["root"] / "ten_s_for_head.mp4", 250, FPS, size=(96, 64))
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    # 19 lines of 400 labels (~18 KB each) do not fit in a pipe: the run is still writing when the reader leaves
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vstmon", "classify", str(video), "--config", str(files["config.yaml"]),
+         "--arch", "swin_t", "--labels", "kinetics400", "--top-k", "400"],
+        cwd=files["root"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = json.loads(proc.stdout.readline())  # like `| head -1`
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(120) == 128 + 13, err  # as if ended by SIGPIPE
+    assert first["clip"] == 0 and "Traceback" not in err and "BrokenPipe" not in err
+
+
+# -- batch size ------------------------------------------------------------------------------------------------
+def test_batch_defaults_to_one_on_a_cpu_and_to_max_batch_on_cuda(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vstmon.classify import default_batch
+
+    assert default_batch(torch.device("cpu"), 8) == 1
+    assert default_batch(torch.device("cuda:0"), 8) == 8
+    capsys.readouterr()
+    _classify(files, out_name="default_batch.jsonl")  # the config says inference.max_batch: 3
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    (classified,) = [e for e in events if e.get("event") == "classified"]
+    assert classified["batch"] == 1 and classified["clips"] == 4
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [(["--arch", "swin_x"], "--arch"), (["--device", "gpu7"], "--device"), (["--batch", "0"], "--batch")],
+)
+def test_bad_flags_are_one_line_errors(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], flags: list[str], named: str
+) -> None:
+    code = main(["classify", str(files["video.mp4"]), "--config", str(files["config.yaml"]), *flags])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and named in err and "Traceback" not in err
+
+
+# -- what reaches the terminal -----------------------------------------------------------------------------------
+_FFMPEG_LINE = re.compile(r"^\[[\w,]+ @ 0x[0-9a-f]+\]|\[ ?(WARN|ERROR|INFO):", re.MULTILINE)
+
+
+def _corrupt_h264(folder: Path) -> Path:
+    """An H.264 mp4 with garbage in the middle of its frame data: it opens, and FFmpeg warns while decoding."""
+    data = bytearray(
+        make_video(folder / "clean_h264.mp4", 100, FPS, size=(96, 64), codec="h264").read_bytes()
+    )
+    mdat = data.index(b"mdat")
+    start = mdat + (len(data) - mdat) // 3
+    data[start : start + 2000] = bytes(range(256)) * 7 + bytes(208)
+    path = folder / "corrupt_h264.mp4"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_ffmpeg_warnings_do_not_reach_the_terminal(files: dict[str, Path]) -> None:
+    video = _corrupt_h264(files["root"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCV_")}
+    plain = subprocess.run(  # the file really makes FFmpeg warn when nothing quiets it
+        [sys.executable, "-c", "import cv2, sys\ncap = cv2.VideoCapture(sys.argv[1])\nwhile cap.read()[0]: pass",
+         str(video)], env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert _FFMPEG_LINE.search(plain.stderr), plain.stderr
+    out = files["root"] / "corrupt.jsonl"
+    done = _vstmon("classify", str(video), "--config", str(files["config.yaml"]), "--checkpoint",
+                   str(files["tiny.pth"]), "--out", str(out), cwd=files["root"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.read_text().count("\n") >= 1
+    assert not _FFMPEG_LINE.search(done.stderr), done.stderr
+
+
+def test_a_truncated_video_is_one_error_line(files: dict[str, Path]) -> None:
+    clean = make_video(files["root"] / "whole_h264.mp4", 100, FPS, size=(96, 64), codec="h264")
+    cut = files["root"] / "cut_h264.mp4"
+    cut.write_bytes(clean.read_bytes()[: clean.stat().st_size // 2])  # the index (moov) at the end is gone
+    done = _vstmon("classify", str(cut), "--config", str(files["config.yaml"]), "--checkpoint",
+                   str(files["tiny.pth"]), "--out", str(files["root"] / "cut.jsonl"), cwd=files["root"])  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"vstmon: error: {cut} is not a video OpenCV/FFmpeg can open"]
+    assert not (files["root"] / "cut.jsonl").exists()
+
+
+def test_progress_bar_on_a_terminal_shows_rate_and_eta(files: dict[str, Path]) -> None:
+    video = make_video(files["root"] / "ten_s.mp4", 250, FPS, size=(96, 64))
+    primary, secondary = pty.openpty()
+    fcntl.ioctl(secondary, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a 120-column terminal
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vstmon", "classify", str(video), "--config", str(files["config.yaml"]),
+         "--checkpoint", str(files["tiny.pth"]), "--out", str(files["root"] / "tty.jsonl")],
+        cwd=files["root"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary,
+    )  # fmt: skip
+    os.close(secondary)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 1.0)
+            if not ready:
+                continue
+            try:
+                chunk = os.read(primary, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(60) == 0
+    finally:
+        os.close(primary)
+        if proc.poll() is None:
+            proc.kill()
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "250/250" in screen and "100%" in screen
+    assert re.search(r"\d+(\.\d+)?frame/s", screen), screen  # a rate...
+    assert re.search(r"<\d\d:\d\d", screen), screen  # ...and the time remaining
+    assert "19 clips" in screen  # 1 + (9.96 s - 0.56 s) / 0.5 s

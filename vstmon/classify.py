@@ -12,8 +12,16 @@ model under ``torch.inference_mode`` -> softmax -> one JSON line per clip, writt
 their 0-based indices in the file; ``frames`` the clip length T. Lines of an untrained model carry
 ``"untrained": true``.
 
+The model comes from ``load_model_and_labels``, as in the daemon: the same config gives the same model
+(``checkpoint: null`` -> untrained, seeded weights; ``arch: auto`` -> swin_t then). Flags override the config.
+The video is opened and its first frame decoded before the model is loaded, so a bad input fails at once.
+``--out FILE`` is written through a temporary file beside it (``FILE.<random>.part``, one line per clip as its
+batch is done) that replaces FILE only when the whole video is classified: FILE is never left partial or empty.
+
 Memory is constant whatever the video's length: a ring of one clip span (+2) frames at the crop size, one
-(batch, T, S, S, 3) uint8 host buffer, nothing kept per clip (lines are streamed to the output).
+(batch, T, S, S, 3) uint8 host buffer, nothing kept per clip (lines are streamed to the output). Batching
+gains almost no speed on a CPU and multiplies the forward pass's activation memory, so ``--batch`` defaults
+to 1 there and to ``inference.max_batch`` on CUDA (``default_batch``).
 Stream clock: ``CAP_PROP_POS_MSEC`` while it is sane (finite and increasing), otherwise index / fps.
 """
 
@@ -22,29 +30,51 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import secrets
+import signal
+import stat
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import IO, Any
 
 import cv2
+import numpy as np
 import torch
+from pydantic import ValidationError
 from torch import nn
+from tqdm import tqdm
 
-from vstmon.config import Config, load_config
+import vstmon.ingest.capture  # noqa: F401  (imported for its process-wide FFmpeg/OpenCV log settings)
+from vstmon.check import preflight
+from vstmon.config import Config, ModelConfig, load_config
+from vstmon.engine import resolve_dtype
 from vstmon.errors import SourceError, VstmonError
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.log import configure_logging, get_logger
+from vstmon.model.bundle import load_model_and_labels
 from vstmon.preprocess import FrameFitter, normalize_clips
 from vstmon.types import Clip, FrameMeta
 
-__all__ = ["ClassifyResult", "add_arguments", "classify_video", "open_video", "run"]
+__all__ = [
+    "ClassifyResult",
+    "TimelineOutput",
+    "VideoFile",
+    "add_arguments",
+    "classify_video",
+    "default_batch",
+    "open_video",
+    "run",
+]
 
 _log = get_logger(__name__)
 _DEFAULT_FPS = 25.0  # when the container reports none
+_MODEL_FLAGS = ("checkpoint", "arch", "labels", "device", "precision")  # flags that override config.model
 
 
 @dataclass(slots=True)
@@ -54,8 +84,33 @@ class ClassifyResult:
     clips: int
     frames_read: int
     seconds: float
+    cpu_s: float  # CPU time of the whole process (all threads) during the run
     ring_nbytes: int
     clips_skipped: int
+
+
+@dataclass(slots=True)
+class VideoFile:
+    """An open video file whose first frame is decoded (``first_frame``, at ``first_msec`` on its clock).
+
+    ``capture`` is positioned after the first frame. Close it with ``close()`` (or use it in ``with``).
+    """
+
+    path: Path
+    capture: cv2.VideoCapture
+    fps: float
+    frame_count: int  # 0 when the container does not say
+    first_frame: np.ndarray
+    first_msec: float
+
+    def close(self) -> None:
+        self.capture.release()
+
+    def __enter__(self) -> VideoFile:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,7 +121,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="swin_t|swin_s|swin_b|swin_l[_sthv2] or auto (default: model.arch)")
     parser.add_argument("--labels", help="kinetics400, sthv2 or a labels file (default: model.labels)")
     parser.add_argument("--hop-s", type=float, help="seconds of video between clips (default: clip.hop_s)")
-    parser.add_argument("--batch", type=int, help="clips per forward pass (default: inference.max_batch)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        help="clips per forward pass (default: 1 on a CPU, where batching Swin-T gains almost nothing and "
+        "multiplies memory; inference.max_batch on CUDA)",
+    )
     parser.add_argument("--top-k", type=int, help="labels per clip (default: publish.top_k)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: model.device)")
     parser.add_argument(
@@ -76,31 +136,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _device(spec: str | list[str]) -> torch.device:
-    name = spec if isinstance(spec, str) else spec[0]
-    if name == "auto":
-        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise VstmonError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VstmonError(f"device {name!r} was asked for, but no CUDA device is available")
-    return device
+def default_batch(device: torch.device, max_batch: int) -> int:
+    """Clips per forward pass when ``--batch`` is not given: 1 on a CPU, ``max_batch`` on CUDA.
+
+    On a CPU, batching the default model gains almost nothing and multiplies the activation memory. Measured
+    with benchmarks/bench_classify_memory.py (untrained Swin-T, 32 x 224 x 224 clips, 2 threads): 6.4-7.3 s
+    of CPU per clip at batch 1, 6.1 s at 4, 7.0 s at 8 (run-to-run noise on a shared machine is larger than
+    the differences), while the peak RSS grows from 0.9-1.0 GiB to 1.6 GiB and 2.4 GiB. Swin-T is the
+    smallest official model; only much smaller models gain from ``--batch`` on a CPU.
+    """
+    return max_batch if device.type == "cuda" else 1
 
 
-def _num_classes(model: nn.Module) -> int:
-    config = getattr(model, "config", None)
-    if config is not None and getattr(config, "num_classes", None):
-        return int(config.num_classes)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    if not linears:
-        raise VstmonError("cannot tell the model's number of classes (no linear head)")
-    return int(linears[-1].out_features)
+def _check_options(batch: int, top_k: int, hop_s: float) -> None:
+    if batch < 1:
+        raise VstmonError(f"--batch must be >= 1, got {batch}")
+    if top_k < 1:
+        raise VstmonError(f"--top-k must be >= 1, got {top_k}")
+    if not (math.isfinite(hop_s) and hop_s > 0):
+        raise VstmonError(f"--hop-s must be > 0, got {hop_s}")
 
 
-def open_video(path: Path) -> tuple[cv2.VideoCapture, float, int]:
-    """Open a video file for sequential reading: (capture, fps, frame count or 0); clear errors."""
+def open_video(path: Path) -> VideoFile:
+    """Open a video file for sequential reading and decode its first frame; clear ``SourceError``s."""
+    path = Path(path)
     if not path.exists():
         raise SourceError(f"video file {path} does not exist")
     if not path.is_file():
@@ -114,6 +173,11 @@ def open_video(path: Path) -> tuple[cv2.VideoCapture, float, int]:
     if not capture.isOpened():
         capture.release()
         raise SourceError(f"{path} is not a video OpenCV/FFmpeg can open")
+    ok, frame = capture.read()
+    if not ok or frame is None:
+        capture.release()
+        raise SourceError(f"{path}: no frame could be decoded (not a video, or an empty one)")
+    first_msec = capture.get(cv2.CAP_PROP_POS_MSEC)
     fps = capture.get(cv2.CAP_PROP_FPS)
     if not (math.isfinite(fps) and 0.1 <= fps <= 1000):
         _log.warning(
@@ -122,42 +186,11 @@ def open_video(path: Path) -> tuple[cv2.VideoCapture, float, int]:
         fps = _DEFAULT_FPS
     count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
     frame_count = int(count) if math.isfinite(count) and count > 0 else 0
-    return capture, float(fps), frame_count
-
-
-class _Progress:
-    """A one-line progress bar on stderr (only drawn on a TTY)."""
-
-    def __init__(self, total_frames: int, enabled: bool) -> None:
-        self.total = total_frames
-        self.enabled = enabled
-        self._start = time.monotonic()
-        self._last = 0.0
-
-    def update(self, frames: int, clips: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.2):
-            return
-        self._last = now
-        rate = frames / max(now - self._start, 1e-9)
-        if self.total:
-            done = min(frames / self.total, 1.0)
-            bar = "#" * int(done * 30)
-            text = f"[{bar:<30}] {done:6.1%} {frames}/{self.total} frames, {clips} clips, {rate:.0f} fps"
-        else:
-            text = f"{frames} frames, {clips} clips, {rate:.0f} fps"
-        sys.stderr.write("\r" + text)
-        sys.stderr.flush()
-
-    def close(self, frames: int, clips: int) -> None:
-        if self.enabled:
-            self.update(frames, clips, force=True)
-            sys.stderr.write("\n")
-            sys.stderr.flush()
+    return VideoFile(path, capture, float(fps), frame_count, frame, first_msec)
 
 
 def classify_video(
-    path: Path,
+    video: Path | VideoFile,
     model: nn.Module,
     labels: list[str],
     write_line: Callable[[str], Any],
@@ -167,28 +200,28 @@ def classify_video(
     sample_fps: float | None = None,
     size_px: int = 224,
     hop_s: float = 1.0,
-    batch: int = 8,
+    batch: int = 1,
     top_k: int = 5,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     untrained: bool = False,
     progress: bool = False,
 ) -> ClassifyResult:
-    """Classify ``path`` clip by clip; ``write_line`` gets one JSON line (no newline) per clip, in order.
+    """Classify ``video`` clip by clip; ``write_line`` gets one JSON line (no newline) per clip, in order.
 
-    ``dtype`` other than fp32 runs the forward pass under autocast; probabilities are always fp32.
+    ``video``: a path (opened and closed here) or a ``VideoFile`` from ``open_video`` (read to its end; the
+    caller closes it). ``dtype`` other than fp32 runs the forward pass under autocast; probabilities are
+    always fp32. ``progress`` draws a progress bar (frames, rate, ETA) on stderr.
     """
-    if batch < 1:
-        raise VstmonError(f"--batch must be >= 1, got {batch}")
-    if top_k < 1:
-        raise VstmonError(f"--top-k must be >= 1, got {top_k}")
-    if not hop_s > 0:
-        raise VstmonError(f"--hop-s must be > 0, got {hop_s}")
+    _check_options(batch, top_k, hop_s)
     device = torch.device(device)
-    top_k = min(top_k, len(labels))
-    capture, fps, frame_count = open_video(Path(path))
-    started = time.monotonic()
+    owned = not isinstance(video, VideoFile)
+    opened = open_video(Path(video)) if owned else video
+    bar: Any = None
+    started, cpu_started = time.monotonic(), time.process_time()
     try:
+        capture, fps, path = opened.capture, opened.fps, opened.path
+        top_k = min(top_k, len(labels))
         if sample_fps is None:
             capacity = (frames - 1) * frame_interval + 3
         else:  # a clip covers (frames - 1) / sample_fps seconds of the source's frames
@@ -200,8 +233,18 @@ def classify_video(
         host = torch.empty(shape, dtype=torch.uint8, pin_memory=device.type == "cuda")  # (B, T, H, W, 3)
         host_np = host.numpy()
         pending: list[Clip] = []
-        bar = _Progress(frame_count, progress)
         clip_number = 0
+        # the rate is the mean since the start (smoothing=0): frames arrive in bursts (decoding is fast, then a
+        # batch waits for the model), so a moving average would swing with every batch and so would the ETA
+        bar = tqdm(
+            total=opened.frame_count or None,
+            unit="frame",
+            file=sys.stderr,
+            disable=not progress,
+            smoothing=0,
+            dynamic_ncols=True,
+            mininterval=0.5,
+        )
 
         def flush() -> None:
             nonlocal clip_number
@@ -233,16 +276,14 @@ def classify_video(
                 write_line(json.dumps(record))
                 clip_number += 1
             pending.clear()
+            bar.set_postfix_str(f"{clip_number} clips", refresh=False)
 
         index = 0
         last_ts = -math.inf
-        frame = None
+        frame: np.ndarray | None = opened.first_frame
+        msec = opened.first_msec
         meta = FrameMeta()  # refilled per frame (the ring copies the values)
-        while True:
-            ok, frame = capture.read(frame)  # decodes into the previous frame's array when the size matches
-            if not ok or frame is None:
-                break
-            msec = capture.get(cv2.CAP_PROP_POS_MSEC)
+        while frame is not None:
             ts = msec / 1000.0 if math.isfinite(msec) and msec / 1000.0 > last_ts and msec >= 0 else None
             if ts is None:
                 ts = index / fps if index / fps > last_ts else last_ts + 1.0 / fps
@@ -261,77 +302,135 @@ def classify_video(
                 pending.append(sampler.cut(host_np[len(pending)]))  # the clip's frames are a view of host
                 if len(pending) == batch:
                     flush()
-            bar.update(index, clip_number + len(pending))
+            bar.update(1)
+            ok, frame = capture.read(frame)  # decodes into the previous frame's array when the size matches
+            if not ok:
+                frame = None
+            msec = capture.get(cv2.CAP_PROP_POS_MSEC)
         flush()
-        bar.close(index, clip_number)
-        if index == 0:
-            raise SourceError(f"{path}: no frame could be decoded (not a video, or an empty one)")
-        return ClassifyResult(
-            clips=clip_number,
-            frames_read=index,
-            seconds=time.monotonic() - started,
-            ring_nbytes=ring.nbytes,
-            clips_skipped=sampler.clips_skipped,
-        )
     finally:
-        capture.release()
+        if bar is not None:
+            bar.close()
+        if owned:
+            opened.close()
+    return ClassifyResult(
+        clips=clip_number,
+        frames_read=index,
+        seconds=time.monotonic() - started,
+        cpu_s=time.process_time() - cpu_started,
+        ring_nbytes=ring.nbytes,
+        clips_skipped=sampler.clips_skipped,
+    )
 
 
-def run(args: argparse.Namespace) -> int:
-    """``vstmon classify``: resolve options (flags > config file > defaults), load the model, write the timeline."""
-    from vstmon.engine import resolve_dtype
-    from vstmon.model import build_model, load_labels, load_model
+class TimelineOutput:
+    """Where the JSON lines go, one flushed line per clip.
 
-    config = load_config(args.config, require_streams=False) if args.config else Config()
-    configure_logging(config.log.level, config.log.format)  # logs go to stderr; stdout may be the timeline
-    clip_cfg, model_cfg = config.clip, config.model
-    checkpoint = args.checkpoint or model_cfg.checkpoint
-    arch = args.arch or model_cfg.arch
-    device = _device(args.device or model_cfg.device)
-    dtype = resolve_dtype(args.precision or model_cfg.precision, device)
-    batch = args.batch or config.inference.max_batch
-    top_k = args.top_k or config.publish.top_k
-    hop_s = args.hop_s if args.hop_s is not None else clip_cfg.hop_s
-    if config.inference.threads:
-        torch.set_num_threads(config.inference.threads)
-    video = Path(args.video)
-    if not video.exists():  # fail before loading a large checkpoint
-        raise SourceError(f"video file {video} does not exist")
+    stdout (``None`` or ``-``); a regular file, written as ``<name>.<random>.part`` beside it and renamed over
+    it by ``commit()`` (closing without a commit removes the part file: the target is never partial or empty,
+    and an existing one is kept); anything else that exists (``/dev/null``, a FIFO) is written directly.
+    """
 
-    untrained = checkpoint is None
-    if untrained:
-        if arch == "auto":
-            raise VstmonError("no checkpoint given: pass --checkpoint, or --arch to run an untrained model")
-        message = (
-            "no checkpoint: classifying with an UNTRAINED model; its labels are meaningless "
-            '(every line carries "untrained": true)'
-        )
-        _log.warning(message, arch=arch)
-        print(f"vstmon: WARNING: {message}", file=sys.stderr)
-        model = build_model(arch, model_cfg.num_classes)
-    else:
-        model = load_model(checkpoint, arch, num_classes=model_cfg.num_classes)
-    model = model.to(device).eval()
-    labels = load_labels(args.labels or model_cfg.labels, _num_classes(model))
-
-    out: IO[str]
-    if args.out is None or str(args.out) == "-":
-        out = sys.stdout
-    else:
+    def __init__(self, out: Path | None) -> None:
+        self.target = out
+        self._part: Path | None = None
+        self._stream: IO[str]
+        if out is None or str(out) == "-":
+            self._stream = sys.stdout
+            return
         try:
-            out = args.out.open("w", encoding="utf-8")
+            mode = out.stat().st_mode if out.exists() else None
+            if mode is not None and stat.S_ISDIR(mode):
+                raise VstmonError(f"cannot write the timeline to {out}: it is a directory")
+            if mode is not None and not stat.S_ISREG(mode):
+                self._stream = out.open("w", encoding="utf-8")
+                return
+            part = out.with_name(f"{out.name}.{secrets.token_hex(4)}.part")
+            fd = os.open(
+                part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666
+            )  # the umask applies, as for open()
         except OSError as error:
-            raise VstmonError(f"cannot write the timeline to {args.out}: {error.strerror}") from None
+            raise VstmonError(f"cannot write the timeline to {out}: {error.strerror}") from None
+        self._part = part
+        self._stream = os.fdopen(fd, "w", encoding="utf-8")
 
-    def write_line(line: str) -> None:
-        out.write(line + "\n")
+    @property
+    def part(self) -> Path | None:
+        """The temporary file being written (None for stdout and non-regular targets)."""
+        return self._part
 
+    def write_line(self, line: str) -> None:
+        self._stream.write(line + "\n")
+        self._stream.flush()  # a reader of the file (tail -f) or the pipe sees each clip when its batch is done
+
+    def commit(self) -> None:
+        """Finish: the part file replaces the target."""
+        if self._stream is sys.stdout:
+            return
+        self._stream.close()
+        if self._part is not None and self.target is not None:
+            try:
+                os.replace(self._part, self.target)
+            except OSError as error:
+                raise VstmonError(f"cannot write the timeline to {self.target}: {error.strerror}") from None
+            self._part = None
+
+    def __enter__(self) -> TimelineOutput:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._stream is not sys.stdout:
+            self._stream.close()
+        if self._part is not None:  # not committed: failed or interrupted
+            self._part.unlink(missing_ok=True)
+            self._part = None
+
+
+def _with_flags(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with the model flags (``--checkpoint``, ``--arch``, ...) put over its model section."""
+    overrides = {name: getattr(args, name) for name in _MODEL_FLAGS if getattr(args, name) is not None}
+    if not overrides:
+        return config
     try:
+        model = ModelConfig.model_validate(config.model.model_dump() | overrides)
+    except ValidationError as error:
+        item = error.errors(include_url=False)[0]
+        message = str(item["msg"]).removeprefix("Value error, ")
+        raise VstmonError(f"--{item['loc'][0]}: {message}") from None
+    return config.model_copy(update={"model": model})
+
+
+def _classify_to_output(
+    args: argparse.Namespace,
+    config: Config,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+    top_k: int,
+    hop_s: float,
+) -> tuple[ClassifyResult, VideoFile]:
+    """Open the video and the output (before the model loads: a bad input fails at once), load the model as
+    the daemon does, classify, and put the timeline in place."""
+    clip_cfg = config.clip
+    with open_video(Path(args.video)) as video, TimelineOutput(args.out) as timeline:
+        loaded = load_model_and_labels(config)  # warns (once) about untrained weights
+        model = loaded.model.to(device).eval()
+        _log.info(
+            "classifying",
+            video=str(video.path),
+            frames=video.frame_count or None,
+            model=loaded.model_id,
+            device=str(device),
+            batch=batch,
+            writing=str(timeline.part or args.out or "stdout"),
+        )
         result = classify_video(
             video,
             model,
-            labels,
-            write_line,
+            loaded.labels,
+            timeline.write_line,
             frames=clip_cfg.frames,
             frame_interval=clip_cfg.frame_interval,
             sample_fps=clip_cfg.sample_fps,
@@ -341,20 +440,43 @@ def run(args: argparse.Namespace) -> int:
             top_k=top_k,
             device=device,
             dtype=dtype,
-            untrained=untrained,
+            untrained=loaded.untrained,
             progress=sys.stderr.isatty(),
         )
-    finally:
-        if out is not sys.stdout:
-            out.close()
-        else:
-            out.flush()
+        timeline.commit()
+    return result, video
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vstmon classify``: resolve options (flags > config file > defaults), open the video, load the model
+    (as the daemon does), write the timeline."""
+    config = load_config(args.config, require_streams=False) if args.config else Config()
+    configure_logging(config.log.level, config.log.format)  # logs go to stderr; stdout may be the timeline
+    config = _with_flags(config, args)
+    # devices, precision, checkpoint and labels files, as `vstmon check` does; one device: the first listed
+    resolved = preflight(config, str(args.config or "vstmon classify"))[0]
+    device, dtype = resolved.device, resolve_dtype(resolved.precision, resolved.device)
+    batch = args.batch if args.batch is not None else default_batch(device, config.inference.max_batch)
+    top_k = args.top_k if args.top_k is not None else config.publish.top_k
+    hop_s = args.hop_s if args.hop_s is not None else config.clip.hop_s
+    _check_options(batch, top_k, hop_s)
+    if config.inference.threads:
+        torch.set_num_threads(config.inference.threads)
+
+    try:
+        result, video = _classify_to_output(args, config, device, dtype, batch, top_k, hop_s)
+    except BrokenPipeError:  # the reader of stdout went away (`vstmon classify v.mp4 | head -3`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        _log.info("stopped: the reader of the timeline closed it", video=str(args.video))
+        return 128 + signal.SIGPIPE  # what a shell reports for a process ended by SIGPIPE
     _log.info(
         "classified",
-        video=str(video),
+        video=str(video.path),
         clips=result.clips,
         frames=result.frames_read,
         seconds=round(result.seconds, 3),
+        cpu_s=round(result.cpu_s, 3),
+        batch=batch,
         out=str(args.out or "stdout"),
     )
     return 0
