@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -151,6 +152,37 @@ def test_the_daemon_exits_78_on_a_missing_checkpoint(tmp_path: Path) -> None:
     done = _vstmon("--config", str(path), cwd=tmp_path)
     assert done.returncode == EX_CONFIG, done.stderr
     assert "model.checkpoint" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_daemon_exits_78_when_its_endpoint_cannot_bind(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = _config(
+            tmp_path,
+            _STREAM
+            + f"model: {{checkpoint: null}}\npublish: {{endpoints: ['tcp://127.0.0.1:{port}'], control: null}}\n",
+        )
+        done = _vstmon("--config", str(path), cwd=tmp_path)
+    assert done.returncode == EX_CONFIG, done.stderr
+    assert done.stderr.splitlines()[-1].startswith(
+        f"vstmon: error: publish.endpoints: cannot bind tcp://127.0.0.1:{port}"
+    )
+
+
+def test_check_loads_the_model_and_reports_a_label_mismatch_as_78(tmp_path: Path, reference: Path) -> None:
+    checkpoint = reference / "tiny_k400_style.pth"  # a 10-class head
+    labels = tmp_path / "labels.txt"
+    for count, code in ((10, 0), (7, EX_CONFIG)):
+        labels.write_text("".join(f"class {i}\n" for i in range(count)))
+        path = _config(
+            tmp_path, _STREAM + f"model: {{checkpoint: '{checkpoint}', labels: '{labels}', device: cpu}}\n"
+        )
+        done = _vstmon("check", "--config", str(path), cwd=tmp_path)
+        assert done.returncode == code, done.stderr
+    assert "model: tiny_k400_style@" not in done.stdout
+    assert done.stderr.startswith(f"vstmon: error: {path}: model.labels: ") and "10 classes" in done.stderr
 
 
 def test_command_line_misuse_exits_2(tmp_path: Path) -> None:

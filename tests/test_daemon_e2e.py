@@ -243,7 +243,7 @@ def test_check_command_accepts_a_good_config_and_explains_a_bad_one(
         text=True,
         env=env,
     )
-    assert result.returncode == 2
+    assert result.returncode == 78  # EX_CONFIG: a configuration error
     assert "absent.pth does not exist" in result.stderr and "vstmon weights fetch" in result.stderr
     assert "Traceback" not in result.stderr
 
