@@ -32,7 +32,6 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.conftest import free_port  # noqa: E402
 from tests.rtsp_fixtures import RtspServer, gst_rtsp_missing  # noqa: E402
 from vstmon.config import StreamConfig  # noqa: E402
 from vstmon.ingest.ring import RingBuffer  # noqa: E402
@@ -147,7 +146,7 @@ def latency(duration_s: float, work_s: float) -> None:
     if missing:
         print(f"skipped: {missing}")
         return
-    server = RtspServer(["--mode", "clock", "--size", str(CLOCK_SIZE_PX), "--fps", "25"], free_port()).start()
+    server = RtspServer(["--mode", "clock", "--size", str(CLOCK_SIZE_PX), "--fps", "25"], 0).start()
     ring = RingBuffer(32, SIZE_PX, SIZE_PX)
     cfg = StreamConfig(name="clock", url=server.url)
     source = Source(cfg, ring, SIZE_PX, lambda event: None)

@@ -1,9 +1,13 @@
-"""Shared fixtures: the reference fixtures folder, free ports, GPU skipping."""
+"""Shared fixtures: the reference fixtures folder, a closed port, GPU skipping.
+
+Servers in tests bind port 0 / ``*`` and report the port the OS chose: asking for a free port first and binding it
+later races with every other process on the machine."""
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,16 +35,13 @@ def reference() -> Path:
     return path
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A TCP port on 127.0.0.1 that refuses connections for the whole test: bound (so no other process can take
+    it) but not listening."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def port() -> int:
-    return free_port()
+        yield int(sock.getsockname()[1])
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -25,7 +25,6 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port
 from vstmon.config import StreamConfig
 from vstmon.types import StreamEvent, StreamState
 
@@ -98,6 +97,7 @@ class RtspServer:
                 if selector.select(timeout=0.2):
                     line = self._proc.stdout.readline().decode(errors="replace")
                     if line.startswith("READY"):
+                        self.port = int(line.split()[1])  # the OS's choice when started with port 0
                         return self
                     if not line:  # exited
                         break
@@ -163,7 +163,7 @@ def rtsp_servers() -> Iterator[Callable[..., RtspServer]]:
             args += ["--auth", auth]
         if path:
             args += ["--path", str(path)]
-        server = RtspServer(args, free_port())
+        server = RtspServer(args, 0)  # port 0: the server binds a free port itself (no race), then keeps it
         started.append(server)
         return server.start()
 

@@ -8,7 +8,7 @@ Run with the system interpreter, which has PyGObject (``gi``):
     /usr/bin/python3 tests/rtsp_server.py --port 8554 --mode frozen                 # a camera stuck on one picture
 
 Serves ``rtsp://127.0.0.1:PORT/stream`` (one shared pipeline for all clients) and prints ``READY <port>``
-on stdout once listening. ``--auth user:password`` requires HTTP basic credentials.
+on stdout once listening (``--port 0``: a port the OS picks, printed there). ``--auth user:password`` requires HTTP basic credentials.
 
 Clock mode: each frame is a ``--size`` x ``--size`` grey image whose central 8 x 8 grid of cells encodes
 ``time.time()`` in milliseconds at the moment the frame was pushed (64 bits, most significant first, a
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     loop = GLib.MainLoop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         GLib.unix_signal_add(GLib.PRIORITY_DEFAULT, signum, loop.quit)
-    print(f"READY {args.port}", flush=True)
+    print(f"READY {server.get_bound_port()}", flush=True)  # --port 0: the port the OS chose
     loop.run()
     return 0
 

@@ -13,7 +13,7 @@ import threading
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT
 from vstmon.client import (
     DaemonStatus,
     LabelMessage,
@@ -144,9 +144,8 @@ def test_malformed_bodies_are_clear_errors(topic, body, error) -> None:
 # -- real sockets ------------------------------------------------------------------------------------------------
 @pytest.fixture
 def publisher():
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    pub = Publisher(PublishConfig(endpoints=[endpoint], sndhwm=100_000))
-    yield pub, endpoint
+    pub = Publisher(PublishConfig(endpoints=["tcp://127.0.0.1:*"], sndhwm=100_000))
+    yield pub, pub.endpoints[0]
     pub.close()
 
 

@@ -196,6 +196,18 @@ def test_duplicate_stream_names_are_reported_at_the_later_name() -> None:
     assert message == "<config>: streams[2].name: duplicate stream name 'cam' (streams[0] has it too)"
 
 
+def test_rtsp_streams_must_share_one_transport() -> None:
+    streams = [
+        {"name": "a", "url": "rtsp://10.0.0.5/1"},
+        {"name": "f", "url": "lobby.mp4", "transport": "udp"},  # not RTSP: its transport does not matter
+        {"name": "b", "url": "rtsp://10.0.0.6/1", "transport": "udp"},
+    ]
+    message = error_of({"streams": streams})
+    assert message.startswith("<config>: streams[2].transport: 'udp' differs from streams[0].transport 'tcp'")
+    streams[2]["transport"] = "tcp"
+    assert parse_config({"streams": streams}).streams[2].transport == "tcp"
+
+
 def test_stream_name_must_be_topic_safe() -> None:
     with pytest.raises(ConfigError, match=r"streams\[0\].name"):
         parse_config({"streams": [{"name": "front door", "url": "a"}]})
@@ -517,14 +529,15 @@ def test_anchors_aliases_and_merge_keys_still_work(tmp_path: Path) -> None:
           - <<: *camera
             name: b
             url: rtsp://10.0.0.2/s
-            transport: tcp
+            stall_timeout_s: 9
         publish:
           endpoints: &pub ["tcp://*:5556"]
         """,
     )
     config = load_config(path)
-    assert [s.transport for s in config.streams] == ["udp", "tcp"]
-    assert all(s.stall_timeout_s == 7 and s.reconnect.max_delay_s == 10 for s in config.streams)
+    assert [s.transport for s in config.streams] == ["udp", "udp"]
+    assert [s.stall_timeout_s for s in config.streams] == [7, 9]  # a stream's own key wins over the merge
+    assert all(s.reconnect.max_delay_s == 10 for s in config.streams)
 
 
 def test_many_cameras_sharing_settings_fit_the_bound(tmp_path: Path) -> None:

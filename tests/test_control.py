@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT
 from vstmon.cli import main
 from vstmon.errors import VstmonError
 from vstmon.log import configure_logging
@@ -57,10 +57,9 @@ def daemon() -> FakeDaemon:
 
 @pytest.fixture
 def server(daemon: FakeDaemon) -> str:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    srv = ControlServer(endpoint, daemon, poll_interval_s=0.05)
+    srv = ControlServer("tcp://127.0.0.1:*", daemon, poll_interval_s=0.05)
     srv.start()
-    yield endpoint
+    yield srv.bound_endpoint
     srv.close()
     assert not srv._thread.is_alive()
 
@@ -284,14 +283,14 @@ def test_replies_never_carry_credentials(daemon: FakeDaemon) -> None:
             return {"streams": {"token": {"reason": "cannot open rtsp://admin:p@ss/w@cam/live"}}}
         raise VstmonError("stream 'cam1' is not running: cannot open rtsp://admin:p@ss/w@cam/live")
 
-    srv = ControlServer(f"tcp://127.0.0.1:{free_port()}", handler, poll_interval_s=0.05)
+    srv = ControlServer("tcp://127.0.0.1:*", handler, poll_interval_s=0.05)
     srv.start()
     try:
-        assert _ask_json(srv.endpoint, {"cmd": "status"}) == {
+        assert _ask_json(srv.bound_endpoint, {"cmd": "status"}) == {
             "ok": True,
             "streams": {"token": {"reason": "cannot open rtsp://admin:***@cam/live"}},  # a stream named token
         }
-        assert _ask_json(srv.endpoint, {"cmd": "reset", "stream": "cam1"}) == {
+        assert _ask_json(srv.bound_endpoint, {"cmd": "reset", "stream": "cam1"}) == {
             "ok": False,
             "error": "stream 'cam1' is not running: cannot open rtsp://admin:***@cam/live",
         }
@@ -323,18 +322,17 @@ def test_many_bad_requests_in_a_row_then_a_good_one(server: str) -> None:
 
 
 def test_bind_error_is_clear() -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    first = ControlServer(endpoint, lambda r: {})
+    first = ControlServer("tcp://127.0.0.1:*", lambda r: {})
     first.start()
     try:
         with pytest.raises(VstmonError, match="cannot bind"):
-            ControlServer(endpoint, lambda r: {}).start()
+            ControlServer(first.bound_endpoint, lambda r: {}).start()
     finally:
         first.close()
 
 
 def test_stop_ends_the_thread_promptly() -> None:
-    srv = ControlServer(f"tcp://127.0.0.1:{free_port()}", lambda r: {}, poll_interval_s=0.05)
+    srv = ControlServer("tcp://127.0.0.1:*", lambda r: {}, poll_interval_s=0.05)
     srv.start()
     srv.stop()
     srv.join(2.0)
@@ -367,8 +365,10 @@ def test_ctl_unknown_stream_exits_1_with_the_error(server: str, capsys: pytest.C
     assert reply == {"ok": False, "error": "unknown stream 'cam9'"}
 
 
-def test_ctl_without_daemon_fails_clearly_within_the_timeout(capsys: pytest.CaptureFixture[str]) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+def test_ctl_without_daemon_fails_clearly_within_the_timeout(
+    capsys: pytest.CaptureFixture[str], closed_port: int
+) -> None:
+    endpoint = f"tcp://127.0.0.1:{closed_port}"
     started = time.monotonic()
     assert main(["ctl", endpoint, "--timeout-s", "0.5", "status"]) == 2
     elapsed = time.monotonic() - started

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +19,7 @@ import pytest
 import yaml
 import zmq
 
-from tests.conftest import REPO_ROOT, free_port
+from tests.conftest import REPO_ROOT
 from tests.rtsp_fixtures import rtsp_servers  # noqa: F401 (fixture)
 from tests.test_daemon import collect, daemon_config, tiny_checkpoint, write_mjpg
 from vstmon.client import Subscriber
@@ -36,20 +38,18 @@ def _pythonpath() -> str:
 
 
 class Vstmon:
-    """A ``python -m vstmon`` subprocess with its config file, publish and control ports."""
+    """A ``python -m vstmon`` subprocess with its config file; its publish and control addresses (ports the OS
+    chose, so no other process can take them first) are read from its "vstmon running" log line."""
 
-    def __init__(
-        self,
-        tmp_path: Path,
-        data: dict[str, Any],
-        pub_port: int,
-        control_port: int,
-        extra_env: dict[str, str] | None = None,
-    ) -> None:
+    def __init__(self, tmp_path: Path, data: dict[str, Any], extra_env: dict[str, str] | None = None) -> None:
+        data = {**data, "log": {"level": "info", "format": "json"}}
+        data["publish"] = {**data["publish"], "endpoints": ["tcp://127.0.0.1:*"]}
+        if data["publish"].get("control") is not None:
+            data["publish"]["control"] = "tcp://127.0.0.1:*"
         self.config_path = tmp_path / "config.yaml"
         self.config_path.write_text(yaml.safe_dump(data))
-        self.pub = f"tcp://127.0.0.1:{pub_port}"
-        self.control = f"tcp://127.0.0.1:{control_port}"
+        self.pub = ""
+        self.control = ""
         self.log_path = tmp_path / "vstmon.log"
         self._log = self.log_path.open("wb")
         env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1", **(extra_env or {})}
@@ -60,6 +60,29 @@ class Vstmon:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The JSON log lines written so far."""
+        events = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(json.JSONDecodeError):
+                    events.append(json.loads(line))
+        return events
+
+    def wait_running(self, timeout_s: float = 60.0) -> Vstmon:
+        """Wait for the "vstmon running" line; take the bound addresses from it."""
+        done = threading.Event()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            running = [e for e in self.log_events() if e.get("event") == "vstmon running"]
+            if running:
+                self.pub = running[0]["endpoints"][0]
+                self.control = running[0]["control"] or ""
+                return self
+            assert self.proc.poll() is None, f"vstmon exited with {self.proc.returncode}:\n{self.log()}"
+            done.wait(0.1)
+        raise AssertionError(f"vstmon did not start in {timeout_s} s:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -95,10 +118,8 @@ class Vstmon:
 def vstmon_process(tmp_path: Path) -> Iterator[Any]:
     started: list[Vstmon] = []
 
-    def start(
-        data: dict[str, Any], pub_port: int, control_port: int, extra_env: dict[str, str] | None = None
-    ) -> Vstmon:
-        process = Vstmon(tmp_path, data, pub_port, control_port, extra_env)
+    def start(data: dict[str, Any], extra_env: dict[str, str] | None = None) -> Vstmon:
+        process = Vstmon(tmp_path, data, extra_env)
         started.append(process)
         return process
 
@@ -125,15 +146,15 @@ def test_vstmon_process_serves_files_and_control_and_exits_0_on_sigterm(
         for i in range(2)
     ]
     streams.append({"name": "broken", "url": str(tmp_path / "missing.mp4")})
-    pub_port, control_port = free_port(), free_port()
-    data = daemon_config(checkpoint, labels, streams, pub_port, control_port)
+    data = daemon_config(checkpoint, labels, streams, control_port="*")
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd's part (Type=notify, watchdog)
     notify.bind(str(tmp_path / "notify.sock"))
     notify.settimeout(20)
     notify_env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
-    process = vstmon_process(data, pub_port, control_port, notify_env)
+    process = vstmon_process(data, notify_env)
     assert notify.recv(64) == b"READY=1"
     assert notify.recv(64) == b"WATCHDOG=1"
+    process.wait_running()
     with Subscriber(process.pub) as sub:
 
         def enough(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
@@ -202,10 +223,7 @@ def test_vstmon_process_with_an_rtsp_stream_and_a_file(
         {"name": "cam", "url": server.url, "open_timeout_s": 10},
         {"name": "file", "url": str(video), "loop": True, "realtime": True},
     ]
-    pub_port, control_port = free_port(), free_port()
-    process = vstmon_process(
-        daemon_config(checkpoint, labels, streams, pub_port, control_port), pub_port, control_port
-    )
+    process = vstmon_process(daemon_config(checkpoint, labels, streams, control_port="*")).wait_running()
     with Subscriber(process.pub) as sub:
         by_stream = collect(
             sub, lambda b: len(labels_of(b, "cam")) >= 3 and len(labels_of(b, "file")) >= 3, timeout_s=90
@@ -222,7 +240,7 @@ def test_check_command_accepts_a_good_config_and_explains_a_bad_one(
 ) -> None:
     checkpoint, labels = model_files
     streams = [{"name": "cam", "url": "rtsp://user:secret@10.0.0.5/stream1"}]
-    data = daemon_config(checkpoint, labels, streams, free_port(), None)
+    data = daemon_config(checkpoint, labels, streams)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(data))
     env = {**os.environ, "PYTHONPATH": _pythonpath()}
@@ -267,11 +285,10 @@ def test_an_rtsp_reconnect_resets_the_segment_and_keeps_the_subject(
             "reconnect": {"initial_delay_s": 0.2, "max_delay_s": 1.0},
         }
     ]
-    pub_port, control_port = free_port(), free_port()
-    daemon = Daemon(parse_config(daemon_config(checkpoint, labels, streams, pub_port, control_port)))
+    daemon = Daemon(parse_config(daemon_config(checkpoint, labels, streams, control_port="*")))
     daemon.start(start_sources=False)
     try:
-        with Subscriber(f"tcp://127.0.0.1:{pub_port}") as sub:
+        with Subscriber(daemon.publisher.endpoints[0]) as sub:
             join_subscriber(sub)
             daemon.start_sources()
             collect(sub, lambda b: len(labels_of(b, "cam")) >= 2, timeout_s=60)
@@ -289,3 +306,56 @@ def test_an_rtsp_reconnect_resets_the_segment_and_keeps_the_subject(
         assert "reconnecting" in states
     finally:
         daemon.stop()
+
+
+def test_a_start_that_fails_reports_one_error_and_no_stop(
+    tmp_path: Path, model_files: tuple[Path, Path], vstmon_process
+) -> None:
+    checkpoint, labels = model_files
+    video = write_mjpg(tmp_path / "f.avi", [("moving", range(20))])
+    with socket.socket() as taken:  # the control port is held by someone else
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        data = daemon_config(checkpoint, labels, [{"name": "f", "url": str(video)}])
+        data["publish"]["control"] = f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+        config = tmp_path / "taken.yaml"
+        config.write_text(yaml.safe_dump({**data, "log": {"level": "info", "format": "json"}}))
+        result = subprocess.run(
+            [sys.executable, "-m", "vstmon", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "PYTHONPATH": _pythonpath()},
+            check=False,
+        )
+    assert result.returncode == 78, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("vstmon: error:")]
+    assert len(errors) == 1 and "publish.control: cannot bind" in errors[0], result.stderr
+    assert "vstmon stopped" not in result.stderr  # it never ran: no stop is reported before the error
+    assert "Traceback" not in result.stderr
+
+
+def test_state_changes_are_logged_once_and_a_file_shorter_than_a_clip_is_announced(
+    tmp_path: Path, model_files: tuple[Path, Path], vstmon_process
+) -> None:
+    checkpoint, labels = model_files
+    streams = [
+        {"name": "whole", "url": str(write_mjpg(tmp_path / "whole.avi", [("moving", range(20))]))},
+        {
+            "name": "short",
+            "url": str(write_mjpg(tmp_path / "short.avi", [("moving", range(3))])),
+            "loop": True,
+        },
+    ]
+    process = vstmon_process(daemon_config(checkpoint, labels, streams)).wait_running()
+    with Subscriber(process.pub) as sub:
+        collect(sub, lambda b: sum(t == "reset.short" and m["reason"] == "loop" for t, m in b["short"]) >= 2)
+    assert process.terminate() == 0, process.log()
+    events = process.log_events()
+    ended = [e for e in events if e.get("event") == "stream state" and e.get("state") == "ended"]
+    assert [e["stream"] for e in ended] == ["whole"], ended  # once (the source logs it; the daemon did too)
+    short = [e for e in events if "shorter than one clip" in e.get("event", "")]
+    assert [(e["stream"], e["frames"], e["clip_frames"]) for e in short] == [("short", 3, 8)]
+    assert not any(
+        "shorter than one clip" in e.get("event", "") for e in events if e.get("stream") == "whole"
+    )

@@ -178,7 +178,7 @@ def test_a_newer_clip_replaces_the_pending_one_and_is_counted(engines, model):
     assert engine.pending_count() == 1
     collector.release.set()
     results = collector.wait_for(2)
-    time.sleep(0.1)
+    assert engine.wait_idle("cam", 10)  # every result of "cam" delivered: none can come after this
     assert [r.clip.first_frame for r in collector.results] == [0, 3]
     assert engine.stats()["clips_dropped"] == {"cam": 2}
     assert engine.clips_dropped("cam") == 2
@@ -197,7 +197,7 @@ def test_discard_drops_pending_clips_of_older_segments(engines, model):
     assert engine.submit(make_clip("cam", seed=4, segment=2))
     collector.release.set()
     collector.wait_for(3)
-    time.sleep(0.1)
+    assert all(engine.wait_idle(stream, 10) for stream in ("busy", "cam", "other"))  # nothing more to come
     assert sorted((r.clip.stream, r.clip.first_frame) for r in collector.results) == [
         ("busy", 100),
         ("cam", 4),
@@ -224,9 +224,7 @@ def test_results_of_a_discarded_segment_in_flight_are_not_delivered(engines, mod
     engine.discard("cam", before_segment=2)  # reset while its clip is in flight
     release.set()
     engine.submit(make_clip("cam", seed=3, segment=2))
-    deadline = time.monotonic() + 10
-    while len(delivered) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    assert engine.wait_idle("cam", 10) and engine.wait_idle("x", 10)  # every result delivered or discarded
     assert delivered == [("x", 1), ("cam", 2)]
     assert engine.stats()["clips_discarded"] == 1
 

@@ -10,7 +10,6 @@ import time
 import pytest
 import zmq
 
-from tests.conftest import free_port
 from vstmon.config import PublishConfig
 from vstmon.errors import VstmonError
 from vstmon.publish import Publisher
@@ -49,11 +48,13 @@ def ctx() -> zmq.Context:
 
 @pytest.fixture
 def endpoint() -> str:
-    return f"tcp://127.0.0.1:{free_port()}"
+    """A wildcard port: the OS picks a free one at bind (read it back from ``publisher.endpoints``)."""
+    return "tcp://127.0.0.1:*"
 
 
 def test_messages_are_two_frames_with_topic_and_compact_json(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
+    endpoint = publisher.endpoints[0]
     sub = _sub(ctx, endpoint)
     _join(publisher, sub)
     before = time.time()
@@ -75,6 +76,7 @@ def test_messages_are_two_frames_with_topic_and_compact_json(ctx: zmq.Context, e
 
 def test_seq_is_per_stream_and_counts_every_topic(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
+    endpoint = publisher.endpoints[0]
     sub = _sub(ctx, endpoint, ("label", "reset", "segment", "status"))
     _join(publisher, sub)
     sent = [
@@ -109,6 +111,7 @@ def test_seq_is_per_stream_and_counts_every_topic(ctx: zmq.Context, endpoint: st
 
 def test_explicit_stream_argument_and_envelope_wins_over_payload(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
+    endpoint = publisher.endpoints[0]
     sub = _sub(ctx, endpoint, ("label",))
     _join(publisher, sub, topic="label.x")
     publisher.publish("label.cam9", {"v": 99, "type": "bogus", "seq": -5, "x": 1}, stream="cam9")
@@ -119,10 +122,10 @@ def test_explicit_stream_argument_and_envelope_wins_over_payload(ctx: zmq.Contex
 
 
 def test_binds_every_endpoint_including_ipc(ctx: zmq.Context, tmp_path) -> None:
-    tcp = f"tcp://127.0.0.1:{free_port()}"
     ipc = f"ipc://{tmp_path}/pub.sock"
-    publisher = Publisher(PublishConfig(endpoints=[tcp, ipc]), ctx)
-    for endpoint in (tcp, ipc):
+    publisher = Publisher(PublishConfig(endpoints=["tcp://127.0.0.1:*", ipc]), ctx)
+    assert publisher.endpoints[0].startswith("tcp://127.0.0.1:") and publisher.endpoints[1] == ipc
+    for endpoint in publisher.endpoints:
         sub = _sub(ctx, endpoint)
         _join(publisher, sub)
         publisher.publish("reset.cam1", {"segment": 2})
@@ -134,13 +137,15 @@ def test_binds_every_endpoint_including_ipc(ctx: zmq.Context, tmp_path) -> None:
 
 def test_bind_error_names_the_endpoint(ctx: zmq.Context, endpoint: str) -> None:
     first = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
-    with pytest.raises(VstmonError, match=endpoint.replace(".", r"\.")):
-        Publisher(PublishConfig(endpoints=[endpoint]), ctx)
+    taken = first.endpoints[0]
+    with pytest.raises(VstmonError, match=taken.replace(".", r"\.")):
+        Publisher(PublishConfig(endpoints=[taken]), ctx)
     first.close()
 
 
 def test_no_subscriber_never_blocks(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint], sndhwm=10), ctx)
+    endpoint = publisher.endpoints[0]
     for i in range(5000):
         publisher.publish("label.cam1", {"i": i})
     # a PUB with no subscriber discards silently: every call returned, nothing raised
@@ -150,6 +155,7 @@ def test_no_subscriber_never_blocks(ctx: zmq.Context, endpoint: str) -> None:
 
 def test_stalled_subscriber_never_blocks_and_others_still_receive(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint], sndhwm=10), ctx)
+    endpoint = publisher.endpoints[0]
     stalled = _sub(ctx, endpoint, rcvhwm=10)  # connected, reads nothing while we publish
     reader = _sub(ctx, endpoint)
     _join(publisher, stalled)
@@ -189,6 +195,7 @@ def test_stalled_subscriber_never_blocks_and_others_still_receive(ctx: zmq.Conte
 
 def test_concurrent_publishers_keep_seq_contiguous(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint], sndhwm=100_000), ctx)
+    endpoint = publisher.endpoints[0]
     sub = _sub(ctx, endpoint, ("label", "reset"))
     _join(publisher, sub, topic="label.probe")
 
@@ -212,6 +219,7 @@ def test_concurrent_publishers_keep_seq_contiguous(ctx: zmq.Context, endpoint: s
 
 def test_unserialisable_payload_is_dropped_not_raised(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
+    endpoint = publisher.endpoints[0]
     assert publisher.publish("label.cam1", {"bad": float("nan")}) is False
     assert publisher.publish("label.cam1", {"bad": object()}) is False
     assert publisher.stats()["errors"] == 2
@@ -221,6 +229,7 @@ def test_unserialisable_payload_is_dropped_not_raised(ctx: zmq.Context, endpoint
 
 def test_status_messages_never_carry_credentials(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
+    endpoint = publisher.endpoints[0]
     sub = _sub(ctx, endpoint)
     _join(publisher, sub)
     reason = "cannot open rtsp://admin:p@ss/w0rd@cam/live?token=tk9; retry 1 in 0.5 s"

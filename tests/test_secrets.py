@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -63,14 +62,6 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def refused_port() -> Iterator[int]:
-    """A 127.0.0.1 port held for the test: bound but not listening, so every connection is refused."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
-        held.bind(("127.0.0.1", 0))
-        yield int(held.getsockname()[1])
-
-
-@pytest.fixture
 def socket_dir() -> Iterator[Path]:
     """A short directory for ipc:// endpoints (Unix socket paths are limited to 107 bytes)."""
     path = Path(tempfile.mkdtemp(prefix="vstmon-"))
@@ -91,7 +82,7 @@ def _config(
         }
         for name, (url, _shown) in _urls(port).items()
     ]
-    data = daemon_config(checkpoint, labels, streams, 1, None)
+    data = daemon_config(checkpoint, labels, streams)
     data["publish"]["endpoints"] = [f"ipc://{socket_dir}/pub.sock"]
     data["publish"]["control"] = f"ipc://{socket_dir}/control.sock"
     data["log"] = {"level": "info", "format": log_format}
@@ -128,19 +119,19 @@ def _reconnect_statuses(sub: Subscriber, names: list[str], timeout_s: float = 60
 @pytest.mark.parametrize("log_format", ["json", "console"])
 def test_log_lines_status_messages_and_control_replies_of_a_daemon(
     model_files: tuple[Path, Path],
-    refused_port: int,
+    closed_port: int,
     socket_dir: Path,
     log_format: str,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     configure_logging("info", log_format)  # as `vstmon run` does with the config's log section
-    daemon = Daemon(parse_config(_config(model_files, refused_port, socket_dir, log_format)))
+    daemon = Daemon(parse_config(_config(model_files, closed_port, socket_dir, log_format)))
     daemon.start(start_sources=False)
     try:
         with Subscriber(daemon.publisher.endpoints[0], ("status",)) as sub:
             join_subscriber(sub)
             daemon.start_sources()
-            messages = _reconnect_statuses(sub, list(_urls(refused_port)))
+            messages = _reconnect_statuses(sub, list(_urls(closed_port)))
         reply = request(daemon.control.bound_endpoint, {"cmd": "status"}, timeout_s=30)
     finally:
         daemon.stop()
@@ -149,7 +140,7 @@ def test_log_lines_status_messages_and_control_replies_of_a_daemon(
     for where, text in (("stderr", err), ("stdout", out), ("status messages", published)):
         _assert_no_secret(where, text)
     _assert_no_secret("the control status reply", json.dumps(reply))
-    for name, (_url, shown) in _urls(refused_port).items():
+    for name, (_url, shown) in _urls(closed_port).items():
         assert shown in err  # the URL did go through the log lines, masked
         reasons = [m["reason"] for m in messages if m["topic"] == f"status.{name}" and "retry" in m["reason"]]
         assert reasons and all(shown in r for r in reasons)
@@ -158,14 +149,14 @@ def test_log_lines_status_messages_and_control_replies_of_a_daemon(
         assert all(shown in m["streams"][name]["reason"] for m in daemon_status if "retry" in json.dumps(m))
 
 
-def test_check_output(model_files: tuple[Path, Path], refused_port: int, socket_dir: Path) -> None:
+def test_check_output(model_files: tuple[Path, Path], closed_port: int, socket_dir: Path) -> None:
     config_path = socket_dir / "config.yaml"
-    data = _config(model_files, refused_port, socket_dir)
+    data = _config(model_files, closed_port, socket_dir)
     config_path.write_text(yaml.safe_dump(data))
     proc = _vstmon("check", "--config", str(config_path), "--no-model")
     assert proc.returncode == 0, proc.stderr
     _assert_no_secret("check output", proc.stdout + proc.stderr)
-    for _url, shown in _urls(refused_port).values():
+    for _url, shown in _urls(closed_port).values():
         assert shown in proc.stdout
     # a config that fails: whatever check says about it, no secret
     data["streams"][0]["transport"] = "carrier-pigeon"
@@ -177,10 +168,10 @@ def test_check_output(model_files: tuple[Path, Path], refused_port: int, socket_
 
 
 def test_a_vstmon_process_and_its_clients(
-    model_files: tuple[Path, Path], refused_port: int, socket_dir: Path
+    model_files: tuple[Path, Path], closed_port: int, socket_dir: Path
 ) -> None:
     config_path = socket_dir / "config.yaml"
-    config_path.write_text(yaml.safe_dump(_config(model_files, refused_port, socket_dir)))
+    config_path.write_text(yaml.safe_dump(_config(model_files, closed_port, socket_dir)))
     daemon = subprocess.Popen(
         [sys.executable, "-m", "vstmon.cli", "--config", str(config_path)],
         stdout=subprocess.PIPE,
@@ -191,7 +182,7 @@ def test_a_vstmon_process_and_its_clients(
     )
     err_lines: list[str] = []
     reconnecting = threading.Event()
-    shown = [shown for _url, shown in _urls(refused_port).values()]
+    shown = [shown for _url, shown in _urls(closed_port).values()]
 
     def read_stderr() -> None:
         for line in daemon.stderr:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
 from tests.rtsp_fixtures import EventLog, silent_server, stream_config
 from tests.videos import make_not_a_video, make_video
 from vstmon.ingest.ring import RingBuffer
@@ -57,8 +56,8 @@ def test_not_a_video_file_fails_with_a_clear_reason(tmp_path: Path) -> None:
     assert "fake.mp4 is not a video" in events.events[-1].reason
 
 
-def test_refused_port_is_retried_with_growing_backoff_then_fails_after_max_attempts() -> None:
-    url = f"rtsp://127.0.0.1:{free_port()}/stream"
+def test_refused_port_is_retried_with_growing_backoff_then_fails_after_max_attempts(closed_port: int) -> None:
+    url = f"rtsp://127.0.0.1:{closed_port}/stream"
     reconnect = {"initial_delay_s": 0.1, "max_delay_s": 0.4, "jitter": 0.0, "max_attempts": 4}
     source, events = _run_until_final(url, reconnect=reconnect)
     states = events.states()
@@ -75,8 +74,8 @@ def test_refused_port_is_retried_with_growing_backoff_then_fails_after_max_attem
     assert source.stats()["reconnects"] == 0  # never streamed, so never a reconnect of a stream
 
 
-def test_unreachable_host_keeps_retrying_while_unlimited() -> None:
-    url = f"http://127.0.0.3:{free_port()}/mjpeg"  # nothing listens on 127.0.0.3
+def test_unreachable_host_keeps_retrying_while_unlimited(closed_port: int) -> None:
+    url = f"http://127.0.0.3:{closed_port}/mjpeg"  # nothing listens on 127.0.0.3
     events = EventLog()
     source = Source(stream_config(url), RingBuffer(4, SIZE_PX, SIZE_PX), SIZE_PX, events)
     source.start()
@@ -177,12 +176,12 @@ def test_a_hung_camera_open_does_not_hold_up_another_streams_opens(
         assert looping.join(10.0) and hung.join(30.0)
 
 
-def test_capture_options_are_one_process_wide_value_that_opens_never_change() -> None:
+def test_capture_options_are_one_process_wide_value_that_opens_never_change(closed_port: int) -> None:
     from vstmon.ingest import capture
 
     before = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
     assert before is not None and "rtsp_transport;tcp" in before and "nobuffer" not in before
-    url = f"rtsp://127.0.0.1:{free_port()}/stream"
+    url = f"rtsp://127.0.0.1:{closed_port}/stream"
     _run_until_final(url, reconnect={"initial_delay_s": 0.1, "max_delay_s": 0.1, "max_attempts": 1})
     assert os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS") == before
     capture.use_capture_options(None)  # a file open keeps the RTSP transport in force

@@ -61,9 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args._module.run(args) or 0)
     except VstmonError as error:
+        from vstmon.log import redact_url
+
         # one line per problem (a config with several bad keys gives several), each prefixed
         for line in str(error).splitlines() or [type(error).__name__]:
-            print(f"vstmon: error: {line}", file=sys.stderr)
+            print(f"vstmon: error: {redact_url(line)}", file=sys.stderr)  # a message may quote a URL
         return error.exit_code
     except KeyboardInterrupt:
         return 130

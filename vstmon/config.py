@@ -266,7 +266,10 @@ class StreamConfig(_Strict):
     realtime: bool | None = Field(
         None, description="files: pace at the file's fps like a camera; null = false (as fast as the model)"
     )
-    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport: tcp | udp")
+    transport: Literal["tcp", "udp"] = Field(
+        "tcp",
+        description="RTSP transport: tcp | udp (one for all RTSP streams: FFmpeg's option is process-wide)",
+    )
     width: int | None = Field(
         None, ge=16, le=8192, description="pixels: webcam capture width; null = its default"
     )
@@ -382,7 +385,7 @@ class PublishConfig(_Strict):
         seen: dict[str, int] = {}
         for index, endpoint in enumerate(value):
             problem = check_endpoint(endpoint)
-            if problem is None and endpoint in seen:
+            if problem is None and endpoint in seen and not endpoint.endswith(":*"):
                 problem = f"endpoint {endpoint!r} repeats endpoints[{seen[endpoint]}]"
             if problem is not None:
                 raise _fail((index,), problem, endpoint)
@@ -398,7 +401,8 @@ class PublishConfig(_Strict):
 
     @model_validator(mode="after")
     def _control_is_not_a_pub_endpoint(self) -> PublishConfig:
-        if self.control is not None and self.control in self.endpoints:
+        # (a port of "*" is a fresh port the OS picks at each bind: never the same address twice)
+        if self.control is not None and not self.control.endswith(":*") and self.control in self.endpoints:
             raise _fail(("control",), f"{self.control!r} is also in publish.endpoints", self.control)
         return self
 
@@ -461,6 +465,24 @@ class Config(_Strict):
                 )
             else:
                 first[stream.name] = index
+        # OpenCV's FFmpeg backend takes the RTSP transport from one process-wide setting (see ingest/capture.py)
+        rtsp = [
+            (i, s) for i, s in enumerate(value) if s.url.strip().lower().startswith(("rtsp://", "rtsps://"))
+        ]
+        for index, stream in rtsp[1:]:
+            if stream.transport != rtsp[0][1].transport:
+                message = (
+                    f"{stream.transport!r} differs from streams[{rtsp[0][0]}].transport "
+                    f"{rtsp[0][1].transport!r}: all RTSP streams of one daemon use the same transport "
+                    "(OpenCV's FFmpeg capture options are process-wide)"
+                )
+                errors.append(
+                    InitErrorDetails(
+                        type=PydanticCustomError("vstmon", "{message}", {"message": message}),
+                        loc=(index, "transport"),
+                        input=stream.transport,
+                    )
+                )
         if errors:
             raise ValidationError.from_exception_data("Config", errors)
         return value

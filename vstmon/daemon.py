@@ -95,6 +95,7 @@ class Daemon:
         self._loaded = loaded
         self._stop_event = threading.Event()
         self._started = False
+        self._running = False  # start() completed: "vstmon running" was logged
         self._sources_started = False
         self._stopped = False
         self._start_mono_s = time.monotonic()
@@ -185,12 +186,14 @@ class Daemon:
         self._tick_thread = threading.Thread(target=self._tick_loop, name="vstmon-tick", daemon=True)
         self._tick_thread.start()
         self.notifier.notify("READY=1")
+        self._running = True
         _log.info(
             "vstmon running",
             streams=len(self.streams),
             devices=self.pool.devices,
             model=loaded.model_id,
             endpoints=self.publisher.endpoints,
+            control=self.control.bound_endpoint if self.control is not None else None,
         )
 
     def _build_stream(self, stream: _Stream, loaded: LoadedModel) -> None:
@@ -473,7 +476,8 @@ class Daemon:
             self.publisher.close()
         self.metrics.stop_server()
         self.notifier.close()
-        _log.info("vstmon stopped")
+        if self._running:  # a failed start is reported by the caller, not as a stop
+            _log.info("vstmon stopped")
 
 
 def _call(fn: Any, what: str, stream: str) -> None:
@@ -491,7 +495,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vstmon.check import preflight
+
     config = load_config(args.config)
+    preflight(config, str(args.config))  # a missing device, checkpoint or label file: one line, exit 78
     configure_logging(config.log.level, config.log.format)
     daemon = Daemon(config)
     previous: dict[int, Any] = {}

@@ -55,6 +55,8 @@ class LabelsError(VstmonError):
 class DetectorError(VstmonError):
     """A person-detector model cannot be used: missing, unreadable, or not an SSD graph OpenCV can run."""
 
+    exit_code = EX_CONFIG
+
 
 class FetchError(VstmonError):
     """Downloading or verifying an official checkpoint failed."""
