@@ -21,6 +21,7 @@ from vstmon.client import (
     ResetMessage,
     SegmentMessage,
     StatusMessage,
+    SubjectMessage,
     Subscriber,
     parse_message,
 )
@@ -52,6 +53,58 @@ def _capture_real_messages() -> list[tuple[str, dict]]:
     publish("status.cam1", stream_status_payload("streaming", "opened", 25.0, 0, 1, 2, 3))
     publish("status", daemon_status_payload(3.5, ["cpu"], "m1", {"cam1": {"state": "streaming"}}))
     return out
+
+
+def test_subject_messages_and_subject_fields_parse() -> None:
+    out: list[tuple[str, dict]] = []
+
+    def publish(topic: str, payload: dict) -> None:
+        out.append(
+            (
+                topic,
+                json.loads(
+                    json.dumps(
+                        {
+                            **payload,
+                            "v": 1,
+                            "type": topic.split(".")[0],
+                            "ts": 1.0,
+                            "stream": "cam1",
+                            "seq": len(out) + 1,
+                        }
+                    )
+                ),
+            )
+        )
+
+    state = StreamState("cam1", SmoothingConfig(), ["a", "b"], 2, "m1", publish=publish)
+    clip = Clip("cam1", 0, np.zeros((4, 8, 8, 3), np.uint8), 0, 6, 1.0, 2.0, 0.0, 1.0, 0.0)
+    clip.box = (0.1, 0.2, 0.30001, 1.2)  # rounded to 4 decimals and clipped to the frame
+    state.accept_clip(clip)
+    state.on_result(ClipResult(clip, np.array([0.3, 0.7], np.float32)))
+    state.reset("subject_change", subject="cam1-4")
+    state.subject_event("change", "cam1-4", "cam1-2", (0.5, 0.25, 0.75, 0.9), 0.871234, 3)
+    publish(
+        "status.cam1", stream_status_payload("streaming", "ok", 25.0, 0, 0, 0, 1, people=3, subject="cam1-4")
+    )
+    label, _segment, reset, subject, status = (parse_message(t, json.dumps(b)) for t, b in out)
+    assert isinstance(label, LabelMessage) and label.box == (0.1, 0.2, 0.3, 1.0)
+    assert isinstance(reset, ResetMessage) and reset.reason == "subject_change" and reset.subject == "cam1-4"
+    assert isinstance(subject, SubjectMessage)
+    assert (subject.event, subject.segment, subject.subject, subject.previous, subject.people) == (
+        "change",
+        2,
+        "cam1-4",
+        "cam1-2",
+        3,
+    )
+    assert subject.box == (0.5, 0.25, 0.75, 0.9) and subject.score == 0.8712
+    assert isinstance(status, StatusMessage) and (status.people, status.subject) == (3, "cam1-4")
+    # fields of an older daemon (no box, no people) read as None; a bad box is refused with its field
+    older = {k: v for k, v in out[0][1].items() if k != "box"}
+    assert parse_message("label.cam1", older).box is None
+    with pytest.raises(MessageError, match="'box' must be"):
+        parse_message("label.cam1", {**out[0][1], "box": [0.1, 0.2, 0.3]})
 
 
 def test_parse_every_message_type() -> None:

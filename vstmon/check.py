@@ -107,6 +107,12 @@ def preflight(config: Config, source: str = "<config>") -> list[ResolvedDevice]:
         problem = _file_problem(Path(model.labels), hint)
         if problem is not None:
             problems.append(f"{source}: model.labels: {problem}")
+    detector = config.subjects.detector
+    if detector is not None:
+        hint = " (download it with `vstmon weights fetch ssdlite_mobilenet_v2_pedestrian`, or set it to null)"
+        problem = _file_problem(Path(detector), hint)
+        if problem is not None:
+            problems.append(f"{source}: subjects.detector: {problem}")
     if problems:
         raise ConfigError("\n".join(problems))
     return resolved
@@ -139,6 +145,23 @@ def run(args: argparse.Namespace) -> int:
             f"model: {loaded.model_id} ({params / 1e6:.1f} M parameters, {len(loaded.labels)} classes"
             + (", UNTRAINED weights" if loaded.untrained else "")
             + ")"
+        )
+    subjects = config.subjects
+    if subjects.detector is None:
+        lines.append("subjects: off (subjects.detector is null)")
+    else:
+        what = str(subjects.detector)
+        if not args.no_model:
+            from vstmon.subjects.detector import PersonDetector
+
+            detector = PersonDetector(
+                Path(subjects.detector), subjects.score_threshold, subjects.person_class_id
+            )
+            what += f" ({detector.num_classes} class(es), {detector.input_size_px} px input)"
+        streams_on = sum(stream.subjects for stream in config.streams)
+        lines.append(
+            f"subjects: {what}; {subjects.detect_fps:g} detections/s on {streams_on} stream(s), "
+            f"subject = {subjects.select}"
         )
     clip = config.clip
     sampling = f"sample_fps {clip.sample_fps}" if clip.sample_fps else f"every {clip.frame_interval} frame(s)"

@@ -36,6 +36,7 @@ __all__ = [
     "SegmentLabel",
     "SegmentMessage",
     "StatusMessage",
+    "SubjectMessage",
     "Subscriber",
     "add_arguments",
     "check_connect_endpoint",
@@ -44,6 +45,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 normalised to the source frame (0..1)
 
 
 class MessageError(VstmonError):
@@ -88,6 +90,7 @@ class LabelMessage:
     latency_ms: float
     model: str
     untrained: bool = False
+    box: Box | None = None  # the subject's box at the clip's end (streams that track subjects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +151,26 @@ class StatusMessage:
     clips_dropped: int
     reconnects: int
     clips: int
+    people: int | None = None  # people in view (None: the stream does not track subjects)
+    subject: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectMessage:
+    """``subject.<stream>``: the stream's subject entered, changed or left (after the reset it caused)."""
+
+    topic: str
+    v: int
+    ts: float
+    stream: str
+    seq: int
+    event: str  # enter | change | leave
+    segment: int  # the segment the event opened
+    subject: str | None  # the subject from now on (null after leave)
+    previous: str | None  # the subject before (null on enter)
+    box: Box | None  # the new subject's box; on leave, the leaving subject's last box
+    score: float | None
+    people: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +186,7 @@ class DaemonStatus:
     streams: Mapping[str, Any] = field(default_factory=dict)
 
 
-Message = LabelMessage | ResetMessage | SegmentMessage | StatusMessage | DaemonStatus
+Message = LabelMessage | ResetMessage | SegmentMessage | StatusMessage | SubjectMessage | DaemonStatus
 
 
 # -- parsing ----------------------------------------------------------------------------------------------------
@@ -205,6 +228,26 @@ class _Fields:
         if not isinstance(value, int | float) or isinstance(value, bool):
             raise self._fail(name, "a number", value)
         return float(value)
+
+    def opt_integer(self, name: str) -> int | None:
+        """An integer, or null; an absent field (an older daemon) is None too."""
+        if self.data.get(name) is None:
+            return None
+        return self.integer(name)
+
+    def opt_box(self, name: str) -> Box | None:
+        """[x0, y0, x1, y1] in 0..1, or null; an absent field (an older daemon) is None too."""
+        value = self.data.get(name)
+        if value is None:
+            return None
+        if (
+            not isinstance(value, list)
+            or len(value) != 4
+            or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in value)
+        ):
+            raise MessageError(f"{self.where}: field {name!r} must be [x0, y0, x1, y1] in 0..1 or null")
+        x0, y0, x1, y1 = (float(v) for v in value)
+        return (x0, y0, x1, y1)
 
     def obj(self, name: str) -> _Fields:
         value = self._get(name)
@@ -299,6 +342,7 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
             latency_ms=f.number("latency_ms"),
             model=f.text("model"),
             untrained=untrained,
+            box=f.opt_box("box"),
         )
     if kind == "reset":
         return ResetMessage(
@@ -332,6 +376,20 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
             clips_dropped=f.integer("clips_dropped"),
             reconnects=f.integer("reconnects"),
             clips=f.integer("clips"),
+            people=f.opt_integer("people"),
+            subject=f.opt_text("subject") if "subject" in data else None,
+        )
+    if kind == "subject":
+        score = data.get("score")
+        return SubjectMessage(
+            *envelope,
+            event=f.text("event"),
+            segment=f.integer("segment"),
+            subject=f.opt_text("subject"),
+            previous=f.opt_text("previous"),
+            box=f.opt_box("box"),
+            score=None if score is None else f.number("score"),
+            people=f.integer("people"),
         )
     raise MessageError(f"{topic}: unknown message type {kind!r}")
 

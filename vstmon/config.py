@@ -53,6 +53,7 @@ __all__ = [
     "SceneChangeConfig",
     "SmoothingConfig",
     "StreamConfig",
+    "SubjectsConfig",
     "check_endpoint",
     "load_config",
     "parse_config",
@@ -306,6 +307,9 @@ class StreamConfig(_Strict):
     reconnect: ReconnectConfig = Field(
         default_factory=ReconnectConfig, description="backoff between reconnect attempts"
     )
+    subjects: bool = Field(
+        True, description="track the people in view on this stream (when subjects.detector is set)"
+    )
 
     @field_validator("name")
     @classmethod
@@ -346,6 +350,61 @@ class ResetConfig(_Strict):
         2.0, ge=0, le=255, description="mean absolute pixel difference (0-255) that counts as motion"
     )
     on_reconnect: bool = Field(True, description="a reconnect starts a new segment")
+
+
+class SubjectsConfig(_Strict):
+    """People in view: a person detector, a tracker, and the policy that picks each stream's subject and resets
+    the stream's segment when the subject changes (reasons subject_change, absent)."""
+
+    detector: Path | None = Field(
+        None,
+        description="person detector graph (.pb, SSD; `vstmon weights fetch ssdlite_mobilenet_v2_pedestrian`); "
+        "null = no subject tracking",
+    )
+    person_class_id: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="the person class in the detector's output; null = 1 (both known graphs)",
+    )
+    score_threshold: float = Field(
+        0.3, ge=0.05, le=0.99, description="detections below this score are ignored (0..1)"
+    )
+    detect_fps: float = Field(
+        2.0, ge=0.1, le=30, description="detections per second of stream time, per stream (each costs CPU)"
+    )
+    threads: int = Field(1, ge=1, le=64, description="OpenCV threads per detection (process-wide setting)")
+    select: Literal["largest", "central", "longest"] = Field(
+        "largest",
+        description="who becomes the subject: the largest box, the most central, or the one in view longest",
+    )
+    confirm_s: float = Field(
+        1.0,
+        ge=0,
+        le=600,
+        description="seconds a person must stay the best choice before becoming the subject",
+    )
+    lost_s: float = Field(
+        1.5, ge=0, le=3600, description="seconds the subject may be out of view (occlusion) before a change"
+    )
+    absent_s: float = Field(
+        3.0,
+        ge=0,
+        le=86_400,
+        description="seconds the subject may be gone with nobody to take over before the segment closes",
+    )
+    track_buffer_s: float = Field(
+        2.0,
+        ge=0.1,
+        le=600,
+        description="seconds a track without detections is kept (predicted) before it ends",
+    )
+
+    @model_validator(mode="after")
+    def _absent_after_lost(self) -> SubjectsConfig:
+        if self.absent_s < self.lost_s:
+            raise _fail(("absent_s",), f"must be >= lost_s ({self.lost_s})", self.absent_s)
+        return self
 
 
 class SmoothingConfig(_Strict):
@@ -441,6 +500,9 @@ class Config(_Strict):
         description="the video sources; the daemon and `vstmon check` need at least one",
     )
     reset: ResetConfig = Field(default_factory=ResetConfig, description="automatic segment resets")
+    subjects: SubjectsConfig = Field(
+        default_factory=SubjectsConfig, description="people in view: detection, tracking, subject changes"
+    )
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig, description="score smoothing")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ output and control")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")

@@ -71,6 +71,13 @@ _EXAMPLES: dict[str, _Example] = {
             "  vstmon weights fetch swin_tiny_patch244_window877_kinetics400_1k",
         ),
     ),
+    "subjects.detector": _Example(
+        "checkpoints/ssdlite_mobilenet_v2_pedestrian.pb",
+        (
+            "Shipped example: person tracking on (default: null = off); fetch the detector with:",
+            "  vstmon weights fetch ssdlite_mobilenet_v2_pedestrian",
+        ),
+    ),
 }
 
 _LIST_EXAMPLES: dict[str, _ListExample] = {

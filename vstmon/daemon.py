@@ -32,12 +32,13 @@ import torch
 
 from vstmon.config import Config, StreamConfig, load_config
 from vstmon.engine import Engine, EnginePool
-from vstmon.errors import VstmonError
+from vstmon.errors import DetectorError, VstmonError
 from vstmon.ingest.capture import CaptureError, file_info, parse_source
 from vstmon.log import configure_logging, get_logger, redact_url
 from vstmon.metrics import Metrics
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
 from vstmon.sdnotify import SystemdNotifier
+from vstmon.subjects.stream import StreamSubjects
 from vstmon.types import ClipResult, Discontinuity, StreamEvent
 from vstmon.types import StreamState as SourceState
 from vstmon.worker import ResetRequest, StreamWorker
@@ -167,11 +168,19 @@ class Daemon:
             compile=cfg.inference.compile,
             on_batch=self._on_batch,
         )
+        if cfg.subjects.detector is None:
+            _log.info(
+                "subject tracking is off (subjects.detector is not set): segments change on cuts, idle, "
+                "reconnects and control commands only; `vstmon weights fetch ssdlite_mobilenet_v2_pedestrian` "
+                "and subjects.detector turn it on"
+            )
         for stream_cfg in cfg.streams:
             stream = _Stream(stream_cfg)
             self.streams[stream.name] = stream
             try:
                 self._build_stream(stream, loaded)
+            except DetectorError:  # the detector is the same for every stream: a configuration error
+                raise
             except Exception as error:  # one bad stream never takes the daemon or the others down
                 stream.source_state = SourceState.FAILED
                 stream.reason = str(error) if isinstance(error, VstmonError) else f"cannot start: {error}"
@@ -240,10 +249,29 @@ class Daemon:
             untrained=loaded.untrained,
             publish=self.publisher.publish,
         )
+        subjects = None
+        if cfg.subjects.detector is not None and scfg.subjects:
+            subjects = StreamSubjects.build(
+                stream.name, cfg.subjects, stream.ring.capacity_frames, fps or scfg.fps or 30.0, lossless
+            )
         stream.worker = StreamWorker(
-            stream.name, cfg, stream.ring, sampler, stream.state, stream.engine, lossless, self.metrics
+            stream.name,
+            cfg,
+            stream.ring,
+            sampler,
+            stream.state,
+            stream.engine,
+            lossless,
+            self.metrics,
+            subjects,
         )
-        stream.source = Source(scfg, stream.ring, size, lambda event, s=stream: self._on_event(s, event))
+        stream.source = Source(
+            scfg,
+            stream.ring,
+            size,
+            lambda event, s=stream: self._on_event(s, event),
+            detection_frames=subjects.frames if subjects is not None else None,
+        )
 
     # -- callbacks (other threads) ----------------------------------------------------------------------------
     def _on_result(self, result: ClipResult) -> None:
@@ -334,6 +362,8 @@ class Daemon:
             clips_dropped=clips_dropped,
             reconnects=int(stats.get("reconnects", 0)),
             clips=clips,
+            people=stream.worker.people if stream.worker is not None else None,
+            subject=stream.state.subject if stream.state is not None else None,
         )
 
     def _publish_stream_status(self, stream: _Stream) -> None:
@@ -422,9 +452,12 @@ class Daemon:
         dead = []
         if self.pool is not None:
             dead += [f"engine {e.name}" for e in self.pool.engines if not e.running]
-        dead += [
-            f"worker {s.name}" for s in self.streams.values() if s.worker is not None and not s.worker.alive
-        ]
+        if self._sources_started:  # workers start with the sources
+            dead += [
+                f"worker {s.name}"
+                for s in self.streams.values()
+                if s.worker is not None and not s.worker.alive
+            ]
         if self.control is not None and not self.control.running:
             dead.append("control")
         return dead

@@ -34,6 +34,8 @@ RESET_REASONS = (
     "reconnect",
     "loop",
     "time_jump",
+    "subject_change",
+    "absent",
     "idle",
     "end",
     "start",
@@ -157,6 +159,7 @@ class StreamState:
                 "smoothed": smoothed_top,
                 "latency_ms": (self._monotonic() - clip.ready_mono_s) * 1000.0,
                 "model": self._model_id,
+                "box": _rounded_box(clip.box),
             }
             if self._untrained:
                 payload["untrained"] = True
@@ -220,6 +223,30 @@ class StreamState:
                     "previous_segment": 0,
                     "subject": self._subject,
                     "reason": "start",
+                },
+            )
+
+    def subject_event(
+        self,
+        event: str,
+        subject: str | None,
+        previous: str | None,
+        box: tuple[float, float, float, float] | None,
+        score: float | None,
+        people: int,
+    ) -> None:
+        """Publish ``subject.<stream>``: a subject entered, changed or left (after the reset it caused)."""
+        with self._lock:
+            self._send(
+                f"subject.{self.stream}",
+                {
+                    "event": event,
+                    "segment": self._segment,
+                    "subject": subject,
+                    "previous": previous,
+                    "box": _rounded_box(box),
+                    "score": None if score is None else round(float(score), 4),
+                    "people": int(people),
                 },
             )
 
@@ -303,6 +330,11 @@ class StreamState:
             _log.exception("publish callback failed", stream=self.stream, topic=topic, error=str(error))
 
 
+def _rounded_box(box: tuple[float, float, float, float] | None) -> list[float] | None:
+    """A normalised box for a message: [x0, y0, x1, y1] in 0..1, 4 decimals (0.1 px at 1000 px)."""
+    return None if box is None else [round(min(1.0, max(0.0, float(v))), 4) for v in box]
+
+
 def stream_status_payload(
     state: str,
     reason: str,
@@ -311,8 +343,11 @@ def stream_status_payload(
     clips_dropped: int,
     reconnects: int,
     clips: int,
+    people: int | None = None,
+    subject: str | None = None,
 ) -> dict[str, Any]:
-    """Payload of ``status.<stream>`` (``state`` is a ``types.StreamState`` value)."""
+    """Payload of ``status.<stream>`` (``state`` is a ``types.StreamState`` value; ``people`` is None when the
+    stream does not track subjects)."""
     return {
         "state": str(state),
         "reason": str(reason),
@@ -321,6 +356,8 @@ def stream_status_payload(
         "clips_dropped": int(clips_dropped),
         "reconnects": int(reconnects),
         "clips": int(clips),
+        "people": None if people is None else int(people),
+        "subject": subject,
     }
 
 

@@ -78,6 +78,7 @@ class Clip:
     end_stream_s: float  # stream clock of frames[-1]
     ready_mono_s: float  # time.monotonic() of the last frame's capture (for latency)
     segment: int = 0  # filled in by per-stream state when the clip is accepted
+    box: tuple[float, float, float, float] | None = None  # the subject's box at the clip's end (normalised)
 
 
 @dataclass(slots=True)

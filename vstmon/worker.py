@@ -35,6 +35,7 @@ from vstmon.log import get_logger
 from vstmon.metrics import Metrics
 from vstmon.scene import MotionDetector, SceneChangeDetector
 from vstmon.state import StreamState
+from vstmon.subjects.stream import StreamSubjects
 from vstmon.types import Clip
 
 __all__ = ["ResetRequest", "StreamWorker"]
@@ -44,6 +45,8 @@ _log = get_logger("worker")
 _WAIT_S = 0.1  # longest a worker waits for a frame before checking its mailbox and the stop event
 _END_DRAIN_TIMEOUT_S = 120.0  # end of file: how long to wait for the last clips' results before the reset
 _MAILBOX_REQUESTS = 64  # reset requests waiting for the worker (more are dropped, oldest first)
+# resets the stream decides by itself (in a file read losslessly, the clips before them are published first)
+_AUTOMATIC_REASONS = ("scene_change", "idle", "subject_change", "absent")
 
 
 @dataclass
@@ -79,8 +82,10 @@ class StreamWorker:
         engine: Engine,
         lossless: bool,
         metrics: Metrics | None = None,
+        subjects: StreamSubjects | None = None,
     ) -> None:
         self.name = name
+        self.subjects = subjects  # people in view (None: the stream does not track subjects)
         self._ring = ring
         self._sampler = sampler
         self._state = state
@@ -136,6 +141,11 @@ class StreamWorker:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def people(self) -> int | None:
+        """People in view at the last detection (None when the stream does not track subjects)."""
+        return self.subjects.people if self.subjects is not None else None
 
     # -- requests from other threads --------------------------------------------------------------------------
     def request_reset(self, request: ResetRequest, wait_s: float | None = None) -> int | None:
@@ -217,6 +227,13 @@ class StreamWorker:
             elif not self._idle_fired:
                 self._idle_fired = True
                 self._reset(ResetRequest("idle"), keep_from_seq=seq, reset_motion=False)
+        if self.subjects is not None:
+            event = self.subjects.step(seq, meta.stream_ts_s)
+            if event is not None:  # the subject entered, changed or left: a new segment from this frame on
+                self._reset(ResetRequest(event.reset_reason, subject=event.subject), keep_from_seq=seq)
+                self._state.subject_event(
+                    event.kind, event.subject, event.previous, event.box, event.score, event.people
+                )
         self._next_seq = seq + 1
         try:
             due = self._sampler.on_frame(seq)
@@ -238,6 +255,7 @@ class StreamWorker:
     def _cut_and_submit(self) -> None:
         buf = 1 - self._last_buf
         clip: Clip = self._sampler.cut(self._pool[buf])
+        clip.box = self.subjects.subject_box if self.subjects is not None else None
         self.clips_cut += 1
         if not self._state.accept_clip(clip):
             self.clips_refused += 1
@@ -258,7 +276,7 @@ class StreamWorker:
         self, request: ResetRequest, keep_from_seq: int | None = None, reset_motion: bool = True
     ) -> None:
         ring = self._ring
-        automatic = request.at_seq is not None or request.reason in ("scene_change", "idle")
+        automatic = request.at_seq is not None or request.reason in _AUTOMATIC_REASONS
         if request.drain or (self._lossless and automatic):
             # end of file, or an automatic reset in a file read losslessly: the clips cut before the reset are
             # published (before the reset message) instead of discarded, so a file's timeline is complete
@@ -277,10 +295,18 @@ class StreamWorker:
         if self._motion is not None and reset_motion:
             self._motion.reset()
             self._idle_fired = False
+        subject = request.subject
+        if self.subjects is not None:
+            if request.reason in ("loop", "time_jump"):  # other people, other places: track afresh
+                self.subjects.restart()
+            if request.reason == "control" and subject is not None:
+                self.subjects.name_subject(subject)  # the operator's id wins while this subject stays
+            if request.reason not in ("subject_change", "absent") and subject is None:
+                subject = self.subjects.subject_id  # the tracked subject goes on into the new segment
         segment = self._state.reset(
             request.reason,
-            subject=request.subject,
-            keep_subject=request.keep_subject,
+            subject=subject,
+            keep_subject=request.keep_subject and self.subjects is None,
             min_generation=generation,
         )
         self._engine.discard(self.name, segment)

@@ -44,6 +44,7 @@ from vstmon.ingest.capture import (
     open_reader,
     parse_source,
 )
+from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.ingest.ring import RingBuffer
 from vstmon.log import get_logger, redact
 from vstmon.preprocess import FrameFitter
@@ -73,8 +74,10 @@ class Source:
         ring: RingBuffer,
         size_px: int,
         on_event: Callable[[StreamEvent], None],
+        detection_frames: DetectionFrames | None = None,
     ) -> None:
         self.cfg = cfg
+        self._detection_frames = detection_frames  # whole frames for the person detector, a few per second
         self.name = cfg.name
         self.ring = ring
         self.size_px = size_px
@@ -243,6 +246,8 @@ class Source:
         if frozen_s is not None and self._previous is None:
             self._previous = np.empty((self.size_px, self.size_px, 3), np.uint8)  # last fitted frame
         clock = _StreamClock(cfg.max_time_jump_s, reader.fps)
+        if self._detection_frames is not None:
+            self._detection_frames.restart()  # a new open: the stream clock starts again
         index = 0
         first_mono_s = 0.0
         pace_origin_s = 0.0  # monotonic time at which stream_ts 0 "happened" (paced inputs)
@@ -308,6 +313,13 @@ class Source:
                         f"after {index} frames",
                         index > 0,
                     )
+            if self._detection_frames is not None:  # before the commit: the worker may take the frame at once
+                seq = self.ring.head_seq
+                while self._detection_frames.offer(frame, seq, stream_ts_s, _SLOT_WAIT_S) is None:
+                    if (
+                        self._stop.is_set() or self.ring.closed
+                    ):  # lossless: waiting for the worker to catch up
+                        return _Outcome.STOPPED, "stopped", index > 0
             meta.index, meta.capture_mono_s, meta.capture_wall_s = index, now_mono_s, now_wall_s
             meta.stream_ts_s = stream_ts_s
             self.ring.commit(meta)
