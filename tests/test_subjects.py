@@ -4,17 +4,29 @@ camera (no cut) that resets the segment with the leakage guarantee."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
+import pytest
 
 from tests.assets import carphone_mp4, pedestrian_pb, tree_avi, vtest_avi
 from tests.test_daemon import collect, daemon_config, ended, model_files, run_daemon
+from tests.test_daemon_e2e import vstmon_process
+from vstmon.client import Subscriber
 from vstmon.ingest.detection_frames import DetectionFrames
 
-__all__ = ["carphone_mp4", "model_files", "pedestrian_pb", "run_daemon", "tree_avi", "vtest_avi"]
+__all__ = [
+    "carphone_mp4",
+    "model_files",
+    "pedestrian_pb",
+    "run_daemon",
+    "tree_avi",
+    "vstmon_process",
+    "vtest_avi",
+]
 
 SPLICE_SIZE = (384, 288)  # vtest.avi halved: the detector squeezes frames to 300 x 300 anyway
 VTEST_FPS = 10.0
@@ -180,3 +192,41 @@ def test_a_new_person_on_a_fixed_camera_resets_and_nothing_of_the_old_one_leaks(
             np.testing.assert_allclose(
                 [s["score"] for s in mine[key]], [s["score"] for s in theirs[key]], atol=1e-5
             )
+
+
+@pytest.mark.slow
+def test_a_vstmon_process_publishes_subjects_on_vtest(
+    tmp_path: Path, model_files: tuple[Path, Path], vstmon_process, vtest_avi: Path, pedestrian_pb: Path
+) -> None:
+    """The whole of vtest.avi (80 s, 2-7 people walking in and out) through a real `vstmon` process."""
+    checkpoint, labels = model_files
+    data = daemon_config(
+        checkpoint,
+        labels,
+        [{"name": "walkway", "url": str(vtest_avi)}],
+        subjects=subjects_config(pedestrian_pb, detect_fps=2.0),
+    )
+    process = vstmon_process(data).wait_running()
+    with Subscriber(process.pub) as sub:
+        messages = collect(sub, ended(["walkway"]), timeout_s=300)["walkway"]
+    assert process.terminate() == 0, process.log()
+    events = of_topic(messages, "subject")
+    resets = {m["segment"]: m for m in of_topic(messages, "reset")}
+    assert len(events) >= 2, events  # people come and go over 80 s
+    assert events[0]["event"] == "enter" and events[0]["previous"] is None
+    for event in events:
+        assert event["event"] in ("enter", "change", "leave")
+        reset = resets[event["segment"]]  # each event follows the reset it caused
+        assert reset["reason"] == ("absent" if event["event"] == "leave" else "subject_change")
+        assert reset["subject"] == event["subject"]
+        if event["subject"] is not None:
+            assert re.fullmatch(r"walkway-\d+", event["subject"])
+        x0, y0, x1, y1 = event["box"]
+        assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+        assert event["people"] >= (0 if event["event"] == "leave" else 1)
+        if event["event"] == "change":
+            assert event["subject"] != event["previous"]
+    statuses = [m for m in of_topic(messages, "status") if m["people"] is not None]
+    assert statuses and max(m["people"] for m in statuses) >= 2
+    labelled = [m for m in of_topic(messages, "label") if m["subject"] is not None]
+    assert labelled and all(m["box"] is not None for m in labelled)
