@@ -1,6 +1,7 @@
-"""Subjects benchmark: the person detector's CPU cost per stream (the tracker is to be added beside it).
+"""Subjects benchmark: the person detector's and the tracker's CPU cost per stream, and the tracker's ids.
 
     .venv/bin/python benchmarks/bench_subjects.py [--model PATH] [--frames 40] [--threads 1 2] [--paced-s 10]
+                                                  [--no-detector] [--no-tracker]
 
 Frames are real footage with people (opencv-doc's vtest.avi, tests/assets.py), scaled up to 854x480 and
 1920x1080 beforehand, as a camera would deliver them. For each input size and OpenCV thread count:
@@ -10,6 +11,12 @@ Frames are real footage with people (opencv-doc's vtest.avi, tests/assets.py), s
    CPU ms (all threads), over ``--frames`` frames after a warm-up;
 2. the CPU share of one core at the default rate of 5 detections/s: computed (CPU ms per frame x 5 / 1000), and
    measured by running the detector paced at 5 Hz for ``--paced-s`` seconds (process CPU time / wall time).
+
+Tracker (``vstmon.subjects.tracker``): the detector at the daemon's score threshold (0.3) on the frames of the
+whole vtest.avi (10 fps) that a stream detecting 5/s (every 2nd frame) or 2/s (every 5th) would see, then per
+rate: ``Tracker.update`` wall ms per step (median, p90, max; detections from memory, so the tracker alone), the
+distinct confirmed ids over the video, and the six people annotated in tests/test_tracker.py: id switches, frames
+on a track, people on one id throughout.
 
 Prints figures only; asserts nothing. The machine's other load shows in the figures: run it on a quiet box.
 """
@@ -30,10 +37,14 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests.assets import ASSETS, asset_dir  # noqa: E402
+from tests.test_tracker import PEOPLE_PX, follow, switches  # noqa: E402
 from vstmon.subjects.detector import PersonDetector  # noqa: E402
+from vstmon.subjects.tracker import Track, Tracker  # noqa: E402
 
 SIZES_PX = {"480p": (854, 480), "1080p": (1920, 1080)}
 RATE_HZ = 5.0  # the default detection rate per stream
+TRACKER_SCORE = 0.3  # the detector's score threshold in the daemon (the tracker's low band is 0.3-0.5)
+TRACKER_RATES = {"5/s": 2, "2/s": 5}  # detections per second -> every n-th vtest.avi frame (10 fps)
 
 
 def default_model() -> Path:
@@ -113,6 +124,53 @@ def paced(detector: PersonDetector, frames: list[np.ndarray], seconds: float) ->
     return (time.process_time() - start_cpu_s) / (time.perf_counter() - start_wall_s)
 
 
+def vtest_detections(detector: PersonDetector) -> tuple[dict[int, np.ndarray], float]:
+    """frame index -> detections for every frame a TRACKER_RATES stream sees; and the video's fps."""
+    path = asset_dir() / ASSETS["vtest.avi"].name
+    capture = cv2.VideoCapture(str(path))
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    found: dict[int, np.ndarray] = {}
+    index = 0
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        if any(index % every == 0 for every in TRACKER_RATES.values()):
+            found[index] = detector.detect(frame)
+        index += 1
+    capture.release()
+    if not found:
+        raise SystemExit(f"no frames from {path}: run `python -m tests.assets fetch` first")
+    return found, fps
+
+
+def track(found: dict[int, np.ndarray], every: int, fps: float) -> dict[str, float]:
+    """Feeds every n-th frame's detections to a Tracker: update cost, ids, the annotated people."""
+    tracker = Tracker()
+    update_ms: list[float] = []
+    steps: dict[int, tuple[list[Track], list[Track]]] = {}
+    confirmed: set[int] = set()
+    for index in range(0, max(found) + 1, every):
+        start_s = time.perf_counter()
+        visible = tracker.update(found[index], index / fps)
+        update_ms.append((time.perf_counter() - start_s) * 1e3)
+        confirmed.update(t.track_id for t in visible if t.confirmed)
+        steps[index] = (visible, tracker.tracks)
+    sequences = [follow(steps, annotated) for annotated in PEOPLE_PX.values()]
+    return {
+        "median_ms": statistics.median(update_ms),
+        "p90_ms": percentile(update_ms, 90),
+        "max_ms": max(update_ms),
+        "steps": len(update_ms),
+        "boxes_per_step": sum(len(found[i]) for i in steps) / len(steps),
+        "ids": len(confirmed),
+        "switches": sum(switches(s) for s in sequences),
+        "covered": sum(i is not None for s in sequences for i in s),
+        "annotated": sum(len(s) for s in sequences),
+        "one_id": sum(len({i for i in s if i is not None}) == 1 for s in sequences),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -121,11 +179,15 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=40, help="frames timed per configuration")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="OpenCV thread counts")
     parser.add_argument("--paced-s", type=float, default=10.0, help="seconds of paced detection (0: skip)")
+    parser.add_argument("--no-detector", action="store_true", help="skip the detector's cost")
+    parser.add_argument("--no-tracker", action="store_true", help="skip the tracker")
     args = parser.parse_args()
     model = args.model or default_model()
-    source = read_frames(args.frames)
-    print(f"OpenCV {cv2.__version__}, model {model.name}, {len(source)} vtest.avi frames; rate {RATE_HZ:g}/s")
-    for threads in args.threads:
+    source = [] if args.no_detector else read_frames(args.frames)
+    print(
+        f"OpenCV {cv2.__version__}, model {model.name}; detector: {len(source)} vtest.avi frames, {RATE_HZ:g}/s"
+    )
+    for threads in [] if args.no_detector else args.threads:
         detector = PersonDetector(model, threads=threads)
         for label, (width, height) in SIZES_PX.items():
             frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in source]
@@ -139,7 +201,21 @@ def main() -> int:
             if args.paced_s > 0:
                 line += f" (measured paced: {paced(detector, frames, args.paced_s) * 100:.0f}%)"
             print(line + f"; {stats['people_per_frame']:.1f} people/frame", flush=True)
-    # tracker: per-frame update cost on these detections (added with vstmon/subjects' tracker)
+    if not args.no_tracker:
+        found, fps = vtest_detections(PersonDetector(model, score_threshold=TRACKER_SCORE))
+        people = len(PEOPLE_PX)
+        for label, every in TRACKER_RATES.items():
+            stats = track(found, every, fps)
+            share = stats["median_ms"] * fps / every / 1e3
+            print(
+                f"tracker at {label} on the whole vtest.avi ({stats['steps']} steps, {stats['boxes_per_step']:.1f}"
+                f" boxes/step at score >= {TRACKER_SCORE}): update median {stats['median_ms']:.2f} ms, p90 "
+                f"{stats['p90_ms']:.2f} ms, max {stats['max_ms']:.2f} ms (median {share * 100:.2f}% of one core); "
+                f"{stats['ids']} confirmed ids; annotated "
+                f"people: {stats['switches']} id switches, {stats['covered']}/{stats['annotated']} frames on a "
+                f"track, {stats['one_id']}/{people} on one id throughout",
+                flush=True,
+            )
     return 0
 
 
