@@ -10,6 +10,10 @@ ZeroMQ PUB. Figures printed (nothing asserted):
 - ratio end-to-end / model-only (target >= 0.9: the pipeline keeps the model busy);
 - clip submitted -> label published latency, p50 and p99.
 
+``--subjects DETECTOR.pb`` turns person tracking on for every stream (``--detect-fps`` detections per second of
+stream time): the detector's cost per detection does not depend on what the frames show, so the synthetic
+videos measure its effect on the pipeline as well as footage of people would.
+
 Example (CPU, small model)::
 
     python benchmarks/bench_pipeline.py --streams 4 --seconds 20 --frames 8 --size 64 --arch tiny
@@ -79,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=4)
     parser.add_argument("--max-wait-ms", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--subjects", type=Path, default=None, metavar="DETECTOR", help="person detector graph"
+    )
+    parser.add_argument(
+        "--detect-fps", type=float, default=None, help="subjects.detect_fps (default: config's)"
+    )
     args = parser.parse_args(argv)
 
     model, labels = untrained_model(args.arch, args.threads)
@@ -104,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 "reset": {"scene_change": {"enabled": True}},
                 "publish": {"endpoints": [f"ipc://{tmp}/pub.sock"], "control": None, "heartbeat_s": 1.0},
                 "log": {"level": "warning"},
+                "subjects": {"detector": str(args.subjects) if args.subjects else None}
+                | ({"detect_fps": args.detect_fps} if args.detect_fps else {}),
             }
         )
         daemon = Daemon(config, LoadedModel(model, labels, "bench", untrained=True))
@@ -127,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             batch_sizes = dict(sorted(daemon.batch_sizes.items()))
             engine = daemon.pool.engines[0] if daemon.pool is not None else None
             busy_s = sum(e.busy_s for e in daemon.pool.engines) if daemon.pool is not None else 0.0
+            trackers = [s.worker.subjects for s in daemon.streams.values() if s.worker and s.worker.subjects]
+            detections = sum(t.detections for t in trackers)
+            detect_s = sum(t.detect_s for t in trackers)
         finally:
             daemon.stop()
         assert engine is not None
@@ -138,6 +153,11 @@ def main(argv: list[str] | None = None) -> int:
             f"streams {args.streams}, {n_frames} frames each at {args.fps} fps, clip {shape}, arch {args.arch}, "
             f"device {engine.name}, dtype {engine.dtype}, torch threads {torch.get_num_threads()}"
         )
+        if args.subjects:
+            print(
+                f"subjects on: {detections} detections ({config.subjects.detect_fps:g}/s of stream time per "
+                f"stream), {1000 * detect_s / max(1, detections):.1f} ms each on average (wall, in the workers)"
+            )
         print(
             f"end-to-end: {clips} clips in {wall_s:.2f} s = {e2e:.2f} clips/s; batch sizes {batch_sizes} "
             f"(mean {mean_batch:.2f}); engine busy {busy_s / wall_s:.0%} of the wall time"

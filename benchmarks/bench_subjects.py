@@ -9,8 +9,9 @@ Frames are real footage with people (opencv-doc's vtest.avi, tests/assets.py), s
 1. per frame, the work the daemon does for one detection: the resize of the full frame to the network's square
    input (INTER_LINEAR, aspect ratio not kept) and ``PersonDetector.detect``; wall ms (median, p90) and process
    CPU ms (all threads), over ``--frames`` frames after a warm-up;
-2. the CPU share of one core at the default rate of 5 detections/s: computed (CPU ms per frame x 5 / 1000), and
-   measured by running the detector paced at 5 Hz for ``--paced-s`` seconds (process CPU time / wall time).
+2. the CPU share of one core at the default rate (``subjects.detect_fps``, or ``--rate``): computed (CPU ms per
+   frame x rate / 1000), and measured by running the detector paced at that rate for ``--paced-s`` seconds
+   (process CPU time / wall time).
 
 Tracker (``vstmon.subjects.tracker``): the detector at the daemon's score threshold (0.3) on the frames of the
 whole vtest.avi (10 fps) that a stream detecting 5/s (every 2nd frame) or 2/s (every 5th) would see, then per
@@ -38,11 +39,12 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from tests.assets import ASSETS, asset_dir  # noqa: E402
 from tests.test_tracker import PEOPLE_PX, follow, switches  # noqa: E402
+from vstmon.config import SubjectsConfig  # noqa: E402
 from vstmon.subjects.detector import PersonDetector  # noqa: E402
 from vstmon.subjects.tracker import Track, Tracker  # noqa: E402
 
 SIZES_PX = {"480p": (854, 480), "1080p": (1920, 1080)}
-RATE_HZ = 5.0  # the default detection rate per stream
+RATE_HZ = SubjectsConfig().detect_fps  # the default detection rate per stream (--rate overrides it)
 TRACKER_SCORE = 0.3  # the detector's score threshold in the daemon (the tracker's low band is 0.3-0.5)
 TRACKER_RATES = {"5/s": 2, "2/s": 5}  # detections per second -> every n-th vtest.avi frame (10 fps)
 
@@ -181,7 +183,12 @@ def main() -> int:
     parser.add_argument("--paced-s", type=float, default=10.0, help="seconds of paced detection (0: skip)")
     parser.add_argument("--no-detector", action="store_true", help="skip the detector's cost")
     parser.add_argument("--no-tracker", action="store_true", help="skip the tracker")
+    parser.add_argument(
+        "--rate", type=float, default=None, help="detections/s (default: subjects.detect_fps)"
+    )
     args = parser.parse_args()
+    global RATE_HZ
+    RATE_HZ = args.rate or RATE_HZ
     model = args.model or default_model()
     source = [] if args.no_detector else read_frames(args.frames)
     print(
