@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 
@@ -267,5 +268,29 @@ def test_a_moving_picture_is_not_taken_for_a_frozen_camera(rtsp_servers: Callabl
         assert wait_until(lambda: _frames(source) >= 75, 30.0), events.events  # 3 s of frames, 6 x the limit
         assert StreamState.RECONNECTING not in events.states(), events.events
     finally:
+        source.stop()
+        assert source.join(10.0)
+
+
+def test_a_gap_in_a_live_stream_is_a_clock_jump_not_a_stall(rtsp_servers: Callable[..., RtspServer]) -> None:
+    server = rtsp_servers()
+    # a hiccup of ~2 s: longer than max_time_jump_s, shorter than the stall timeout and the read timeout
+    source, ring, events = _source(server.url, max_time_jump_s=1.0, stall_timeout_s=10.0, read_timeout_s=4.0)
+    source.start()
+    try:
+        assert wait_until(lambda: _frames(source) >= 10, 20.0), events.events
+        mark = len(events)
+        server.freeze()
+        frozen = threading.Event()
+        frozen.wait(2.0)  # the hiccup itself (the camera is silent this long), not a check
+        server.thaw()
+        jumped = events.wait_for(lambda e: e.discontinuity == Discontinuity.TIME_JUMP, 15.0, after=mark)
+        assert jumped is not None, events.events[mark:]
+        assert jumped.state == StreamState.STREAMING and "clock re-based" in jumped.reason
+        assert StreamState.RECONNECTING not in [e.state for e in events.events[mark:]]
+        assert ring.epoch == 1  # frames after the gap start a new epoch: no clip spans the hiccup
+    finally:
+        if server.frozen:
+            server.thaw()
         source.stop()
         assert source.join(10.0)

@@ -87,8 +87,8 @@ def test_label_message_has_exactly_the_contract_fields() -> None:
     assert feed(state, 0, probs(0.1, 0.6, 0.2, 0.1))
     [(topic, msg)] = rec.messages
     assert topic == "label.cam1"
-    assert set(msg) == {"segment", "subject", "clip", "top", "smoothed", "latency_ms", "model"}
-    assert msg["segment"] == 1 and msg["subject"] is None
+    assert set(msg) == {"segment", "subject", "box", "clip", "top", "smoothed", "latency_ms", "model"}
+    assert msg["segment"] == 1 and msg["subject"] is None and msg["box"] is None
     assert msg["clip"] == {
         "start_ts": 1_700_000_000.0,
         "end_ts": 1_700_000_002.0,
@@ -282,6 +282,8 @@ def test_status_payloads() -> None:
         "clips_dropped": 1,
         "reconnects": 0,
         "clips": 42,
+        "people": None,
+        "subject": None,
     }
     payload = daemon_status_payload(12.5, "cpu", "m1", {"cam1": {"state": "streaming", "segment": 2}})
     assert payload == {
