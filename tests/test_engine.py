@@ -1,4 +1,5 @@
-"""Engine: batching across streams, one pending clip per stream, discards, backpressure, lifecycle."""
+"""Engine: batching across streams, one pending clip per clip stream, fairness between streams, discards,
+forgetting subjects, backpressure, lifecycle."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def model() -> nn.Module:
     return _tiny_model()
 
 
-def make_clip(stream: str, seed: int, segment: int = 1) -> Clip:
+def make_clip(stream: str, seed: int, segment: int = 1, key: str = "") -> Clip:
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, size=(T, S, S, 3), dtype=np.uint8)
     return Clip(
@@ -71,6 +72,7 @@ def make_clip(stream: str, seed: int, segment: int = 1) -> Clip:
         end_stream_s=1.0,
         ready_mono_s=time.monotonic(),
         segment=segment,
+        key=key,
     )
 
 
@@ -104,6 +106,56 @@ class Collector:
                 f"{len(self.results)} of {count} results"
             )
             return list(self.results)
+
+
+class BatchGate:
+    """A result callback that holds the engine thread at the first result of every batch until the test lets
+    that batch through (``step``, or ``open`` for all); records every result in delivery order."""
+
+    def __init__(self) -> None:
+        self.results: list[ClipResult] = []
+        self.cond = threading.Condition()
+        self.entered = 0  # batches whose first result has reached the gate
+        self.allowed = 0  # batches let through
+        self._left = 0  # results of the current batch still to come
+
+    def __call__(self, result: ClipResult) -> None:
+        with self.cond:
+            if self._left == 0:
+                self.entered += 1
+                self._left = result.batch_size
+                self.cond.notify_all()
+                self.cond.wait_for(lambda: self.allowed >= self.entered, 10)
+            self._left -= 1
+            self.results.append(result)
+            self.cond.notify_all()
+
+    def wait_entered(self, batches: int, timeout_s: float = 10.0) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: self.entered >= batches, timeout_s), (
+                f"{self.entered} of {batches} batches"
+            )
+
+    def step(self) -> None:
+        with self.cond:
+            self.allowed += 1
+            self.cond.notify_all()
+
+    def open(self) -> None:
+        with self.cond:
+            self.allowed = 1 << 30
+            self.cond.notify_all()
+
+    def batches(self) -> list[list[ClipResult]]:
+        """The results grouped into their batches (every result delivered)."""
+        with self.cond:
+            results = list(self.results)
+        grouped: list[list[ClipResult]] = []
+        while results:
+            size = results[0].batch_size
+            grouped.append(results[:size])
+            results = results[size:]
+        return grouped
 
 
 @pytest.fixture
@@ -423,3 +475,168 @@ def test_wait_idle_returns_once_the_streams_results_are_delivered(engines, model
     collector.release.set()
     assert engine.wait_idle("cam", timeout_s=10)
     assert len(collector.results) == 1
+
+
+# -- clip streams: one per subject (Clip.key) -------------------------------------------------------------------
+def test_subjects_of_one_stream_have_their_own_pending_slots(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    assert collector.entered.wait(10)  # the engine thread is held inside the callback
+    assert engine.submit(make_clip("cam", seed=1, key="cam/p-1"))
+    assert engine.submit(make_clip("cam", seed=2, key="cam/p-2"))
+    assert engine.submit(make_clip("cam", seed=3, key="cam/p-1"))  # replaces p-1's pending clip, not p-2's
+    assert engine.pending_count() == 2
+    collector.release.set()
+    collector.wait_for(3)
+    assert all(engine.wait_idle(key, 10) for key in ("busy", "cam/p-1", "cam/p-2"))
+    assert sorted((r.clip.key, r.clip.first_frame) for r in collector.results) == [
+        ("busy", 100),
+        ("cam/p-1", 3),
+        ("cam/p-2", 2),
+    ]
+    assert engine.clips_dropped("cam/p-1") == 1 and engine.clips_dropped("cam/p-2") == 0
+    assert engine.clips_dropped_for_stream("cam") == 1
+    assert engine.stats()["clips_dropped"] == {"cam": 1}
+
+
+def test_discard_drops_only_the_clip_stream_it_names(engines, model):
+    collector = Collector(hold=True)
+    engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    assert collector.entered.wait(10)
+    engine.submit(make_clip("cam", seed=1, segment=1, key="cam/p-1"))
+    engine.submit(make_clip("cam", seed=2, segment=1, key="cam/p-2"))
+    assert engine.discard("cam/p-1", before_segment=2) == 1
+    assert not engine.submit(make_clip("cam", seed=3, segment=1, key="cam/p-1"))  # p-1's old segment: refused
+    assert engine.submit(make_clip("cam", seed=4, segment=1, key="cam/p-2"))  # p-2's segment 1 goes on
+    collector.release.set()
+    collector.wait_for(2)
+    assert all(engine.wait_idle(key, 10) for key in ("busy", "cam/p-1", "cam/p-2"))
+    assert [(r.clip.key, r.clip.first_frame) for r in collector.results] == [("busy", 100), ("cam/p-2", 4)]
+    assert engine.stats()["clips_discarded"] == 2
+
+
+def test_forget_drops_the_pending_clip_and_results_in_flight_and_then_the_key(engines, model):
+    gate = BatchGate()
+    engine = start_engine(engines, model, gate, max_batch=2, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    gate.wait_entered(1)  # held with "busy" in flight
+    engine.submit(make_clip("cam", seed=4, key="cam/p-4"))
+    engine.submit(make_clip("cam", seed=1, key="cam/p-1"))
+    gate.step()
+    gate.wait_entered(2)  # the batch [p-4, p-1] is in flight, held at p-4's result
+    engine.submit(make_clip("cam", seed=2, key="cam/p-2"))
+    engine.submit(make_clip("cam", seed=3, key="cam/p-2"))  # replaces p-2's pending clip (a drop of "cam")
+    engine.forget("cam/p-1")  # in flight: its result must never come
+    engine.forget("cam/p-2")  # pending: dropped
+    assert engine.pending_count() == 0
+    assert not engine.submit(make_clip("cam", seed=5, key="cam/p-1"))  # gone for good: refused
+    gate.open()
+    assert all(engine.wait_idle(key, 10) for key in ("busy", "cam/p-1", "cam/p-2", "cam/p-4"))
+    assert [r.clip.key for r in gate.results] == ["busy", "cam/p-4"]
+    stats = engine.stats()
+    assert stats["clips_discarded"] == 3  # p-1 in flight, p-2 pending, p-1's late clip
+    assert stats["clip_streams"] == 2  # busy and cam/p-4: the forgotten keys left nothing behind
+    assert engine.clips_dropped("cam/p-2") == 0  # the key is gone ...
+    assert engine.clips_dropped_for_stream("cam") == 1  # ... its drop still counts for its stream
+
+
+def test_subjects_coming_and_going_leave_no_entry_behind(engines, model):
+    collector = Collector()
+    engine = start_engine(engines, model, collector, max_batch=1, max_wait_ms=0)
+    engine.submit(make_clip("cam", seed=0))  # the whole-frame clip stream stays
+    people = 200
+    for i in range(people):  # at most 3 people in view; each is forgotten pending, in flight or done
+        key = f"cam/p-{i}"
+        engine.submit(make_clip("cam", seed=i, key=key))
+        engine.discard(key, before_segment=1)
+        engine.submit(make_clip("cam", seed=i + 1, key=key))
+        if i >= 3:
+            engine.forget(f"cam/p-{i - 3}")
+    for i in range(people - 3, people):
+        engine.forget(f"cam/p-{i}")
+    assert all(engine.wait_idle(f"cam/p-{i}", 10) for i in range(people))  # nothing of them in flight
+    assert engine.wait_idle("cam", 10)
+    assert engine.stats()["clip_streams"] == 1 and engine.pending_count() == 0
+    left = [
+        (name, key)
+        for name, value in vars(engine).items()
+        if isinstance(value, dict)
+        for key in value
+        if isinstance(key, str) and key.startswith("cam/")
+    ]
+    assert left == []
+    assert engine.stats()["clips_dropped"].keys() <= {"cam"}  # drops are counted per stream, not per person
+
+
+def _submit_subjects(engine: Engine, stream: str, subjects: int, seed: int) -> None:
+    for i in range(subjects):
+        engine.submit(make_clip(stream, seed=seed + i, key=f"{stream}/{stream}-{i}"))
+
+
+def test_a_stream_with_one_person_gets_a_clip_into_every_batch_beside_a_crowded_one(engines, model):
+    gate = BatchGate()
+    engine = start_engine(engines, model, gate, max_batch=2, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    gate.wait_entered(1)  # held with "busy" in flight
+    _submit_subjects(engine, "A", 8, seed=0)  # 8 people on camera A, queued before B's one
+    _submit_subjects(engine, "B", 1, seed=50)
+    rounds = 12
+    for r in range(rounds):
+        gate.step()  # the batch in flight completes; the engine takes the next one and is held again
+        gate.wait_entered(r + 2)
+        _submit_subjects(engine, "A", 8, seed=1000 * (r + 1))  # every subject cuts its next clip
+        _submit_subjects(engine, "B", 1, seed=1000 * (r + 1) + 50)
+    gate.open()
+    keys = [f"A/A-{i}" for i in range(8)] + ["B/B-0", "busy"]
+    assert all(engine.wait_idle(key, 10) for key in keys)
+    batches = [sorted(r.clip.key for r in batch) for batch in gate.batches()[1 : rounds + 1]]
+    # B's person is in every batch (the first included); A's 8 people share the other place in turn
+    assert batches == [sorted([f"A/A-{r % 8}", "B/B-0"]) for r in range(rounds)]
+    assert engine.clips_dropped("B/B-0") == 0  # a steady rate: B never lost a clip
+    assert engine.clips_dropped_for_stream("A") > 0
+
+
+def test_streams_take_turns_and_a_crowded_stream_fills_the_room_left(engines, model):
+    gate = BatchGate()
+    engine = start_engine(engines, model, gate, max_batch=4, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    gate.wait_entered(1)
+    _submit_subjects(engine, "A", 8, seed=0)  # oldest stream first, then C, then B
+    _submit_subjects(engine, "C", 2, seed=20)
+    _submit_subjects(engine, "B", 1, seed=40)
+    gate.open()
+    keys = [f"A/A-{i}" for i in range(8)] + ["C/C-0", "C/C-1", "B/B-0", "busy"]
+    assert all(engine.wait_idle(key, 10) for key in keys)
+    batches = [[r.clip.key for r in batch] for batch in gate.batches()]
+    # round 1: one clip of each stream in order of their oldest clip; round 2: A again, until full
+    assert batches[1] == ["A/A-0", "C/C-0", "B/B-0", "A/A-1"]
+    # then the stream served least recently goes first: C, then A, whose people share the room left
+    assert batches[2] == ["C/C-1", "A/A-2", "A/A-3", "A/A-4"]
+    assert batches[3] == ["A/A-5", "A/A-6", "A/A-7"]
+
+
+def test_more_streams_than_max_batch_take_turns_across_batches(engines, model):
+    gate = BatchGate()
+    engine = start_engine(engines, model, gate, max_batch=2, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    gate.wait_entered(1)
+    crowd = {"A": 8, "B": 8, "C": 1}  # two crowded cameras and one with a single person
+
+    def submit_all(seed: int) -> None:
+        for stream, people in crowd.items():
+            _submit_subjects(engine, stream, people, seed=seed + 10 * ord(stream))
+
+    submit_all(0)
+    rounds = 9
+    for r in range(rounds):
+        gate.step()
+        gate.wait_entered(r + 2)
+        submit_all(1000 * (r + 1))  # every person cuts their next clip
+    gate.open()
+    keys = [f"{stream}/{stream}-{i}" for stream, people in crowd.items() for i in range(people)]
+    assert all(engine.wait_idle(key, 10) for key in [*keys, "busy"])
+    streams = [[r.clip.stream for r in batch] for batch in gate.batches()[1 : rounds + 1]]
+    # round robin over the 3 cameras, 2 per batch: C gets a clip into every other batch, like A and B
+    assert streams == [["A", "B"], ["C", "A"], ["B", "C"]] * 3

@@ -1,19 +1,37 @@
 """Inference engine: one per device; batches clips across streams and runs the model.
 
-``Engine`` owns the model on its device, its precision and its batching. Stream workers ``submit`` clips;
-each stream has ONE pending slot (a newer clip replaces the older one, counted as dropped), so memory is
-bounded whatever the load. One worker thread gathers pending clips of all streams into a batch (up to
-``max_batch``, waiting up to ``max_wait_ms`` after the oldest pending clip arrived for more), copies their
-frames into a preallocated (pinned, on CUDA) host buffer, moves it to the device asynchronously, normalises on
-the device, runs the model under ``torch.inference_mode()`` and autocast, and hands every clip's fp32 softmax
-probabilities to ``on_result``.
+``Engine`` owns the model on its device, its precision and its batching. Stream workers ``submit`` clips.
+Clips belong to *clip streams*, named by ``Clip.key``: ``"<stream>"`` for whole-frame clips, and
+``"<stream>/<subject id>"`` for the clips of one tracked person. Each clip stream has ONE pending slot (a newer
+clip replaces the older one, counted as dropped), so memory is bounded whatever the load. One worker thread
+gathers pending clips into a batch (up to ``max_batch``, waiting up to ``max_wait_ms`` after the oldest pending
+slot was filled for more), copies their frames into a preallocated (pinned, on CUDA) host buffer, moves it to
+the device asynchronously, normalises on the device, runs the model under ``torch.inference_mode()`` and
+autocast, and hands every clip's fp32 softmax probabilities to ``on_result``.
+
+Fairness (which clips make a batch when more clip streams are pending than ``max_batch``): streams, not clip
+streams, take turns, round robin across batches. The streams with something pending are ordered by when one of
+their clips last went into a batch, least recently first (streams never served first, among themselves in order
+of their oldest pending slot); each round takes one clip of each stream in that order, the oldest pending slot
+of that stream first, and rounds repeat until the batch is full. So every stream with something pending gets at
+least ``max_batch // streams pending`` clips of a batch (or all it has pending, if fewer): at least one per
+batch while streams pending <= ``max_batch``, and at least one in every ``ceil(streams pending / max_batch)``
+batches beyond that. A camera with many people only uses the room the other cameras leave, and its people take
+turns among themselves (oldest first). A slot's age is when it was filled: a newer clip replacing a pending one
+keeps the slot's place, so a person whose clips keep coming is never pushed back behind the others.
+
+Clip streams that end for good (a subject's track is gone) are ``forget``-ed: their pending clip is discarded,
+results of their clips in flight are never delivered, and their bookkeeping is removed once nothing of them is
+in flight, so people coming and going for hours do not grow the engine. Drops are also counted per stream
+(``clips_dropped_for_stream``), surviving the clip streams they happened in.
 
 Frame ownership: the engine reads ``clip.frames`` only while holding its lock and only while the clip is
 pending: the staging copy happens at the moment the clip leaves its slot. So once ``submit`` has returned
-and the stream has submitted its *next* clip (or the engine has taken this one), the caller may reuse the
-array; a pool of two arrays per stream is enough (see ``worker.StreamWorker``).
+and the clip stream has submitted its *next* clip (or the engine has taken this one), the caller may reuse the
+array; a pool of two arrays per clip stream is enough (see ``worker.StreamWorker``).
 
-``EnginePool`` puts one engine (one model copy) on each device and assigns streams round-robin.
+``EnginePool`` puts one engine (one model copy) on each device and assigns streams round-robin (all clip
+streams of a stream go to its engine).
 """
 
 from __future__ import annotations
@@ -21,7 +39,8 @@ from __future__ import annotations
 import copy
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -74,11 +93,49 @@ def _is_oom(error: BaseException) -> bool:
 
 
 class _Pending:
-    __slots__ = ("clip", "submit_mono_s")
+    """A filled slot: its clip, when that clip was submitted, when and in which order the slot was filled."""
 
-    def __init__(self, clip: Clip, submit_mono_s: float) -> None:
+    __slots__ = ("clip", "order", "since_mono_s", "submit_mono_s")
+
+    def __init__(self, clip: Clip, submit_mono_s: float, since_mono_s: float, order: int) -> None:
         self.clip = clip
-        self.submit_mono_s = submit_mono_s
+        self.submit_mono_s = submit_mono_s  # this clip's submit (latency)
+        self.since_mono_s = since_mono_s  # the slot's fill, kept when a newer clip replaces this one
+        self.order = order  # the slot's place in the queue (slots filled earlier come first)
+
+
+class _ClipStream:
+    """Per clip stream (``Clip.key``) bookkeeping; lives in ``Engine._keys`` from the first submit or discard
+    until ``forget`` (or, when a clip of it is in flight then, until that clip's batch has finished)."""
+
+    __slots__ = ("dropped", "forgotten", "inflight", "min_segment")
+
+    def __init__(self) -> None:
+        self.min_segment = 0  # clips of older segments are refused / not delivered
+        self.inflight = 0  # clips of this key in the batch being run (0 or 1)
+        self.dropped = 0  # pending clips replaced by a newer one
+        self.forgotten = False  # ended for good: nothing more is accepted or delivered
+
+
+def _fair_order(
+    pending: Sequence[_Pending], max_batch: int, last_served: Mapping[str, int]
+) -> list[_Pending]:
+    """The clips of the next batch (see "Fairness" in the module docstring): streams in turn, least recently
+    served first (``last_served``: stream -> its latest pick; never served: oldest pending slot first), one clip
+    per stream per round, oldest slot first within a stream."""
+    by_stream: dict[str, deque[_Pending]] = {}
+    for p in sorted(pending, key=lambda p: p.order):
+        by_stream.setdefault(p.clip.stream, deque()).append(p)  # insertion order: by oldest pending slot
+    order = sorted(by_stream, key=lambda stream: last_served.get(stream, -1))  # stable: ties keep slot order
+    queues = [by_stream[stream] for stream in order]
+    chosen: list[_Pending] = []
+    while queues and len(chosen) < max_batch:
+        for queue in queues:
+            if len(chosen) == max_batch:
+                break
+            chosen.append(queue.popleft())
+        queues = [queue for queue in queues if queue]
+    return chosen
 
 
 class Engine:
@@ -134,10 +191,14 @@ class Engine:
         self._clip_shape: tuple[int, ...] | None = None
 
         self._cond = threading.Condition()
-        self._pending: dict[str, _Pending] = {}
-        self._min_segment: dict[str, int] = {}
-        self._inflight: dict[str, int] = {}  # stream -> clips in the batch being run (0 or 1)
-        self._submit_s: dict[str, float] = {}  # stream -> submit time of its clip in flight
+        # per clip stream (Clip.key): both bounded by the live clip streams (``forget`` removes a key)
+        self._pending: dict[str, _Pending] = {}  # key -> its one pending clip
+        self._keys: dict[str, _ClipStream] = {}  # key -> segment floor, in-flight count, drops, forgotten
+        self._order = 0  # slots filled so far (the queue order of _Pending)
+        self._last_served: dict[
+            str, int
+        ] = {}  # stream -> the pick number of its latest clip taken (fairness)
+        self._picks = 0  # clips taken into batches so far
         self._stop = False
         self._thread: threading.Thread | None = None
         # counters (written by the engine thread or under the lock; read without it for stats)
@@ -148,7 +209,7 @@ class Engine:
         self.oom_splits = 0
         self.clips_failed = 0
         self.clips_discarded = 0
-        self._dropped: dict[str, int] = {}
+        self._dropped_by_stream: dict[str, int] = {}  # stream -> pending clips replaced, over all its keys
         self.last_batch_s = 0.0
         self.last_batch_size = 0
         self.busy_s = 0.0
@@ -182,86 +243,134 @@ class Engine:
 
     # -- producers --------------------------------------------------------------------------------------------
     def submit(self, clip: Clip, block: bool = False, timeout_s: float | None = None) -> bool:
-        """Queue ``clip`` in its stream's slot; True when queued.
+        """Queue ``clip`` in its clip stream's slot (``clip.key``); True when queued.
 
-        ``block=False``: an older pending clip of the same stream is replaced (counted in ``clips_dropped``).
-        ``block=True``: wait (up to ``timeout_s``, forever when None) until the slot is free; False on timeout
-        or stop. Clips of a segment already discarded are refused (False).
+        ``block=False``: an older pending clip of the same clip stream is replaced (counted in
+        ``clips_dropped``); the slot keeps its place in the queue. ``block=True``: wait (up to ``timeout_s``,
+        forever when None) until the slot is free; False on timeout or stop. Clips of a segment already
+        discarded, and clips of a key forgotten while a clip of it is still in flight, are refused (False,
+        counted in ``clips_discarded``).
         """
-        stream = clip.stream
+        key = clip.key
         shape = tuple(clip.frames.shape)
         if clip.frames.dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3:
             raise ValueError(
-                f"stream {stream}: a clip must be uint8 (T, H, W, 3), got {clip.frames.dtype} {shape}"
+                f"stream {key}: a clip must be uint8 (T, H, W, 3), got {clip.frames.dtype} {shape}"
             )
         with self._cond:
             if self._clip_shape is None:
                 self._clip_shape = shape  # every clip must have this shape (one staging buffer)
             elif shape != self._clip_shape:
                 raise ValueError(
-                    f"stream {stream}: clip shape {shape} differs from the engine's {self._clip_shape}"
+                    f"stream {key}: clip shape {shape} differs from the engine's {self._clip_shape}"
                 )
             if self._stop:
                 return False
-            if clip.segment < self._min_segment.get(stream, 0):
+            state = self._keys.get(key)
+            if state is None:
+                state = self._keys[key] = _ClipStream()
+            if state.forgotten or clip.segment < state.min_segment:
                 self.clips_discarded += 1
                 return False
-            if block and stream in self._pending:
+            if block and key in self._pending:
                 deadline = None if timeout_s is None else time.monotonic() + timeout_s
-                while stream in self._pending and not self._stop:
+                while key in self._pending and not self._stop:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
                     self._cond.wait(remaining)
                 if self._stop:
                     return False
-                if clip.segment < self._min_segment.get(stream, 0):  # discarded while waiting
+                # discarded or forgotten while waiting (a forgotten key may already be gone from _keys)
+                if self._keys.get(key) is not state or state.forgotten or clip.segment < state.min_segment:
                     self.clips_discarded += 1
                     return False
-            if stream in self._pending:
-                self._dropped[stream] = self._dropped.get(stream, 0) + 1
-            self._pending[stream] = _Pending(clip, time.monotonic())
+            now_s = time.monotonic()
+            previous = self._pending.get(key)
+            if previous is not None:
+                state.dropped += 1
+                self._dropped_by_stream[clip.stream] = self._dropped_by_stream.get(clip.stream, 0) + 1
+                self._pending[key] = _Pending(clip, now_s, previous.since_mono_s, previous.order)
+            else:
+                self._order += 1
+                self._pending[key] = _Pending(clip, now_s, now_s, self._order)
             self._cond.notify_all()
             return True
 
-    def discard(self, stream: str, before_segment: int) -> int:
-        """Drop ``stream``'s pending clip if its segment is older than ``before_segment``; results of clips
-        of such segments still in flight are not delivered. Returns how many pending clips were dropped."""
+    def discard(self, key: str, before_segment: int) -> int:
+        """Drop clip stream ``key``'s pending clip if its segment is older than ``before_segment`` and refuse
+        its later clips of such segments; results of its clips of such segments still in flight are not
+        delivered. Returns how many pending clips were dropped (0 or 1). For a subject's clip stream that has
+        ended, call ``forget`` instead (a ``discard`` after ``forget`` would bring the key back)."""
         with self._cond:
-            self._min_segment[stream] = max(self._min_segment.get(stream, 0), int(before_segment))
-            pending = self._pending.get(stream)
+            state = self._keys.get(key)
+            if state is None:
+                state = self._keys[key] = _ClipStream()
+            state.min_segment = max(state.min_segment, int(before_segment))
+            pending = self._pending.get(key)
             if pending is not None and pending.clip.segment < before_segment:
-                del self._pending[stream]
+                del self._pending[key]
                 self.clips_discarded += 1
                 self._cond.notify_all()
                 return 1
             return 0
 
-    def idle(self, stream: str) -> bool:
-        """True when ``stream`` has no pending clip and none in flight (all its results delivered)."""
+    def forget(self, key: str) -> int:
+        """Clip stream ``key`` has ended for good (its subject is gone): its pending clip is dropped (counted
+        in ``clips_discarded``), results of its clips in flight are never delivered, and everything the engine
+        keeps for ``key`` is removed at once, or when its batch in flight finishes (until then its new clips
+        are refused). Drops stay counted for its stream (``clips_dropped_for_stream``). A result already being
+        handed to ``on_result`` when this is called may still arrive: ``wait_idle(key)`` returns once none
+        can. A later clip with the same key starts a new clip stream. Returns the pending clips dropped (0
+        or 1)."""
         with self._cond:
-            return stream not in self._pending and not self._inflight.get(stream)
+            dropped = 0
+            if self._pending.pop(key, None) is not None:
+                self.clips_discarded += 1
+                dropped = 1
+            state = self._keys.get(key)
+            if state is not None:
+                state.forgotten = True
+                if state.inflight == 0:
+                    del self._keys[key]
+            self._cond.notify_all()
+            return dropped
 
-    def wait_idle(self, stream: str, timeout_s: float) -> bool:
-        """Wait until ``idle(stream)``; False on timeout or when the engine stops first."""
+    def _idle_locked(self, key: str) -> bool:
+        state = self._keys.get(key)
+        return key not in self._pending and (state is None or state.inflight == 0)
+
+    def idle(self, key: str) -> bool:
+        """True when clip stream ``key`` has no pending clip and none in flight (all its results delivered)."""
+        with self._cond:
+            return self._idle_locked(key)
+
+    def wait_idle(self, key: str, timeout_s: float) -> bool:
+        """Wait until ``idle(key)``; False on timeout or when the engine stops first."""
         with self._cond:
             return (
-                self._cond.wait_for(
-                    lambda: self._stop or (stream not in self._pending and not self._inflight.get(stream)),
-                    timeout_s,
-                )
+                self._cond.wait_for(lambda: self._stop or self._idle_locked(key), timeout_s)
                 and not self._stop
             )
 
     def pending_count(self) -> int:
+        """Clips waiting for a batch (at most one per clip stream)."""
         with self._cond:
             return len(self._pending)
 
-    def clips_dropped(self, stream: str) -> int:
-        return self._dropped.get(stream, 0)
+    def clips_dropped(self, key: str) -> int:
+        """Pending clips of clip stream ``key`` replaced by a newer one (0 once the key is forgotten)."""
+        with self._cond:
+            state = self._keys.get(key)
+            return state.dropped if state is not None else 0
+
+    def clips_dropped_for_stream(self, stream: str) -> int:
+        """Pending clips replaced by a newer one in all clip streams of ``stream``, forgotten ones included."""
+        with self._cond:
+            return self._dropped_by_stream.get(stream, 0)
 
     def stats(self) -> dict[str, Any]:
-        """Counters: batches, clips, mean batch size, per-stream drops, last batch latency."""
+        """Counters: batches, clips, mean batch size, per-stream drops, live clip streams, last batch latency."""
         batches = self.batches
         return {
             "device": self.name,
@@ -271,7 +380,8 @@ class Engine:
             "clips": self.clips,
             "mean_batch_size": (self.clips / batches) if batches else 0.0,
             "batch_sizes": dict(self._batch_size_counts),
-            "clips_dropped": dict(self._dropped),
+            "clips_dropped": dict(self._dropped_by_stream),
+            "clip_streams": len(self._keys),
             "clips_discarded": self.clips_discarded,
             "clips_failed": self.clips_failed,
             "errors": self.errors,
@@ -293,25 +403,28 @@ class Engine:
             taken = self._take()
             if taken is None:
                 return
-            clips, host = taken
+            batch, host = taken
             try:
-                self._process(clips, host)
+                self._process(batch, host)
             except Exception as error:  # never let one batch kill the engine thread
                 self.errors += 1
-                self.clips_failed += len(clips)
-                _log.exception("batch failed", device=self.name, size=len(clips), error=str(error))
+                self.clips_failed += len(batch)
+                _log.exception("batch failed", device=self.name, size=len(batch), error=str(error))
             finally:
                 with self._cond:
-                    for clip in clips:
-                        self._inflight.pop(clip.stream, None)
+                    for pending, state in batch:
+                        state.inflight -= 1
+                        key = pending.clip.key
+                        if state.forgotten and state.inflight == 0 and self._keys.get(key) is state:
+                            del self._keys[key]  # forgotten while in flight: now nothing of it is left
                     self._cond.notify_all()
 
-    def _take(self) -> tuple[list[Clip], torch.Tensor] | None:
+    def _take(self) -> tuple[list[tuple[_Pending, _ClipStream]], torch.Tensor] | None:
         """Wait for a batch; copy its frames into the staging buffer (lock held) and free their slots."""
         with self._cond:
             while not self._stop:
                 if self._pending:
-                    first_s = min(p.submit_mono_s for p in self._pending.values())
+                    first_s = min(p.since_mono_s for p in self._pending.values())
                     wait_s = first_s + self._max_wait_s - time.monotonic()
                     if len(self._pending) >= self.max_batch or wait_s <= 0:
                         break
@@ -320,19 +433,20 @@ class Engine:
                     self._cond.wait()
             if self._stop:
                 return None
-            # oldest first, so no stream is starved when more streams are pending than max_batch
-            order = sorted(self._pending.values(), key=lambda p: p.submit_mono_s)[: self.max_batch]
-            clips = [p.clip for p in order]
-            for p in order:
-                self._submit_s[p.clip.stream] = p.submit_mono_s
-                self._inflight[p.clip.stream] = 1
+            chosen = _fair_order(list(self._pending.values()), self.max_batch, self._last_served)
+            for p in chosen:
+                self._picks += 1
+                self._last_served[p.clip.stream] = self._picks
+            batch = [(p, self._keys[p.clip.key]) for p in chosen]  # a pending key always has its state
             try:
-                host = self._stage(clips)
+                host = self._stage([p.clip for p in chosen])
             finally:
-                for clip in clips:
-                    del self._pending[clip.stream]
+                for p in chosen:
+                    del self._pending[p.clip.key]
                 self._cond.notify_all()
-            return clips, host
+            for _, state in batch:
+                state.inflight += 1
+            return batch, host
 
     def _stage(self, clips: list[Clip]) -> torch.Tensor:
         shape = self._clip_shape or tuple(clips[0].frames.shape)
@@ -351,14 +465,14 @@ class Engine:
             np.copyto(self._host_np[i], clip.frames)
         return self._host[: len(clips)]
 
-    def _process(self, clips: list[Clip], host: torch.Tensor) -> None:
+    def _process(self, batch: list[tuple[_Pending, _ClipStream]], host: torch.Tensor) -> None:
         start_s = time.monotonic()
         probs = self._infer_split(host)
         elapsed_s = time.monotonic() - start_s
         if probs is None:
-            self.clips_failed += len(clips)
+            self.clips_failed += len(batch)
             return
-        n = len(clips)
+        n = len(batch)
         self.batches += 1
         self.clips += n
         self.last_batch_s = elapsed_s
@@ -371,18 +485,19 @@ class Engine:
             except Exception as error:
                 _log.warning("batch callback failed", device=self.name, error=str(error))
         done_s = time.monotonic()
-        for i, clip in enumerate(clips):
-            if clip.segment < self._min_segment.get(clip.stream, 0):
-                self.clips_discarded += 1  # its segment was reset while it was in flight
+        for i, (pending, state) in enumerate(batch):
+            clip = pending.clip
+            if state.forgotten or clip.segment < state.min_segment:
+                self.clips_discarded += (
+                    1  # its segment was reset, or its subject left, while it was in flight
+                )
                 continue
             try:
-                extra = {"submit_mono_s": self._submit_s.get(clip.stream, start_s), "done_mono_s": done_s}
+                extra = {"submit_mono_s": pending.submit_mono_s, "done_mono_s": done_s}
                 self._on_result(ClipResult(clip=clip, probs=probs[i], batch_size=n, extra=extra))
             except Exception as error:
                 self.callback_errors += 1
-                _log.exception(
-                    "result callback failed", device=self.name, stream=clip.stream, error=str(error)
-                )
+                _log.exception("result callback failed", device=self.name, stream=clip.key, error=str(error))
 
     def _infer_split(self, host: torch.Tensor) -> np.ndarray | None:
         """Run ``host`` (n clips); on out-of-memory split it in halves and lower ``max_batch``."""
