@@ -153,12 +153,13 @@ def test_reset_publishes_segment_then_reset_and_clears_smoothing() -> None:
     assert summary == {
         "segment": 1,
         "subject": None,
+        "box": None,
         "start_ts": 1_700_000_000.0,
         "end_ts": 1_700_000_010.0,
         "clips": 2,
         "labels": [{"label": "walk", "index": 0, "clips": 2, "seconds": 3.0}],
     }
-    assert reset == {"segment": 2, "previous_segment": 1, "subject": "p-43", "reason": "control"}
+    assert reset == {"segment": 2, "previous_segment": 1, "subject": "p-43", "box": None, "reason": "control"}
     # smoothing cleared: the first result of segment 2 is smoothed to itself
     feed(state, 2, probs(0.0, 0.0, 0.0, 1.0))
     msg = rec.messages[-1][1]
@@ -233,7 +234,7 @@ def test_announce_start() -> None:
     state, rec, _ = make_state()
     state.announce_start()
     assert rec.messages == [
-        ("reset.cam1", {"segment": 1, "previous_segment": 0, "subject": None, "reason": "start"})
+        ("reset.cam1", {"segment": 1, "previous_segment": 0, "subject": None, "box": None, "reason": "start"})
     ]
 
 

@@ -399,6 +399,20 @@ class SubjectsConfig(_Strict):
         le=600,
         description="seconds a track without detections is kept (predicted) before it ends",
     )
+    mode: Literal["frame", "per_subject"] = Field(
+        "frame",
+        description="frame: one clip stream per camera, the subject decides resets; per_subject: every person "
+        "who counts gets clips of their own (crops around them)",
+    )
+    max_subjects: int = Field(
+        4, ge=1, le=32, description="per_subject: people with their own clips per stream; others wait"
+    )
+    crop_margin: float = Field(
+        0.2,
+        ge=0,
+        le=2,
+        description="per_subject: the crop around a person grows by this fraction of the box on each side",
+    )
 
     @model_validator(mode="after")
     def _absent_after_lost(self) -> SubjectsConfig:

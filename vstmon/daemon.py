@@ -34,6 +34,7 @@ from vstmon.config import Config, StreamConfig, load_config
 from vstmon.engine import Engine, EnginePool
 from vstmon.errors import DetectorError, VstmonError
 from vstmon.ingest.capture import CaptureError, file_info, parse_source
+from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import configure_logging, get_logger, redact_url
 from vstmon.metrics import Metrics
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
@@ -83,6 +84,7 @@ class _Stream:
         self.state: Any = None
         self.worker: StreamWorker | None = None
         self.engine: Engine | None = None
+        self.subject_clips = 0  # labels of people's own clips (per-subject mode)
         self.source_state = SourceState.CONNECTING
         self.reason = "starting"
         self.error: str | None = None
@@ -240,20 +242,30 @@ class Daemon:
         )
         assert self.pool is not None and self.publisher is not None
         stream.engine = self.pool.assign(stream.name)
-        stream.state = StreamState(
-            stream.name,
-            cfg.smoothing,
-            loaded.labels,
-            cfg.publish.top_k,
-            loaded.model_id,
-            untrained=loaded.untrained,
-            publish=self.publisher.publish,
-        )
+        publisher = self.publisher
+
+        def make_state(_subject: str = "", name: str = stream.name) -> StreamState:
+            return StreamState(
+                name,
+                cfg.smoothing,
+                loaded.labels,
+                cfg.publish.top_k,
+                loaded.model_id,
+                untrained=loaded.untrained,
+                publish=publisher.publish,
+            )
+
+        stream.state = make_state()
         subjects = None
+        crops = None
         if cfg.subjects.detector is not None and scfg.subjects:
             subjects = StreamSubjects.build(
                 stream.name, cfg.subjects, stream.ring.capacity_frames, fps or scfg.fps or 30.0, lossless
             )
+            if cfg.subjects.mode == "per_subject":
+                crops = SubjectCrops(
+                    cfg.subjects.max_subjects, stream.ring.capacity_frames, size, cfg.subjects.crop_margin
+                )
         stream.worker = StreamWorker(
             stream.name,
             cfg,
@@ -264,6 +276,8 @@ class Daemon:
             lossless,
             self.metrics,
             subjects,
+            subject_crops=crops,
+            make_state=make_state,
         )
         stream.source = Source(
             scfg,
@@ -271,6 +285,7 @@ class Daemon:
             size,
             lambda event, s=stream: self._on_event(s, event),
             detection_frames=subjects.frames if subjects is not None else None,
+            subject_crops=crops,
         )
 
     # -- callbacks (other threads) ----------------------------------------------------------------------------
@@ -278,7 +293,15 @@ class Daemon:
         stream = self.streams.get(result.clip.stream)
         if stream is None or stream.state is None:
             return
-        if stream.state.on_result(result):
+        state = stream.state
+        if result.clip.key != stream.name:  # a person's clip (per-subject mode)
+            per_subject = stream.worker.per_subject if stream.worker is not None else None
+            state = per_subject.state_for(result.clip.key) if per_subject is not None else None
+            if state is None:  # that person is gone: their results are not published
+                return
+        if state.on_result(result):
+            if state is not stream.state:
+                stream.subject_clips += 1
             submitted = result.extra.get("submit_mono_s")
             if isinstance(submitted, float):
                 latency_s = time.monotonic() - submitted
@@ -352,8 +375,12 @@ class Daemon:
         frames_dropped = int(stats.get("frames_dropped", 0))
         if stream.ring is not None:
             frames_dropped = max(frames_dropped, int(stream.ring.frames_dropped))
-        clips_dropped = stream.engine.clips_dropped(stream.name) if stream.engine is not None else 0
-        clips = stream.state.clips_total if stream.state is not None else 0
+        clips_dropped = (
+            stream.engine.clips_dropped_for_stream(stream.name) if stream.engine is not None else 0
+        )
+        clips = (stream.state.clips_total if stream.state is not None else 0) + stream.subject_clips
+        per_subject = stream.worker.per_subject if stream.worker is not None else None
+        slots = stream.worker.subjects.slots if stream.worker is not None and stream.worker.subjects else None
         return stream_status_payload(
             state=str(stream.source_state),
             reason=redact_url(stream.reason),
@@ -364,6 +391,8 @@ class Daemon:
             clips=clips,
             people=stream.worker.people if stream.worker is not None else None,
             subject=stream.state.subject if stream.state is not None else None,
+            subjects=per_subject.snapshot() if per_subject is not None else None,
+            waiting=slots.waiting if slots is not None else None,
         )
 
     def _publish_stream_status(self, stream: _Stream) -> None:

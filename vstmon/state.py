@@ -90,6 +90,8 @@ class StreamState:
         self._lock = threading.Lock()
         self._segment = 1
         self._subject: str | None = None
+        self._box: tuple[float, float, float, float] | None = None  # per-subject mode: where the subject is
+        self._closed = False
         self._min_generation = -(2**62)
         self.clips_total = 0  # label messages published, all segments
         self.results_discarded = 0  # results of an old segment (never published)
@@ -115,7 +117,7 @@ class StreamState:
         given to the last ``reset(min_generation=...)``: its frames predate the reset.
         """
         with self._lock:
-            if clip.generation < self._min_generation:
+            if self._closed or clip.generation < self._min_generation:
                 self.clips_rejected += 1
                 return False
             clip.segment = self._segment
@@ -128,7 +130,7 @@ class StreamState:
         """
         clip = result.clip
         with self._lock:
-            if clip.segment != self._segment:
+            if self._closed or clip.segment != self._segment:
                 self.results_discarded += 1
                 return False
             probs = np.asarray(result.probs, dtype=np.float64).reshape(-1)  # (C,)
@@ -205,10 +207,29 @@ class StreamState:
                     "segment": self._segment,
                     "previous_segment": previous,
                     "subject": self._subject,
+                    "box": _rounded_box(self._box),
                     "reason": reason,
                 },
             )
             return self._segment
+
+    def close(self, ts: float | None = None) -> None:
+        """The subject of this state is gone (per-subject mode): publish its last ``segment`` summary; from now on
+        clips are refused and results discarded (``closed``)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._send(f"segment.{self.stream}", self._summary(self._clock() if ts is None else float(ts)))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def set_box(self, box: tuple[float, float, float, float] | None) -> None:
+        """Where the subject is now (per-subject mode): carried by this state's ``reset`` and ``segment``."""
+        with self._lock:
+            self._box = box
 
     def announce_start(self) -> None:
         """Publish ``reset.<stream>`` with reason ``start`` for the current segment (``previous_segment`` 0).
@@ -222,6 +243,7 @@ class StreamState:
                     "segment": self._segment,
                     "previous_segment": 0,
                     "subject": self._subject,
+                    "box": _rounded_box(self._box),
                     "reason": "start",
                 },
             )
@@ -261,6 +283,7 @@ class StreamState:
             return {
                 "segment": self._segment,
                 "subject": self._subject,
+                "box": _rounded_box(self._box),
                 "clips": self._seg_clips,
                 "clips_total": self.clips_total,
                 "results_discarded": self.results_discarded,
@@ -309,6 +332,7 @@ class StreamState:
         return {
             "segment": self._segment,
             "subject": self._subject,
+            "box": _rounded_box(self._box),
             "start_ts": self._seg_start_ts,
             "end_ts": end_ts,
             "clips": self._seg_clips,
@@ -345,10 +369,12 @@ def stream_status_payload(
     clips: int,
     people: int | None = None,
     subject: str | None = None,
+    subjects: list[dict[str, Any]] | None = None,
+    waiting: int | None = None,
 ) -> dict[str, Any]:
     """Payload of ``status.<stream>`` (``state`` is a ``types.StreamState`` value; ``people`` is None when the
-    stream does not track subjects)."""
-    return {
+    stream does not track subjects; ``subjects`` and ``waiting`` only in per-subject mode)."""
+    payload: dict[str, Any] = {
         "state": str(state),
         "reason": str(reason),
         "fps_in": float(fps_in),
@@ -359,6 +385,10 @@ def stream_status_payload(
         "people": None if people is None else int(people),
         "subject": subject,
     }
+    if subjects is not None:
+        payload["subjects"] = subjects
+        payload["waiting"] = int(waiting or 0)
+    return payload
 
 
 def daemon_status_payload(

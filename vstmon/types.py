@@ -79,6 +79,11 @@ class Clip:
     ready_mono_s: float  # time.monotonic() of the last frame's capture (for latency)
     segment: int = 0  # filled in by per-stream state when the clip is accepted
     box: tuple[float, float, float, float] | None = None  # the subject's box at the clip's end (normalised)
+    key: str = ""  # the clip stream: the stream name, or "<stream>/<subject>" per subject ("" -> the stream)
+
+    def __post_init__(self) -> None:
+        if not self.key:
+            self.key = self.stream
 
 
 @dataclass(slots=True)

@@ -23,20 +23,21 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
-
+from vstmon.clip_stream import ClipStream
 from vstmon.config import Config
 from vstmon.engine import Engine
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.sampler import ClipSampler
+from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import get_logger
 from vstmon.metrics import Metrics
+from vstmon.per_subject import SubjectClipStreams
 from vstmon.scene import MotionDetector, SceneChangeDetector
 from vstmon.state import StreamState
 from vstmon.subjects.stream import StreamSubjects
-from vstmon.types import Clip
 
 __all__ = ["ResetRequest", "StreamWorker"]
 
@@ -83,9 +84,19 @@ class StreamWorker:
         lossless: bool,
         metrics: Metrics | None = None,
         subjects: StreamSubjects | None = None,
+        subject_crops: SubjectCrops | None = None,
+        make_state: Callable[[str], StreamState] | None = None,
     ) -> None:
         self.name = name
         self.subjects = subjects  # people in view (None: the stream does not track subjects)
+        # per-subject mode: every person in a slot has a clip stream of their own (crops the source cuts)
+        self.per_subject: SubjectClipStreams | None = None
+        if subject_crops is not None:
+            if subjects is None or subjects.slots is None or make_state is None:
+                raise ValueError("per-subject clips need subjects in per_subject mode and make_state")
+            self.per_subject = SubjectClipStreams(
+                name, config, subject_crops, engine, make_state, lossless, self._interrupted
+            )
         self._ring = ring
         self._sampler = sampler
         self._state = state
@@ -101,11 +112,9 @@ class StreamWorker:
             else None
         )
         self._idle_fired = False
-        size = config.clip.size_px
-        # two clip arrays: the engine reads a clip's frames only while it is pending, and a stream has at most
-        # one pending clip, so the array not holding the last submitted clip is always free to cut into
-        self._pool = np.zeros((2, config.clip.frames, size, size, 3), dtype=np.uint8)  # (2, T, H, W, 3)
-        self._last_buf = 1
+        self._clips = ClipStream(
+            name, sampler, state, engine, config.clip.size_px, lossless, self._interrupted
+        )
         self._requests: deque[ResetRequest] = deque(maxlen=_MAILBOX_REQUESTS)
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -114,8 +123,6 @@ class StreamWorker:
         self._next_seq = 0
         self._generation = 0
         self._epoch: int | None = None  # source epoch of the frames being fed (None: take the next frame's)
-        self.clips_cut = 0
-        self.clips_refused = 0
         self.resets = 0
         self.frames_gone = 0
 
@@ -227,6 +234,12 @@ class StreamWorker:
             elif not self._idle_fired:
                 self._idle_fired = True
                 self._reset(ResetRequest("idle"), keep_from_seq=seq, reset_motion=False)
+        if self.per_subject is not None:
+            self._subjects_per_slot(seq, meta.stream_ts_s)
+            self._next_seq = seq + 1
+            ring.release(seq + 1)  # no whole-frame clips in this mode: the frame is done with
+            self.per_subject.pump()
+            return
         if self.subjects is not None:
             event = self.subjects.step(seq, meta.stream_ts_s)
             if event is not None:  # the subject entered, changed or left: a new segment from this frame on
@@ -243,6 +256,23 @@ class StreamWorker:
             self.frames_gone += 1
             self._restart(max(self._next_seq, ring.oldest_seq))
 
+    def _subjects_per_slot(self, seq: int, stream_ts_s: float) -> None:
+        """Per-subject mode: a detection step ends and starts slots and moves the crops."""
+        assert self.subjects is not None and self.subjects.slots is not None and self.per_subject is not None
+        found = self.subjects.detect(seq, stream_ts_s)
+        if found is None:
+            return
+        visible, ts_s = found
+        slots = self.subjects.slots
+        for change in slots.update(visible, self.subjects.tracker.tracks, ts_s):
+            if change.kind == "end":
+                self.per_subject.end(change, drain=self._lossless)
+            else:
+                self.per_subject.start(change, slots.people)
+        for slot, box in enumerate(slots.boxes):
+            if box is not None:
+                self.per_subject.move(slot, box)
+
     def _restart(self, from_seq: int) -> None:
         self._next_seq = from_seq
         self._sampler.restart(from_seq)
@@ -253,24 +283,23 @@ class StreamWorker:
         self._idle_fired = False
 
     def _cut_and_submit(self) -> None:
-        buf = 1 - self._last_buf
-        clip: Clip = self._sampler.cut(self._pool[buf])
-        clip.box = self.subjects.subject_box if self.subjects is not None else None
-        self.clips_cut += 1
-        if not self._state.accept_clip(clip):
-            self.clips_refused += 1
-            return
-        if self._lossless:
-            while not self._stop.is_set():
-                if self._engine.submit(clip, block=True, timeout_s=_WAIT_S):
-                    self._last_buf = buf
-                    return
-                with self._lock:
-                    if self._requests and not self._requests[0].deferred:
-                        return  # a reset is waiting: this clip belongs to the closing segment
-            return
-        if self._engine.submit(clip):
-            self._last_buf = buf
+        self._clips.cut_and_submit(self.subjects.subject_box if self.subjects is not None else None)
+
+    def _interrupted(self) -> bool:
+        """A waiting submit gives up: the worker is stopping, or a reset is waiting (the clip belongs to the
+        closing segment)."""
+        if self._stop.is_set():
+            return True
+        with self._lock:
+            return bool(self._requests) and not self._requests[0].deferred
+
+    @property
+    def clips_cut(self) -> int:
+        return self._clips.clips_cut
+
+    @property
+    def clips_refused(self) -> int:
+        return self._clips.clips_refused
 
     def _reset(
         self, request: ResetRequest, keep_from_seq: int | None = None, reset_motion: bool = True
@@ -296,6 +325,15 @@ class StreamWorker:
             self._motion.reset()
             self._idle_fired = False
         subject = request.subject
+        if self.per_subject is not None:
+            assert self.subjects is not None and self.subjects.slots is not None
+            if request.drain:
+                self.per_subject.end_all(drain=True)
+            elif request.reason in ("loop", "time_jump"):  # other people, other places: track afresh
+                for change in self.subjects.slots.reset():
+                    self.per_subject.end(change, drain=self._lossless)
+            else:
+                self.per_subject.reset(request.reason, wait_idle=self._lossless and automatic)
         if self.subjects is not None:
             if request.reason in ("loop", "time_jump"):  # other people, other places: track afresh
                 self.subjects.restart()

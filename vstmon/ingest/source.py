@@ -46,6 +46,7 @@ from vstmon.ingest.capture import (
 )
 from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.ingest.ring import RingBuffer
+from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import get_logger, redact
 from vstmon.preprocess import FrameFitter
 from vstmon.types import Discontinuity, FrameMeta, StreamEvent, StreamState
@@ -75,9 +76,11 @@ class Source:
         size_px: int,
         on_event: Callable[[StreamEvent], None],
         detection_frames: DetectionFrames | None = None,
+        subject_crops: SubjectCrops | None = None,
     ) -> None:
         self.cfg = cfg
         self._detection_frames = detection_frames  # whole frames for the person detector, a few per second
+        self._subject_crops = subject_crops  # per-subject mode: crops around each tracked person, every frame
         self.name = cfg.name
         self.ring = ring
         self.size_px = size_px
@@ -323,6 +326,8 @@ class Source:
             meta.index, meta.capture_mono_s, meta.capture_wall_s = index, now_mono_s, now_wall_s
             meta.stream_ts_s = stream_ts_s
             self.ring.commit(meta)
+            if self._subject_crops is not None:
+                self._subject_crops.write(frame, meta)
             self._fps_times[self._frames_read % _FPS_WINDOW] = now_mono_s
             self._frames_read += 1
             if index == 0:

@@ -1,6 +1,7 @@
-"""``StreamSubjects``: one stream's people: detection frame -> person detector -> tracker -> subject policy.
+"""``StreamSubjects``: one stream's people: detection frame -> person detector -> tracker, and what decides on
+the tracks: the subject policy (whole-frame mode: one subject per stream) or the subject slots (per-subject mode).
 
-The stream worker calls ``step(seq, stream_ts_s)`` for every frame it consumes; only frames the source kept in
+The stream worker calls ``detect(seq, stream_ts_s)`` for every frame it consumes; only frames the source kept in
 ``DetectionFrames`` (a few per second) run the detector, the others cost a look at its few slots. Between
 detections the tracks and the subject's box are held as they were at the last one.
 
@@ -21,7 +22,8 @@ from vstmon.config import SubjectsConfig
 from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.subjects.detector import PersonDetector
 from vstmon.subjects.policy import Box, SubjectEvent, SubjectPolicy
-from vstmon.subjects.tracker import Tracker
+from vstmon.subjects.slots import SubjectSlots
+from vstmon.subjects.tracker import Track, Tracker
 
 __all__ = ["StreamSubjects"]
 
@@ -43,6 +45,10 @@ class StreamSubjects:
         self.detector = detector
         self.tracker = Tracker(buffer_s=cfg.track_buffer_s)
         self.policy = SubjectPolicy(stream, cfg.select, cfg.confirm_s, cfg.lost_s, cfg.absent_s)
+        self.slots = (
+            SubjectSlots(stream, cfg.max_subjects, cfg.confirm_s) if cfg.mode == "per_subject" else None
+        )
+        self.people = 0  # tracks in view at the last detection
         self._image = np.zeros((frames.size_px, frames.size_px, 3), np.uint8)  # the detector's input, reused
         self._offset_s = 0.0  # added to the stream clock so that the policy clock never goes back
         self._last_s: float | None = None
@@ -78,17 +84,18 @@ class StreamSubjects:
     def subject_box(self) -> Box | None:
         return self.policy.subject_box
 
-    @property
-    def people(self) -> int:
-        """People (tracks) in view at the last detection."""
-        return self.policy.people
-
     def name_subject(self, subject_id: str) -> None:
         self.policy.name_subject(subject_id)
 
     # -- the flow ---------------------------------------------------------------------------------------------
     def step(self, seq: int, stream_ts_s: float) -> SubjectEvent | None:
-        """Frame ``seq`` was consumed: detect, track and decide if the source kept it for detection."""
+        """Whole-frame mode: detect and track on frame ``seq`` if the source kept it; the policy's event, if any."""
+        found = self.detect(seq, stream_ts_s)
+        return None if found is None else self.policy.update(*found)
+
+    def detect(self, seq: int, stream_ts_s: float) -> tuple[list[Track], float] | None:
+        """Frame ``seq`` was consumed: if the source kept it for detection, detect and track; returns the tracks
+        in view and the (monotonic) clock time of the step, or None."""
         if not self.frames.take(seq, self._image):
             return None
         ts_s = stream_ts_s + self._offset_s
@@ -100,9 +107,13 @@ class StreamSubjects:
         detections = self.detector.detect(self._image)
         self.detect_s += time.perf_counter() - started_s
         self.detections += 1
-        return self.policy.update(self.tracker.update(detections, ts_s), ts_s)
+        visible = self.tracker.update(detections, ts_s)
+        self.people = len(visible)
+        return visible, ts_s
 
     def restart(self) -> None:
         """Forget every track and the subject (the next person in view enters)."""
         self.tracker.reset()
         self.policy.reset()
+        self._last_s = None
+        self._offset_s = 0.0
