@@ -100,6 +100,29 @@ def test_subject_messages_and_subject_fields_parse() -> None:
     )
     assert subject.box == (0.5, 0.25, 0.75, 0.9) and subject.score == 0.8712
     assert isinstance(status, StatusMessage) and (status.people, status.subject) == (3, "cam1-4")
+    per_subject = stream_status_payload(
+        "streaming",
+        "ok",
+        25.0,
+        0,
+        0,
+        0,
+        4,
+        people=3,
+        subjects=[{"subject": "cam1-4", "box": [0, 0, 1, 1]}],
+        waiting=1,
+    )
+    status2 = parse_message(
+        "status.cam1", {**per_subject, "v": 1, "type": "status", "ts": 1.0, "stream": "cam1", "seq": 9}
+    )
+    assert (
+        isinstance(status2, StatusMessage)
+        and status2.waiting == 1
+        and status2.subjects[0]["subject"] == "cam1-4"
+    )
+    assert status.subjects is None and status.waiting is None  # whole-frame mode sends neither
+    boxed = {**out[2][1], "box": [0.1, 0.2, 0.3, 0.4]}
+    assert parse_message("reset.cam1", boxed).box == (0.1, 0.2, 0.3, 0.4)
     # fields of an older daemon (no box, no people) read as None; a bad box is refused with its field
     older = {k: v for k, v in out[0][1].items() if k != "box"}
     assert parse_message("label.cam1", older).box is None

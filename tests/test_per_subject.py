@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tests.assets import pedestrian_pb, vtest_avi
-from tests.test_daemon import collect, daemon_config, ended, model_files, run_daemon
+from tests.test_daemon import FRAMES, SIZE_PX, collect, daemon_config, ended, model_files, run_daemon
 from tests.test_subjects import lossless_from
 from vstmon.daemon import Daemon
 from vstmon.preprocess import normalize_clips
@@ -182,3 +182,39 @@ def test_people_on_vtest_get_labels_of_their_own_each_from_their_own_crops(
             np.testing.assert_allclose(
                 [s["score"] for s in m["smoothed"]], np.sort(expected)[::-1], atol=1e-6
             )
+
+
+def test_memory_is_fixed_and_people_coming_and_going_leave_nothing_behind(
+    tmp_path: Path, model_files: tuple[Path, Path], run_daemon, vtest_avi: Path, pedestrian_pb: Path
+) -> None:
+    """A looped stretch of vtest.avi: people enter and leave over and over; nothing grows."""
+    checkpoint, labels = model_files
+    video = lossless_from(vtest_avi, tmp_path / "walk.avi", [range(100, 200)])  # 10 s
+    streams = [{"name": "walk", "url": str(video), "loop": True}]
+    data = per_subject_config(checkpoint, labels, streams, pedestrian_pb, max_subjects=2)
+    daemon, sub = run_daemon(data)
+    per_subject = daemon.streams["walk"].worker.per_subject
+    assert per_subject is not None
+    ring = daemon.streams["walk"].ring
+    # the stated bound: max_subjects x (ring slots x size_px^2 x 3 + metadata) + max_subjects x 2 clips
+    clip_bytes = FRAMES * SIZE_PX * SIZE_PX * 3
+    assert per_subject.crops.nbytes == 2 * ring.nbytes
+    assert per_subject.nbytes == 2 * ring.nbytes + 2 * 2 * clip_bytes
+
+    def three_passes(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
+        return sum(t == "reset.walk" and m["reason"] == "loop" for t, m in by_stream["walk"]) >= 3
+
+    messages = collect(sub, three_passes, timeout_s=300)["walk"]
+    events = [m for t, m in messages if t == "subject.walk"]
+    assert sum(m["event"] == "enter" for m in events) >= 4  # at least two people per pass, over three passes
+    statuses = [m for t, m in messages if t == "status.walk" and "subjects" in m]
+    assert statuses and all(len(m["subjects"]) <= 2 for m in statuses)
+    assert any(
+        s["subject"].startswith("walk-") and s["box"] is not None for m in statuses for s in m["subjects"]
+    )
+    engine = daemon.streams["walk"].engine
+    assert len(per_subject._by_key) <= 2  # only the people holding a slot
+    assert len(engine._keys) <= 2 + 1  # their clip streams and the stream's own: the rest were forgotten
+    assert (
+        per_subject.subjects_started >= 4 and per_subject.subjects_started - per_subject.subjects_ended <= 2
+    )

@@ -23,6 +23,25 @@ Memory is constant whatever the video's length: a ring of one clip span (+2) fra
 gains almost no speed on a CPU and multiplies the forward pass's activation memory, so ``--batch`` defaults
 to 1 there and to ``inference.max_batch`` on CUDA (``default_batch``).
 Stream clock: ``CAP_PROP_POS_MSEC`` while it is sane (finite and increasing), otherwise index / fps.
+
+Per-subject mode (``--subjects``, or ``subjects.mode: per_subject`` in the config; ``classify_subjects``) gives
+every tracked person who counts a timeline of their own, as the daemon's per-subject mode does. The video is
+still read once: on the stream-clock grid of ``subjects.detect_fps`` the whole frame, squeezed to the detector's
+300x300 input (``DetectionFrames``, as the daemon's source), goes to the ``PersonDetector``, the ``Tracker`` and
+``SubjectSlots`` (a person counts once tracked for ``confirm_s``; at most ``max_subjects`` at a time, largest
+boxes first). Every frame is then cropped around each slot's box (held between detections; ``crop_margin``, made
+square, clamped to the frame, cut from the frame at its own resolution) into that slot's ring, and each slot's
+``ClipSampler`` cuts clips from its crops with the same rules as for whole frames; a slot whose person ends and
+goes to someone else restarts its sampler on an empty ring, so a clip never mixes two people. Clips of all
+people share the batches. One line per subject clip, in the order clips complete, with the whole-frame fields
+plus the subject and their box at the clip's last frame (normalised to the frame, 4 decimals)::
+
+    {"clip": 7, "subject": "walkway-3", "box": [0.4123, 0.2051, 0.4870, 0.5112], "start_s": 1.2, ...}
+
+Subject ids are ``<video file stem>-<track id>`` (the stem plays the daemon's stream name: ``walkway.mp4`` gives
+``walkway-3``; ``video-3`` when the name has no stem); track ids count from 1 in the order people are first
+tracked. Memory is constant whatever the video's length: ``max_subjects`` rings of one clip span (+2) crops,
+one detection frame, the host batch buffer, and tracks only for the people in view.
 """
 
 from __future__ import annotations

@@ -106,6 +106,7 @@ class ResetMessage:
     previous_segment: int
     subject: str | None
     reason: str
+    box: Box | None = None  # where the subject is (per-subject mode; null otherwise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +134,7 @@ class SegmentMessage:
     end_ts: float
     clips: int
     labels: tuple[SegmentLabel, ...]
+    box: Box | None = None  # where the subject last was (per-subject mode; null otherwise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,8 @@ class StatusMessage:
     clips: int
     people: int | None = None  # people in view (None: the stream does not track subjects)
     subject: str | None = None
+    subjects: tuple[Mapping[str, Any], ...] | None = None  # per-subject mode: {subject, box, segment, clips} each
+    waiting: int | None = None  # per-subject mode: people who count but have no slot
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +355,7 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
             previous_segment=f.integer("previous_segment"),
             subject=f.opt_text("subject"),
             reason=f.text("reason"),
+            box=f.opt_box("box"),
         )
     if kind == "segment":
         labels = tuple(
@@ -365,6 +370,7 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
             end_ts=f.number("end_ts"),
             clips=f.integer("clips"),
             labels=labels,
+            box=f.opt_box("box"),
         )
     if kind == "status":
         return StatusMessage(
@@ -378,6 +384,8 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
             clips=f.integer("clips"),
             people=f.opt_integer("people"),
             subject=f.opt_text("subject") if "subject" in data else None,
+            subjects=tuple(g.data for g in f.objs("subjects")) if data.get("subjects") is not None else None,
+            waiting=f.opt_integer("waiting"),
         )
     if kind == "subject":
         score = data.get("score")

@@ -40,6 +40,7 @@ class ClipStream:
         size_px: int,
         lossless: bool,
         interrupted: Callable[[], bool],
+        pool: np.ndarray | None = None,
     ) -> None:
         self.key = key
         self.sampler = sampler
@@ -47,8 +48,12 @@ class ClipStream:
         self.engine = engine
         self.lossless = lossless
         self._interrupted = interrupted
-        frames = sampler.frames
-        self._pool = np.zeros((2, frames, size_px, size_px, 3), dtype=np.uint8)  # (2, T, H, W, 3)
+        shape = (2, sampler.frames, size_px, size_px, 3)  # (2, T, H, W, 3)
+        if pool is not None and (pool.shape != shape or pool.dtype != np.uint8):
+            raise ValueError(f"clip pool must be {shape} uint8, got {pool.shape} {pool.dtype}")
+        self._pool = (
+            np.zeros(shape, dtype=np.uint8) if pool is None else pool
+        )  # reused (a slot's, per subject)
         self._last_buf = 1
         self.clips_cut = 0
         self.clips_refused = 0

@@ -23,6 +23,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from vstmon.clip_stream import ClipStream
 from vstmon.config import Config
 from vstmon.engine import Engine
@@ -75,6 +77,8 @@ class SubjectClipStreams:
             for ring in crops.rings
         ]
         self._slots: list[_Slot | None] = [None] * len(crops.rings)
+        # each slot's two clip arrays, made once and reused by every person who holds the slot
+        self._pools = np.zeros((len(crops.rings), 2, clip.frames, clip.size_px, clip.size_px, 3), np.uint8)
         self._by_key: dict[str, StreamState] = {}  # engine key -> state, read by the engine thread
         self._lock = threading.Lock()
         self.subjects_started = 0
@@ -95,7 +99,14 @@ class SubjectClipStreams:
         sampler = self._samplers[change.slot]
         sampler.restart(sampler.ring.head_seq)
         clips = ClipStream(
-            key, sampler, state, self._engine, self._config.clip.size_px, self._lossless, self._interrupted
+            key,
+            sampler,
+            state,
+            self._engine,
+            self._config.clip.size_px,
+            self._lossless,
+            self._interrupted,
+            pool=self._pools[change.slot],
         )
         with self._lock:
             self._by_key[key] = state
@@ -175,6 +186,11 @@ class SubjectClipStreams:
             clips.sampler.restart(held.next_seq)
             segment = clips.state.reset(reason, subject=held.subject, min_generation=generation)
             self._engine.discard(clips.key, segment)
+
+    @property
+    def nbytes(self) -> int:
+        """Fixed memory of this stream's per-subject mode: the crop rings and every slot's two clip arrays."""
+        return self.crops.nbytes + int(self._pools.nbytes)
 
     # -- other threads ----------------------------------------------------------------------------------------
     def state_for(self, key: str) -> StreamState | None:
