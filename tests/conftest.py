@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,6 +37,25 @@ def reference() -> Path:
     return path
 
 
+def vstmon_env(**extra: str) -> dict[str, str]:
+    """The environment of a ``vstmon`` subprocess: this one, with the repo importable first."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def run_vstmon(*args: str, timeout_s: float = 120, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
+    """``vstmon ARGS`` as a real process (bounded by ``timeout_s``); its output as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "vstmon.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=vstmon_env(),
+        cwd=cwd,
+        check=False,
+    )
+
+
 @pytest.fixture
 def closed_port() -> Iterator[int]:
     """A TCP port on 127.0.0.1 that refuses connections for the whole test: bound (so no other process can take
@@ -57,3 +78,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def silent_endpoint(closed_port: int) -> str:
+    """A tcp endpoint where nothing answers: its port is held (bound, never listening) for the whole test."""
+    return f"tcp://127.0.0.1:{closed_port}"

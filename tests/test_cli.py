@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import run_vstmon
 from vstmon import __version__
 from vstmon.errors import EX_CONFIG, EX_USAGE
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _vstmon(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
-    return subprocess.run(
-        [sys.executable, "-m", "vstmon", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=120
-    )
-
-
 def test_version() -> None:
-    done = _vstmon("--version")
+    done = run_vstmon("--version")
     assert done.returncode == 0 and done.stdout.strip() == f"vstmon {__version__}"
 
 
 def test_help_lists_every_command() -> None:
-    done = _vstmon("--help")
+    done = run_vstmon("--help")
     assert done.returncode == 0
     for command in ("run", "check", "classify", "weights", "listen", "ctl"):
         assert command in done.stdout
@@ -39,14 +29,14 @@ def test_help_lists_every_command() -> None:
 
 
 def test_no_arguments_prints_help_and_exits_2() -> None:
-    done = _vstmon()
+    done = run_vstmon()
     assert done.returncode == 2 and "COMMAND" in done.stdout
 
 
 def test_missing_config_is_a_clear_error_without_traceback(tmp_path: Path) -> None:
     missing = tmp_path / "nope.yaml"
     for args in (("--config", str(missing)), ("check", "--config", str(missing))):
-        done = _vstmon(*args, cwd=tmp_path)
+        done = run_vstmon(*args, cwd=tmp_path)
         assert done.returncode == EX_CONFIG, done.stderr
         assert str(missing) in done.stderr and "Traceback" not in done.stderr
 
@@ -54,7 +44,7 @@ def test_missing_config_is_a_clear_error_without_traceback(tmp_path: Path) -> No
 def test_bad_config_value_names_the_yaml_path(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("streams:\n  - name: cam\n    url: testsrc://\n    hop_s: -1\n")
-    done = _vstmon("check", "--config", str(config), cwd=tmp_path)
+    done = run_vstmon("check", "--config", str(config), cwd=tmp_path)
     assert done.returncode == EX_CONFIG and "Traceback" not in done.stderr
     assert done.stderr.startswith(f"vstmon: error: {config}: streams[0].hop_s: ")
 
@@ -83,7 +73,7 @@ def test_check_exits_78_on_config_errors_without_loading_the_model(
     tmp_path: Path, text: str, key: str
 ) -> None:
     path = _config(tmp_path, text)
-    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
+    done = run_vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
     assert done.returncode == EX_CONFIG, done.stderr
     assert done.stderr.startswith(f"vstmon: error: {path}: {key}: "), done.stderr
     assert len(done.stderr.splitlines()) == 1 and "Traceback" not in done.stderr
@@ -93,7 +83,7 @@ def test_each_bad_key_gets_its_own_prefixed_line(tmp_path: Path) -> None:
     path = _config(
         tmp_path, "streams: [{name: a, url: x}, {name: a, url: y}]\npublish: {sndhwm: 1e12, top_k: 0}\n"
     )
-    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
+    done = run_vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
     assert done.returncode == EX_CONFIG
     keys = [line.split(": ")[3] for line in done.stderr.splitlines()]
     assert keys == ["streams[1].name", "publish.top_k", "publish.sndhwm"]
@@ -106,7 +96,7 @@ def test_check_refuses_cuda_on_a_machine_without_it(tmp_path: Path) -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     path = _config(tmp_path, _STREAM + "model: {checkpoint: null, device: cuda}\n")
-    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
+    done = run_vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
     assert done.returncode == EX_CONFIG
     assert done.stderr.startswith(
         f"vstmon: error: {path}: model.device: cuda:0 was asked for, but torch sees no CUDA"
@@ -117,7 +107,7 @@ def test_check_prints_the_resolved_device_and_precision(tmp_path: Path) -> None:
     from vstmon.engine import resolve_devices, resolve_dtype
 
     path = _config(tmp_path, _STREAM + "model: {checkpoint: null, device: auto, precision: auto}\n")
-    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
+    done = run_vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     device = resolve_devices("auto")[0]
     precision = {"torch.float32": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}[
@@ -131,14 +121,14 @@ def test_check_refuses_a_billion_laughs_file(tmp_path: Path) -> None:
     levels = ["l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
     levels += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 10)]
     path = _config(tmp_path, "\n".join(levels) + "\n" + _STREAM)
-    done = _vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)  # timeout: a hang guard
+    done = run_vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)  # timeout: a hang guard
     assert done.returncode == EX_CONFIG
     assert "aliases expand this to more than" in done.stderr
 
 
 def test_the_daemon_exits_78_on_a_config_error(tmp_path: Path) -> None:
     path = _config(tmp_path, "streams: [{name: cam, url: 'testsrc://', open_timeout_s: 1e300}]\n")
-    done = _vstmon("--config", str(path), cwd=tmp_path)
+    done = run_vstmon("--config", str(path), cwd=tmp_path)
     assert done.returncode == EX_CONFIG
     assert done.stderr.splitlines()[-1].startswith(f"vstmon: error: {path}: streams[0].open_timeout_s: ")
 
@@ -149,7 +139,7 @@ def test_the_daemon_exits_78_on_a_missing_checkpoint(tmp_path: Path) -> None:
         _STREAM
         + "model: {checkpoint: nowhere.pth}\npublish: {endpoints: ['ipc://pub.sock'], control: null}\n",
     )
-    done = _vstmon("--config", str(path), cwd=tmp_path)
+    done = run_vstmon("--config", str(path), cwd=tmp_path)
     assert done.returncode == EX_CONFIG, done.stderr
     assert "model.checkpoint" in done.stderr and "Traceback" not in done.stderr
 
@@ -164,7 +154,7 @@ def test_the_daemon_exits_78_when_its_endpoint_cannot_bind(tmp_path: Path) -> No
             _STREAM
             + f"model: {{checkpoint: null}}\npublish: {{endpoints: ['tcp://127.0.0.1:{port}'], control: null}}\n",
         )
-        done = _vstmon("--config", str(path), cwd=tmp_path)
+        done = run_vstmon("--config", str(path), cwd=tmp_path)
     assert done.returncode == EX_CONFIG, done.stderr
     assert done.stderr.splitlines()[-1].startswith(
         f"vstmon: error: publish.endpoints: cannot bind tcp://127.0.0.1:{port}"
@@ -179,17 +169,17 @@ def test_check_loads_the_model_and_reports_a_label_mismatch_as_78(tmp_path: Path
         path = _config(
             tmp_path, _STREAM + f"model: {{checkpoint: '{checkpoint}', labels: '{labels}', device: cpu}}\n"
         )
-        done = _vstmon("check", "--config", str(path), cwd=tmp_path)
+        done = run_vstmon("check", "--config", str(path), cwd=tmp_path)
         assert done.returncode == code, done.stderr
     assert "model: tiny_k400_style@" not in done.stdout
     assert done.stderr.startswith(f"vstmon: error: {path}: model.labels: ") and "10 classes" in done.stderr
 
 
 def test_command_line_misuse_exits_2(tmp_path: Path) -> None:
-    done = _vstmon("check")  # --config is required
+    done = run_vstmon("check")  # --config is required
     assert done.returncode == EX_USAGE == 2 and "--config" in done.stderr
 
 
 def test_unknown_command_option_is_an_argparse_error() -> None:
-    done = _vstmon("weights", "--no-such-option")
+    done = run_vstmon("weights", "--no-such-option")
     assert done.returncode == 2 and "unrecognized arguments" in done.stderr

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -13,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_vstmon
 from vstmon.client import (
     DaemonStatus,
     LabelMessage,
@@ -353,35 +352,15 @@ def test_listen_cli_prints_json_lines_in_a_subprocess(publisher) -> None:
     assert seqs == list(range(seqs[0], seqs[0] + 5))
 
 
-def _vstmon(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    """``vstmon ARGS`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "vstmon.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        cwd=REPO_ROOT,
-    )
-
-
-@pytest.fixture
-def silent_endpoint():
-    """A tcp endpoint where nothing answers: the port is held (bound, never listening) for the whole test."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
-        held.bind(("127.0.0.1", 0))
-        yield f"tcp://127.0.0.1:{held.getsockname()[1]}"
-
-
 def test_listen_cli_times_out_with_exit_code_1(silent_endpoint: str) -> None:
-    proc = _vstmon("listen", silent_endpoint, "--count", "3", "--timeout-s", "0.3")
+    proc = run_vstmon("listen", silent_endpoint, "--count", "3", "--timeout-s", "0.3")
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr.startswith("vstmon listen: no message in 0.3 s; got 0 of 3")
 
 
 def test_listen_with_nothing_there_says_so_and_exits_1_also_without_count(silent_endpoint: str) -> None:
-    proc = _vstmon("listen", silent_endpoint, "--timeout-s", "0.5")
+    proc = run_vstmon("listen", silent_endpoint, "--timeout-s", "0.5")
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr == (
@@ -440,7 +419,7 @@ def test_listen_exits_0_when_messages_came_and_then_the_stream_went_quiet(publis
     ],
 )
 def test_listen_suggests_the_endpoint_it_probably_meant(endpoint: str, message: str) -> None:
-    proc = _vstmon("listen", endpoint, "--timeout-s", "0.2")
+    proc = run_vstmon("listen", endpoint, "--timeout-s", "0.2")
     assert proc.returncode == 2
     assert proc.stderr == f"vstmon: error: {message}\n"
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from typing import Any
@@ -14,7 +10,7 @@ from typing import Any
 import pytest
 import zmq
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import run_vstmon
 from vstmon.cli import main
 from vstmon.errors import VstmonError
 from vstmon.log import configure_logging
@@ -377,26 +373,6 @@ def test_ctl_without_daemon_fails_clearly_within_the_timeout(
     assert elapsed < 10  # bounded (the timeout is 0.5 s; generous margin for a loaded machine)
 
 
-def _vstmon(*args: str) -> subprocess.CompletedProcess[str]:
-    """``vstmon ARGS`` as a real process."""
-    return subprocess.run(
-        [sys.executable, "-m", "vstmon.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        cwd=REPO_ROOT,
-    )
-
-
-@pytest.fixture
-def silent_endpoint():
-    """A tcp endpoint where nothing answers: the port is held (bound, never listening) for the whole test."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
-        held.bind(("127.0.0.1", 0))
-        yield f"tcp://127.0.0.1:{held.getsockname()[1]}"
-
-
 @pytest.mark.parametrize(
     "order",
     [
@@ -409,20 +385,20 @@ def silent_endpoint():
     ids=["before-endpoint", "before-action", "after-action", "after-stream", "before-stream"],
 )
 def test_ctl_timeout_is_accepted_anywhere(silent_endpoint: str, order: list[str]) -> None:
-    proc = _vstmon("ctl", *(arg.format(ep=silent_endpoint) for arg in order))
+    proc = run_vstmon("ctl", *(arg.format(ep=silent_endpoint) for arg in order))
     assert proc.returncode == 2, proc.stderr
     assert f"no reply from {silent_endpoint} within 0.4 s" in proc.stderr  # the given value, not the default
 
 
 def test_ctl_with_options_after_the_action_talks_to_a_real_server(server: str, daemon: FakeDaemon) -> None:
-    proc = _vstmon("ctl", server, "reset", "cam1", "--timeout-s", "30", "--subject", "p-43")
+    proc = run_vstmon("ctl", server, "reset", "cam1", "--timeout-s", "30", "--subject", "p-43")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"ok": True, "segment": 2}
     assert daemon.calls == [{"cmd": "reset", "stream": "cam1", "subject": "p-43"}]
 
 
 def test_ctl_without_transport_suggests_tcp() -> None:
-    proc = _vstmon("ctl", "localhost:5557", "status")
+    proc = run_vstmon("ctl", "localhost:5557", "status")
     assert proc.returncode == 2
     assert proc.stderr == (
         "vstmon: error: endpoint 'localhost:5557' has no transport; did you mean tcp://localhost:5557?\n"

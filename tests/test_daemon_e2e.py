@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 import yaml
 import zmq
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import vstmon_env
 from tests.rtsp_fixtures import rtsp_servers  # noqa: F401 (fixture)
 from tests.test_daemon import collect, daemon_config, tiny_checkpoint, write_mjpg
 from vstmon.client import Subscriber
@@ -30,11 +29,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tiny_checkpoint(tmp_path_factory.mktemp("model"))
-
-
-def _pythonpath() -> str:
-    """The repo first, then whatever PYTHONPATH the test run had."""
-    return os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
 
 
 class Vstmon:
@@ -52,7 +46,7 @@ class Vstmon:
         self.control = ""
         self.log_path = tmp_path / "vstmon.log"
         self._log = self.log_path.open("wb")
-        env = {**os.environ, "PYTHONPATH": _pythonpath(), "OMP_NUM_THREADS": "1", **(extra_env or {})}
+        env = vstmon_env(OMP_NUM_THREADS="1", **(extra_env or {}))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "vstmon", "--config", str(self.config_path)],
             cwd=tmp_path,
@@ -243,7 +237,7 @@ def test_check_command_accepts_a_good_config_and_explains_a_bad_one(
     data = daemon_config(checkpoint, labels, streams)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(data))
-    env = {**os.environ, "PYTHONPATH": _pythonpath()}
+    env = vstmon_env()
     result = subprocess.run(
         [sys.executable, "-m", "vstmon", "check", "--config", str(good)],
         capture_output=True,
@@ -325,7 +319,7 @@ def test_a_start_that_fails_reports_one_error_and_no_stop(
             capture_output=True,
             text=True,
             timeout=120,
-            env={**os.environ, "PYTHONPATH": _pythonpath()},
+            env=vstmon_env(),
             check=False,
         )
     assert result.returncode == 78, result.stderr

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, run_vstmon
 from tests.test_daemon import daemon_config, join_subscriber, tiny_checkpoint
 from vstmon.client import Subscriber
 from vstmon.config import parse_config
@@ -89,17 +89,6 @@ def _config(
     return data
 
 
-def _vstmon(*args: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "vstmon.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
-        cwd=REPO_ROOT,
-    )
-
-
 def _reconnect_statuses(sub: Subscriber, names: list[str], timeout_s: float = 60.0) -> list[dict[str, Any]]:
     """``status.<stream>`` messages until every stream has published one with a reconnect reason."""
     messages: list[dict[str, Any]] = []
@@ -153,7 +142,7 @@ def test_check_output(model_files: tuple[Path, Path], closed_port: int, socket_d
     config_path = socket_dir / "config.yaml"
     data = _config(model_files, closed_port, socket_dir)
     config_path.write_text(yaml.safe_dump(data))
-    proc = _vstmon("check", "--config", str(config_path), "--no-model")
+    proc = run_vstmon("check", "--config", str(config_path), "--no-model")
     assert proc.returncode == 0, proc.stderr
     _assert_no_secret("check output", proc.stdout + proc.stderr)
     for _url, shown in _urls(closed_port).values():
@@ -162,7 +151,7 @@ def test_check_output(model_files: tuple[Path, Path], closed_port: int, socket_d
     data["streams"][0]["transport"] = "carrier-pigeon"
     data["streams"].append({"name": "ftp", "url": "ftp://admin:Zq7@127.0.0.1/Pw9@x/clip.mp4"})
     config_path.write_text(yaml.safe_dump(data))
-    failed = _vstmon("check", "--config", str(config_path), "--no-model")
+    failed = run_vstmon("check", "--config", str(config_path), "--no-model")
     assert failed.returncode != 0
     _assert_no_secret("check output for a bad config", failed.stdout + failed.stderr)
 
@@ -194,10 +183,10 @@ def test_a_vstmon_process_and_its_clients(
     reader.start()
     try:
         assert reconnecting.wait(120), "".join(err_lines[-20:])
-        listen = _vstmon(
+        listen = run_vstmon(
             "listen", f"ipc://{socket_dir}/pub.sock", "--topic", "status", "--count", "6", "--timeout-s", "60"
         )
-        ctl = _vstmon("ctl", f"ipc://{socket_dir}/control.sock", "status", "--timeout-s", "30")
+        ctl = run_vstmon("ctl", f"ipc://{socket_dir}/control.sock", "status", "--timeout-s", "30")
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
