@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import pty
@@ -21,13 +22,18 @@ import numpy as np
 import pytest
 import torch
 
+from tests.assets import carphone_mp4, pedestrian_pb, vtest_avi
 from tests.conftest import REPO_ROOT
+from tests.test_daemon import tiny_checkpoint
+from tests.test_subjects import lossless_from
 from tests.videos import make_not_a_video, make_video
 from vstmon.cli import main
 from vstmon.preprocess import fit_frame, normalize_clips
 
 if TYPE_CHECKING:
     from vstmon.model import SwinConfig
+
+__all__ = ["carphone_mp4", "pedestrian_pb", "vtest_avi"]  # fixtures
 
 torch.set_num_threads(1)
 cv2.setNumThreads(1)
@@ -460,3 +466,229 @@ def test_progress_bar_on_a_terminal_shows_rate_and_eta(files: dict[str, Path]) -
     assert re.search(r"\d+(\.\d+)?frame/s", screen), screen  # a rate...
     assert re.search(r"<\d\d:\d\d", screen), screen  # ...and the time remaining
     assert "19 clips" in screen  # 1 + (9.96 s - 0.56 s) / 0.5 s
+
+
+# -- per-subject mode: one timeline per tracked person ------------------------------------------------------------
+# A vtest.avi excerpt (a fixed camera over a walkway, several people at once) at half size, losslessly re-encoded so
+# that decoding it here gives exactly the pictures classify saw; 8-frame 64 px clips of the tiny daemon-test model.
+SUBJECT_FRAMES, SUBJECT_HOP_S, WALK_FRAMES = 8, 0.5, 100
+_SUBJECT_ID = re.compile(r"^walkway-\d+$")
+
+
+@pytest.fixture(scope="module")
+def subject_files(
+    tmp_path_factory: pytest.TempPathFactory, vtest_avi: Path, pedestrian_pb: Path
+) -> dict[str, Path]:
+    """The walkway excerpt, the tiny checkpoint, and configs: ``config.yaml`` (whole-frame mode, no detector, the
+    subjects' timing set), ``per_subject.yaml`` (mode per_subject with the detector), ``frame_detector.yaml``
+    (the detector set, mode frame)."""
+    root = tmp_path_factory.mktemp("subjects")
+    checkpoint, labels = tiny_checkpoint(root)
+    walkway = lossless_from(vtest_avi, root / "walkway.avi", [range(WALK_FRAMES)])
+    common = (
+        f"model: {{checkpoint: {checkpoint}, labels: {labels}, device: cpu}}\n"
+        f"clip: {{frames: {SUBJECT_FRAMES}, frame_interval: 1, size_px: {SIZE}, hop_s: {SUBJECT_HOP_S}}}\n"
+        "inference: {max_batch: 3, threads: 1}\n"
+        "publish: {top_k: 3}\n"
+    )
+    timing = "detect_fps: 5, confirm_s: 0.5, max_subjects: 3"
+    (root / "config.yaml").write_text(common + f"subjects: {{{timing}}}\n")
+    (root / "per_subject.yaml").write_text(
+        common + f"subjects: {{detector: {pedestrian_pb}, mode: per_subject, {timing}}}\n"
+    )
+    (root / "frame_detector.yaml").write_text(common + f"subjects: {{detector: {pedestrian_pb}, {timing}}}\n")
+    return {"root": root, "walkway": walkway, "checkpoint": checkpoint, "detector": pedestrian_pb} | {
+        name: root / name for name in ("config.yaml", "per_subject.yaml", "frame_detector.yaml")
+    }
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _check_box(box: list[float]) -> None:
+    assert len(box) == 4 and all(round(v, 4) == v for v in box), box
+    x0, y0, x1, y1 = box
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1, box
+
+
+def test_people_on_a_walkway_get_clips_of_their_own_from_the_cli(subject_files: dict[str, Path]) -> None:
+    out = subject_files["root"] / "walkway_cli.jsonl"
+    done = _vstmon("classify", str(subject_files["walkway"]), "--config", str(subject_files["config.yaml"]),
+                   "--subjects", "--detector", str(subject_files["detector"]), "--out", str(out),
+                   cwd=subject_files["root"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = _lines(out)
+    assert [line["clip"] for line in lines] == list(range(len(lines)))
+    by_subject: dict[str, list[dict]] = {}
+    for line in lines:
+        assert _SUBJECT_ID.match(line["subject"]), line["subject"]
+        _check_box(line["box"])
+        assert (
+            line["frames"] == SUBJECT_FRAMES
+            and line["last_frame"] - line["first_frame"] == SUBJECT_FRAMES - 1
+        )
+        assert len(line["top"]) == 3 and "untrained" not in line
+        by_subject.setdefault(line["subject"], []).append(line)
+    assert len(by_subject) >= 3, sorted(by_subject)
+    for subject, own in by_subject.items():  # each person's clips go forward in time, one hop apart at least
+        ends = [line["end_s"] for line in own]
+        assert all(b - a >= SUBJECT_HOP_S - 1e-6 for a, b in itertools.pairwise(ends)), (
+            subject,
+            ends,
+        )
+    # several people at the same time: clips of different people overlap
+    spans = {s: (own[0]["first_frame"], own[-1]["last_frame"]) for s, own in by_subject.items()}
+    assert any(
+        a != b and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1] for a in spans for b in spans
+    )
+    # lines come in the order their clips complete
+    assert [line["last_frame"] for line in lines] == sorted(line["last_frame"] for line in lines)
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    (classified,) = [e for e in events if e.get("event") == "classified"]
+    assert classified["clips"] == len(lines) and classified["subjects"] >= len(by_subject)
+
+
+def test_carphone_has_one_subject_in_per_subject_mode_from_the_config(
+    subject_files: dict[str, Path], carphone_mp4: Path
+) -> None:
+    out = subject_files["root"] / "carphone.jsonl"
+    done = _vstmon("classify", str(carphone_mp4), "--config", str(subject_files["per_subject.yaml"]),
+                   "--out", str(out), cwd=subject_files["root"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = _lines(out)
+    assert len(lines) >= 5  # 4 s of video, a clip every 0.5 s once he counts
+    assert {line["subject"] for line in lines} == {lines[0]["subject"]}
+    assert re.match(r"^carphone_pristine-\d+$", lines[0]["subject"])
+    for line in lines:
+        _check_box(line["box"])
+        x0, y0, x1, y1 = line["box"]
+        assert (x1 - x0) * (y1 - y0) > 0.3  # a close-up: he fills most of the frame
+
+
+def _decoded(video: Path) -> list[np.ndarray]:
+    capture = cv2.VideoCapture(str(video))
+    frames = []
+    while (frame := capture.read()[1]) is not None:
+        frames.append(frame)
+    capture.release()
+    return frames
+
+
+def test_a_subject_clip_scores_equal_the_model_alone_on_that_subjects_crops(
+    subject_files: dict[str, Path],
+) -> None:
+    from vstmon.classify import classify_subjects
+    from vstmon.config import load_config
+    from vstmon.model import load_model_and_labels
+    from vstmon.subjects.crops import CropFitter, square_crop_px
+
+    config = load_config(subject_files["per_subject.yaml"], require_streams=False)
+    loaded = load_model_and_labels(config, warn=False)
+    classes = len(loaded.labels)
+    crops: dict[tuple[str, int], tuple[float, float, float, float]] = {}  # (subject, frame index) -> box
+
+    def on_crop(subject: str, index: int, box: tuple[float, float, float, float]) -> None:
+        assert (subject, index) not in crops  # one crop per person and frame
+        crops[subject, index] = box
+
+    written: list[str] = []
+    result = classify_subjects(subject_files["walkway"], loaded.model, loaded.labels, written.append,
+                               config.subjects, frames=SUBJECT_FRAMES, frame_interval=1, size_px=SIZE,
+                               hop_s=SUBJECT_HOP_S, batch=3, top_k=classes, on_crop=on_crop)  # fmt: skip
+    lines = [json.loads(line) for line in written]
+    subjects = {line["subject"] for line in lines}
+    assert result.clips == len(lines) and result.subjects >= len(subjects) > config.subjects.max_subjects
+    # more people than slots: a slot passed from one person to another, and batches mixed people
+    assert any(len({line["subject"] for line in lines[i : i + 3]}) > 1 for i in range(0, len(lines), 3))
+    decoded = _decoded(subject_files["walkway"])
+    assert len(decoded) == WALK_FRAMES
+    height_px, width_px = decoded[0].shape[:2]
+    fitter = CropFitter(SIZE)
+    clip = np.empty((SUBJECT_FRAMES, SIZE, SIZE, 3), np.uint8)  # (T, H, W, 3)
+    alone = []
+    for line in lines:
+        subject = line["subject"]
+        indices = range(line["first_frame"], line["last_frame"] + 1)
+        for j, index in enumerate(indices):  # every frame of the clip is a crop of this person
+            box = crops[subject, index]
+            fitter.fit(
+                decoded[index], square_crop_px(box, width_px, height_px, config.subjects.crop_margin), clip[j]
+            )
+        np.testing.assert_allclose(line["box"], crops[subject, line["last_frame"]], atol=5e-5)
+        with torch.inference_mode():
+            x = normalize_clips(torch.from_numpy(clip[None]))  # (1, 3, T, H, W)
+            alone.append(torch.softmax(loaded.model(x), dim=-1)[0].numpy())
+    probs = np.stack(alone)  # (N, classes)
+    np.testing.assert_allclose(_scores(lines, classes), probs, atol=1e-5, rtol=0)
+    assert np.abs(probs - probs.mean(axis=0)).max() > 1e-4  # the clips really differ
+
+
+def test_subjects_without_a_detector_is_one_config_error_line(subject_files: dict[str, Path]) -> None:
+    out = subject_files["root"] / "never_subjects.jsonl"
+    done = _vstmon("classify", str(subject_files["walkway"]), "--config", str(subject_files["config.yaml"]),
+                   "--subjects", "--out", str(out), cwd=subject_files["root"])  # fmt: skip
+    assert done.returncode == 78, done.stderr
+    assert done.stderr.splitlines() == [
+        "vstmon: error: --subjects needs a person detector: give --detector PATH or set subjects.detector in the "
+        "config (`vstmon weights fetch ssdlite_mobilenet_v2_pedestrian` downloads one)"
+    ]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "message"),
+    [
+        (["--subjects", "--detector", "missing.pb"], 78, "--detector: missing.pb does not exist"),
+        (["--detector", "missing.pb"], 2, "--detector is only used in per-subject mode: add --subjects"),
+    ],
+)
+def test_a_detector_flag_that_cannot_be_used_is_one_error_line(
+    subject_files: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    code: int,
+    message: str,
+) -> None:
+    out = subject_files["root"] / "never_detector.jsonl"
+    argv = [
+        "classify",
+        str(subject_files["walkway"]),
+        "--config",
+        str(subject_files["config.yaml"]),
+        "--out",
+        str(out),
+    ]
+    assert main([*argv, *flags]) == code
+    assert capsys.readouterr().err.splitlines() == [f"vstmon: error: {message}"]
+    assert not out.exists()
+
+
+def test_a_per_subject_config_without_a_detector_names_the_keys(
+    subject_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = subject_files["root"] / "per_subject_no_detector.yaml"
+    config.write_text(
+        subject_files["config.yaml"].read_text().replace("subjects: {", "subjects: {mode: per_subject, ")
+    )
+    code = main(["classify", str(subject_files["walkway"]), "--config", str(config)])
+    err = capsys.readouterr().err
+    assert code == 78
+    assert err.splitlines() == [
+        f"vstmon: error: {config}: subjects.mode is per_subject but subjects.detector is null: set it or give "
+        "--detector PATH (`vstmon weights fetch ssdlite_mobilenet_v2_pedestrian` downloads one)"
+    ]
+
+
+def test_whole_frame_mode_ignores_a_configured_detector(subject_files: dict[str, Path]) -> None:
+    out = subject_files["root"] / "walkway_frames.jsonl"
+    code = main(["classify", str(subject_files["walkway"]), "--config", str(subject_files["frame_detector.yaml"]),
+                 "--out", str(out)])  # fmt: skip
+    assert code == 0
+    lines = _lines(out)
+    # the same clips and fields as ever: one clip stream for the whole frame, first clip at frame 7, then every 0.5 s
+    assert [line["last_frame"] for line in lines] == list(range(7, WALK_FRAMES, 5))
+    assert all(
+        list(line) == ["clip", "start_s", "end_s", "first_frame", "last_frame", "frames", "top"]
+        for line in lines
+    )

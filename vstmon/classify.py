@@ -55,7 +55,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -70,14 +70,20 @@ from tqdm import tqdm
 
 import vstmon.ingest.capture  # noqa: F401  (imported for its process-wide FFmpeg/OpenCV log settings)
 from vstmon.check import preflight
-from vstmon.config import Config, ModelConfig, load_config
+from vstmon.config import Config, ModelConfig, SubjectsConfig, load_config
 from vstmon.engine import resolve_dtype
-from vstmon.errors import SourceError, VstmonError
+from vstmon.errors import ConfigError, SourceError, VstmonError
+from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.log import configure_logging, get_logger
 from vstmon.model.bundle import load_model_and_labels
 from vstmon.preprocess import FrameFitter, normalize_clips
+from vstmon.subjects.crops import CropFitter, square_crop_px
+from vstmon.subjects.detector import PersonDetector
+from vstmon.subjects.policy import Box
+from vstmon.subjects.slots import SubjectSlots
+from vstmon.subjects.tracker import Tracker
 from vstmon.types import Clip, FrameMeta
 
 __all__ = [
@@ -85,10 +91,13 @@ __all__ = [
     "TimelineOutput",
     "VideoFile",
     "add_arguments",
+    "build_detector",
+    "classify_subjects",
     "classify_video",
     "default_batch",
     "open_video",
     "run",
+    "subject_prefix",
 ]
 
 _log = get_logger(__name__)
@@ -104,8 +113,10 @@ class ClassifyResult:
     frames_read: int
     seconds: float
     cpu_s: float  # CPU time of the whole process (all threads) during the run
-    ring_nbytes: int
+    ring_nbytes: int  # the fixed memory of the clip ring(s): one per subject slot in per-subject mode
     clips_skipped: int
+    subjects: int = 0  # per-subject mode: people who got clips of their own
+    detections: int = 0  # per-subject mode: frames the person detector ran on
 
 
 @dataclass(slots=True)
@@ -145,6 +156,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="clips per forward pass (default: 1 on a CPU, where batching Swin-T gains almost nothing and "
         "multiplies memory; inference.max_batch on CUDA)",
+    )
+    parser.add_argument(
+        "--subjects",
+        action="store_true",
+        help="per-subject mode: one timeline line per clip of each tracked person, cut from crops around them "
+        "(as subjects.mode: per_subject; needs subjects.detector or --detector)",
+    )
+    parser.add_argument(
+        "--detector",
+        type=Path,
+        help="person detector graph for per-subject mode (default: subjects.detector)",
     )
     parser.add_argument("--top-k", type=int, help="labels per clip (default: publish.top_k)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: model.device)")
@@ -208,6 +230,139 @@ def open_video(path: Path) -> VideoFile:
     return VideoFile(path, capture, float(fps), frame_count, frame, first_msec)
 
 
+def _ring_capacity(frames: int, frame_interval: int, sample_fps: float | None, fps: float) -> int:
+    """Frames a lossless clip ring needs: one clip span + 2 (the sampler releases everything older)."""
+    if sample_fps is None:
+        return (frames - 1) * frame_interval + 3
+    # time mode: a clip covers (frames - 1) / sample_fps seconds of the source's frames
+    return math.ceil((frames - 1) / sample_fps * fps * 1.25) + 8
+
+
+def _read_frames(video: VideoFile) -> Iterator[tuple[int, float, np.ndarray]]:
+    """(index, stream time in s, BGR frame) of every frame, from the first one ``open_video`` decoded.
+
+    The frame's array is reused for the next frame (decoded into it when the size matches): use it before
+    asking for the next one. The stream time is ``CAP_PROP_POS_MSEC`` while it is sane (finite, >= 0 and
+    increasing), otherwise index / fps (nudged forward by a frame when that would not increase).
+    """
+    capture, fps = video.capture, video.fps
+    index = 0
+    last_ts = -math.inf
+    frame: np.ndarray | None = video.first_frame
+    msec = video.first_msec
+    while frame is not None:
+        ts = msec / 1000.0 if math.isfinite(msec) and msec / 1000.0 > last_ts and msec >= 0 else None
+        if ts is None:
+            ts = index / fps if index / fps > last_ts else last_ts + 1.0 / fps
+        last_ts = ts
+        yield index, ts, frame
+        index += 1
+        ok, frame = capture.read(frame)  # decodes into the previous frame's array when the size matches
+        if not ok:
+            frame = None
+        msec = capture.get(cv2.CAP_PROP_POS_MSEC)
+
+
+def _progress_bar(video: VideoFile, progress: bool) -> Any:
+    """A tqdm bar of frames on stderr (disabled unless ``progress``).
+
+    The rate is the mean since the start (smoothing=0): frames arrive in bursts (decoding is fast, then a batch
+    waits for the model), so a moving average would swing with every batch and so would the ETA.
+    """
+    return tqdm(
+        total=video.frame_count or None,
+        unit="frame",
+        file=sys.stderr,
+        disable=not progress,
+        smoothing=0,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
+
+
+class _Batches:
+    """Clips waiting for the model in one preallocated (batch, T, S, S, 3) uint8 host buffer.
+
+    ``buffer()`` is where the next clip is cut into; ``add(clip, fields)`` queues it (a full batch runs at once);
+    ``flush()`` runs the model on the queued clips and writes one JSON line per clip, in the order they were
+    added: ``clip`` (the line's number), then ``fields`` (per-subject mode: subject and box), then the clip's
+    times, frames and top labels (and ``untrained``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        labels: list[str],
+        write_line: Callable[[str], Any],
+        bar: Any,
+        *,
+        batch: int,
+        frames: int,
+        size_px: int,
+        top_k: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        untrained: bool,
+    ) -> None:
+        self._model, self._labels, self._write_line, self._bar = model, labels, write_line, bar
+        self._batch, self._frames, self._device, self._dtype = batch, frames, device, dtype
+        self._top_k = min(top_k, len(labels))
+        self._untrained = untrained
+        shape = (batch, frames, size_px, size_px, 3)
+        # (B, T, H, W, 3) uint8, pinned on CUDA for asynchronous copies
+        self._host = torch.empty(shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
+        self._host_np = self._host.numpy()
+        self._pending: list[tuple[Clip, dict[str, Any] | None]] = []
+        self.clips = 0  # lines written
+
+    def buffer(self) -> np.ndarray:
+        """The (T, S, S, 3) view of the host buffer where the next clip goes."""
+        return self._host_np[len(self._pending)]
+
+    def add(self, clip: Clip, fields: dict[str, Any] | None = None) -> None:
+        """Queue ``clip`` (cut into ``buffer()``); its line gets ``fields`` after ``clip``."""
+        self._pending.append((clip, fields))
+        if len(self._pending) == self._batch:
+            self.flush()
+
+    def flush(self) -> None:
+        n = len(self._pending)
+        if n == 0:
+            return
+        device, dtype = self._device, self._dtype
+        with torch.inference_mode():
+            x = normalize_clips(self._host[:n].to(device, non_blocking=True))  # (n, 3, T, H, W) float32
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                logits = self._model(x)
+            probs = torch.softmax(logits.float(), dim=-1)  # (n, classes)
+            scores, indices = probs.topk(self._top_k, dim=-1)
+        scores_list, indices_list = scores.cpu().tolist(), indices.cpu().tolist()
+        labels = self._labels
+        for (clip, fields), row_scores, row_indices in zip(
+            self._pending, scores_list, indices_list, strict=True
+        ):
+            record: dict[str, Any] = {"clip": self.clips}
+            if fields:
+                record.update(fields)
+            record.update(
+                start_s=round(clip.start_stream_s, 6),
+                end_s=round(clip.end_stream_s, 6),
+                first_frame=clip.first_frame,
+                last_frame=clip.last_frame,
+                frames=self._frames,
+                top=[
+                    {"label": labels[i], "index": i, "score": s}
+                    for s, i in zip(row_scores, row_indices, strict=True)
+                ],
+            )
+            if self._untrained:
+                record["untrained"] = True
+            self._write_line(json.dumps(record))
+            self.clips += 1
+        self._pending.clear()
+        self._bar.set_postfix_str(f"{self.clips} clips", refresh=False)
+
+
 def classify_video(
     video: Path | VideoFile,
     model: nn.Module,
@@ -239,74 +394,17 @@ def classify_video(
     bar: Any = None
     started, cpu_started = time.monotonic(), time.process_time()
     try:
-        capture, fps, path = opened.capture, opened.fps, opened.path
-        top_k = min(top_k, len(labels))
-        if sample_fps is None:
-            capacity = (frames - 1) * frame_interval + 3
-        else:  # a clip covers (frames - 1) / sample_fps seconds of the source's frames
-            capacity = math.ceil((frames - 1) / sample_fps * fps * 1.25) + 8
+        path = opened.path
+        capacity = _ring_capacity(frames, frame_interval, sample_fps, opened.fps)
         ring = RingBuffer(capacity, size_px, size_px, lossless=True)
         sampler = ClipSampler(ring, "file", frames, frame_interval, hop_s, sample_fps)
         fitter = FrameFitter(size_px)
-        shape = (batch, frames, size_px, size_px, 3)
-        host = torch.empty(shape, dtype=torch.uint8, pin_memory=device.type == "cuda")  # (B, T, H, W, 3)
-        host_np = host.numpy()
-        pending: list[Clip] = []
-        clip_number = 0
-        # the rate is the mean since the start (smoothing=0): frames arrive in bursts (decoding is fast, then a
-        # batch waits for the model), so a moving average would swing with every batch and so would the ETA
-        bar = tqdm(
-            total=opened.frame_count or None,
-            unit="frame",
-            file=sys.stderr,
-            disable=not progress,
-            smoothing=0,
-            dynamic_ncols=True,
-            mininterval=0.5,
-        )
-
-        def flush() -> None:
-            nonlocal clip_number
-            n = len(pending)
-            if n == 0:
-                return
-            with torch.inference_mode():
-                x = normalize_clips(host[:n].to(device, non_blocking=True))  # (n, 3, T, H, W) float32
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                    logits = model(x)
-                probs = torch.softmax(logits.float(), dim=-1)  # (n, classes)
-                scores, indices = probs.topk(top_k, dim=-1)
-            scores_list, indices_list = scores.cpu().tolist(), indices.cpu().tolist()
-            for clip, row_scores, row_indices in zip(pending, scores_list, indices_list, strict=True):
-                record: dict[str, Any] = {
-                    "clip": clip_number,
-                    "start_s": round(clip.start_stream_s, 6),
-                    "end_s": round(clip.end_stream_s, 6),
-                    "first_frame": clip.first_frame,
-                    "last_frame": clip.last_frame,
-                    "frames": frames,
-                    "top": [
-                        {"label": labels[i], "index": i, "score": s}
-                        for s, i in zip(row_scores, row_indices, strict=True)
-                    ],
-                }
-                if untrained:
-                    record["untrained"] = True
-                write_line(json.dumps(record))
-                clip_number += 1
-            pending.clear()
-            bar.set_postfix_str(f"{clip_number} clips", refresh=False)
-
-        index = 0
-        last_ts = -math.inf
-        frame: np.ndarray | None = opened.first_frame
-        msec = opened.first_msec
+        bar = _progress_bar(opened, progress)
+        batches = _Batches(model, labels, write_line, bar, batch=batch, frames=frames, size_px=size_px,
+                           top_k=top_k, device=device, dtype=dtype, untrained=untrained)  # fmt: skip
+        frames_read = 0
         meta = FrameMeta()  # refilled per frame (the ring copies the values)
-        while frame is not None:
-            ts = msec / 1000.0 if math.isfinite(msec) and msec / 1000.0 > last_ts and msec >= 0 else None
-            if ts is None:
-                ts = index / fps if index / fps > last_ts else last_ts + 1.0 / fps
-            last_ts = ts
+        for index, ts, frame in _read_frames(opened):
             slot = ring.write_slot(timeout_s=0)
             if slot is None:  # cannot happen while the sampler releases what it no longer needs
                 raise VstmonError(f"{path}: internal error, the clip ring buffer is full at frame {index}")
@@ -316,29 +414,145 @@ def classify_video(
                 raise SourceError(f"{path}: frame {index}: {error}") from None
             meta.index, meta.capture_mono_s, meta.stream_ts_s = index, time.monotonic(), ts
             seq = ring.commit(meta)
-            index += 1
+            frames_read = index + 1
             if sampler.on_frame(seq):
-                pending.append(sampler.cut(host_np[len(pending)]))  # the clip's frames are a view of host
-                if len(pending) == batch:
-                    flush()
+                batches.add(sampler.cut(batches.buffer()))  # the clip's frames are a view of the host buffer
             bar.update(1)
-            ok, frame = capture.read(frame)  # decodes into the previous frame's array when the size matches
-            if not ok:
-                frame = None
-            msec = capture.get(cv2.CAP_PROP_POS_MSEC)
-        flush()
+        batches.flush()
     finally:
         if bar is not None:
             bar.close()
         if owned:
             opened.close()
     return ClassifyResult(
-        clips=clip_number,
-        frames_read=index,
+        clips=batches.clips,
+        frames_read=frames_read,
         seconds=time.monotonic() - started,
         cpu_s=time.process_time() - cpu_started,
         ring_nbytes=ring.nbytes,
         clips_skipped=sampler.clips_skipped,
+    )
+
+
+def subject_prefix(path: Path) -> str:
+    """The stream-name part of per-subject ids for a video file: its stem (``walkway.mp4`` -> ``walkway``), or
+    ``video`` when the name has none."""
+    return Path(path).stem or "video"
+
+
+def build_detector(subjects: SubjectsConfig) -> PersonDetector:
+    """The person detector ``subjects`` names (its graph, score threshold, person class and threads)."""
+    if subjects.detector is None:
+        raise ConfigError("per-subject mode needs a person detector: subjects.detector is not set")
+    return PersonDetector(
+        Path(subjects.detector), subjects.score_threshold, subjects.person_class_id, threads=subjects.threads
+    )
+
+
+def classify_subjects(
+    video: Path | VideoFile,
+    model: nn.Module,
+    labels: list[str],
+    write_line: Callable[[str], Any],
+    subjects: SubjectsConfig,
+    *,
+    detector: PersonDetector | None = None,
+    frames: int = 32,
+    frame_interval: int = 2,
+    sample_fps: float | None = None,
+    size_px: int = 224,
+    hop_s: float = 1.0,
+    batch: int = 1,
+    top_k: int = 5,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    untrained: bool = False,
+    progress: bool = False,
+    on_crop: Callable[[str, int, Box], Any] | None = None,
+) -> ClassifyResult:
+    """Per-subject mode (module docstring): ``write_line`` gets one JSON line per subject clip, in the order the
+    clips complete, each with ``subject`` and ``box``.
+
+    ``subjects`` gives the detection grid (``detect_fps``), the tracker (``track_buffer_s``), who counts
+    (``confirm_s``), ``max_subjects`` and ``crop_margin``; its ``mode`` is not looked at. ``detector``: the
+    person detector (default: ``build_detector(subjects)``). ``on_crop(subject, frame_index, box)`` is called for
+    every crop taken, before a clip ending with it is cut (a hook for tests and tools: the crop is
+    ``square_crop_px(box, width_px, height_px, subjects.crop_margin)`` of that frame, resized to ``size_px``).
+    Other arguments as for ``classify_video``.
+    """
+    _check_options(batch, top_k, hop_s)
+    device = torch.device(device)
+    if detector is None:
+        detector = build_detector(subjects)
+    owned = not isinstance(video, VideoFile)
+    opened = open_video(Path(video)) if owned else video
+    bar: Any = None
+    started, cpu_started = time.monotonic(), time.process_time()
+    try:
+        stream = subject_prefix(opened.path)
+        capacity = _ring_capacity(frames, frame_interval, sample_fps, opened.fps)
+        rings = [RingBuffer(capacity, size_px, size_px, lossless=True) for _ in range(subjects.max_subjects)]
+        samplers = [ClipSampler(ring, stream, frames, frame_interval, hop_s, sample_fps) for ring in rings]
+        # the whole frame squeezed to the detector's square input on the stream-clock grid, as the daemon's source
+        detection = DetectionFrames(detector.input_size_px, 1.0 / subjects.detect_fps, slots=1)
+        image = np.zeros((detector.input_size_px, detector.input_size_px, 3), np.uint8)  # (300, 300, 3) BGR
+        tracker = Tracker(buffer_s=subjects.track_buffer_s)
+        slots = SubjectSlots(stream, subjects.max_subjects, subjects.confirm_s)
+        fitter = CropFitter(size_px)
+        margin = subjects.crop_margin
+        bar = _progress_bar(opened, progress)
+        batches = _Batches(model, labels, write_line, bar, batch=batch, frames=frames, size_px=size_px,
+                           top_k=top_k, device=device, dtype=dtype, untrained=untrained)  # fmt: skip
+        frames_read = detections = people = 0
+        meta = FrameMeta()  # refilled per frame (the rings copy the values)
+        for index, ts, frame in _read_frames(opened):
+            if detection.offer(frame, index, ts) and detection.take(index, image):
+                visible = tracker.update(detector.detect(image), ts)
+                detections += 1
+                for change in slots.update(visible, tracker.tracks, ts):
+                    ring = rings[change.slot]
+                    if change.kind == "end":  # the track ended: nothing of this person is used again
+                        ring.clear()
+                    else:  # a person took the slot: their clips start at their first crop
+                        samplers[change.slot].restart(ring.head_seq)
+                        people += 1
+            height_px, width_px = frame.shape[:2]
+            meta.index, meta.capture_mono_s, meta.stream_ts_s = index, time.monotonic(), ts
+            for slot, box in enumerate(slots.boxes):  # each held between detections
+                if box is None:
+                    continue
+                subject = slots.subjects[slot]
+                assert subject is not None  # a slot with a box has a subject
+                ring, sampler = rings[slot], samplers[slot]
+                out = ring.write_slot(timeout_s=0)
+                if out is None:  # cannot happen while the sampler releases what it no longer needs
+                    raise VstmonError(
+                        f"{opened.path}: internal error, the crop ring of {subject} is full at frame {index}"
+                    )
+                fitter.fit(frame, square_crop_px(box, width_px, height_px, margin), out)
+                seq = ring.commit(meta)
+                if on_crop is not None:
+                    on_crop(subject, index, box)
+                if sampler.on_frame(seq):
+                    clip = sampler.cut(batches.buffer())  # the clip's frames are a view of the host buffer
+                    batches.add(clip, {"subject": subject, "box": [round(float(v), 4) for v in box]})
+            frames_read = index + 1
+            bar.update(1)
+        batches.flush()
+    finally:
+        if bar is not None:
+            bar.close()
+        if owned:
+            opened.close()
+    return ClassifyResult(
+        clips=batches.clips,
+        frames_read=frames_read,
+        seconds=time.monotonic() - started,
+        cpu_s=time.process_time() - cpu_started,
+        ring_nbytes=sum(ring.nbytes for ring in rings),
+        clips_skipped=sum(sampler.clips_skipped for sampler in samplers),
+        subjects=people,
+        detections=detections,
     )
 
 
@@ -421,6 +635,36 @@ def _with_flags(config: Config, args: argparse.Namespace) -> Config:
     return config.model_copy(update={"model": model})
 
 
+def _per_subject(config: Config, args: argparse.Namespace, source: str) -> Config | None:
+    """Per-subject mode (``--subjects`` or ``subjects.mode: per_subject``): ``config`` with ``--detector`` put
+    over ``subjects.detector``; None in whole-frame mode. One-line errors for a missing detector."""
+    wanted = bool(args.subjects) or config.subjects.mode == "per_subject"
+    detector: Path | None = args.detector
+    if detector is not None:
+        if not wanted:
+            raise VstmonError("--detector is only used in per-subject mode: add --subjects")
+        if not detector.exists():
+            raise ConfigError(f"--detector: {detector} does not exist")
+        if not detector.is_file():
+            raise ConfigError(f"--detector: {detector} is not a file")
+        subjects = config.subjects.model_copy(update={"detector": detector})
+        return config.model_copy(update={"subjects": subjects})
+    if not wanted:
+        return None
+    if config.subjects.detector is None:
+        fetch = "`vstmon weights fetch ssdlite_mobilenet_v2_pedestrian` downloads one"
+        if args.subjects:
+            raise ConfigError(
+                f"--subjects needs a person detector: give --detector PATH or set subjects.detector in the "
+                f"config ({fetch})"
+            )
+        raise ConfigError(
+            f"{source}: subjects.mode is per_subject but subjects.detector is null: set it or give "
+            f"--detector PATH ({fetch})"
+        )
+    return config
+
+
 def _classify_to_output(
     args: argparse.Namespace,
     config: Config,
@@ -429,11 +673,13 @@ def _classify_to_output(
     batch: int,
     top_k: int,
     hop_s: float,
+    per_subject: bool,
 ) -> tuple[ClassifyResult, VideoFile]:
-    """Open the video and the output (before the model loads: a bad input fails at once), load the model as
-    the daemon does, classify, and put the timeline in place."""
+    """Open the video and the output (before the models load: a bad input fails at once), load the person
+    detector (per-subject mode) and the model as the daemon does, classify, and put the timeline in place."""
     clip_cfg = config.clip
     with open_video(Path(args.video)) as video, TimelineOutput(args.out) as timeline:
+        detector = build_detector(config.subjects) if per_subject else None
         loaded = load_model_and_labels(config)  # warns (once) about untrained weights
         model = loaded.model.to(device).eval()
         _log.info(
@@ -443,25 +689,34 @@ def _classify_to_output(
             model=loaded.model_id,
             device=str(device),
             batch=batch,
+            mode="per_subject" if per_subject else "frame",
             writing=str(timeline.part or args.out or "stdout"),
         )
-        result = classify_video(
-            video,
-            model,
-            loaded.labels,
-            timeline.write_line,
-            frames=clip_cfg.frames,
-            frame_interval=clip_cfg.frame_interval,
-            sample_fps=clip_cfg.sample_fps,
-            size_px=clip_cfg.size_px,
-            hop_s=hop_s,
-            batch=batch,
-            top_k=top_k,
-            device=device,
-            dtype=dtype,
-            untrained=loaded.untrained,
-            progress=sys.stderr.isatty(),
-        )
+        options: dict[str, Any] = {
+            "frames": clip_cfg.frames,
+            "frame_interval": clip_cfg.frame_interval,
+            "sample_fps": clip_cfg.sample_fps,
+            "size_px": clip_cfg.size_px,
+            "hop_s": hop_s,
+            "batch": batch,
+            "top_k": top_k,
+            "device": device,
+            "dtype": dtype,
+            "untrained": loaded.untrained,
+            "progress": sys.stderr.isatty(),
+        }
+        if detector is not None:
+            result = classify_subjects(
+                video,
+                model,
+                loaded.labels,
+                timeline.write_line,
+                config.subjects,
+                detector=detector,
+                **options,
+            )
+        else:
+            result = classify_video(video, model, loaded.labels, timeline.write_line, **options)
         timeline.commit()
     return result, video
 
@@ -472,8 +727,12 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, require_streams=False) if args.config else Config()
     configure_logging(config.log.level, config.log.format)  # logs go to stderr; stdout may be the timeline
     config = _with_flags(config, args)
-    # devices, precision, checkpoint and labels files, as `vstmon check` does; one device: the first listed
-    resolved = preflight(config, str(args.config or "vstmon classify"))[0]
+    source = str(args.config or "vstmon classify")
+    subjects_config = _per_subject(config, args, source)
+    per_subject = subjects_config is not None
+    config = subjects_config or config
+    # devices, precision, checkpoint, labels and detector files, as `vstmon check` does; one device: the first
+    resolved = preflight(config, source)[0]
     device, dtype = resolved.device, resolve_dtype(resolved.precision, resolved.device)
     batch = args.batch if args.batch is not None else default_batch(device, config.inference.max_batch)
     top_k = args.top_k if args.top_k is not None else config.publish.top_k
@@ -483,11 +742,12 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(config.inference.threads)
 
     try:
-        result, video = _classify_to_output(args, config, device, dtype, batch, top_k, hop_s)
+        result, video = _classify_to_output(args, config, device, dtype, batch, top_k, hop_s, per_subject)
     except BrokenPipeError:  # the reader of stdout went away (`vstmon classify v.mp4 | head -3`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         _log.info("stopped: the reader of the timeline closed it", video=str(args.video))
         return 128 + signal.SIGPIPE  # what a shell reports for a process ended by SIGPIPE
+    extra = {"subjects": result.subjects, "detections": result.detections} if per_subject else {}
     _log.info(
         "classified",
         video=str(video.path),
@@ -497,5 +757,6 @@ def run(args: argparse.Namespace) -> int:
         cpu_s=round(result.cpu_s, 3),
         batch=batch,
         out=str(args.out or "stdout"),
+        **extra,
     )
     return 0
