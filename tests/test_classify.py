@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from tests.assets import carphone_mp4, pedestrian_pb, vtest_avi
 from tests.conftest import REPO_ROOT
@@ -692,3 +693,16 @@ def test_whole_frame_mode_ignores_a_configured_detector(subject_files: dict[str,
         list(line) == ["clip", "start_s", "end_s", "first_frame", "last_frame", "frames", "top"]
         for line in lines
     )
+
+
+def test_whole_frame_mode_does_not_need_the_configured_detector_to_be_there(
+    subject_files: dict[str, Path],
+) -> None:
+    """The shipped config names a detector that a new user may not have fetched yet."""
+    config = yaml.safe_load(subject_files["frame_detector.yaml"].read_text())
+    config["subjects"]["detector"] = str(subject_files["root"] / "not_fetched_yet.pb")
+    path = subject_files["root"] / "frame_missing_detector.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = subject_files["root"] / "walkway_frames_2.jsonl"
+    assert main(["classify", str(subject_files["walkway"]), "--config", str(path), "--out", str(out)]) == 0
+    assert [line["last_frame"] for line in _lines(out)] == list(range(7, WALK_FRAMES, 5))

@@ -730,7 +730,10 @@ def run(args: argparse.Namespace) -> int:
     source = str(args.config or "vstmon classify")
     subjects_config = _per_subject(config, args, source)
     per_subject = subjects_config is not None
-    config = subjects_config or config
+    if subjects_config is not None:
+        config = subjects_config
+    elif config.subjects.detector is not None:  # whole-frame: the detector is not used, so need not be there
+        config = config.model_copy(update={"subjects": config.subjects.model_copy(update={"detector": None})})
     # devices, precision, checkpoint, labels and detector files, as `vstmon check` does; one device: the first
     resolved = preflight(config, source)[0]
     device, dtype = resolved.device, resolve_dtype(resolved.precision, resolved.device)
