@@ -581,8 +581,8 @@ def test_a_subject_clip_scores_equal_the_model_alone_on_that_subjects_crops(
 ) -> None:
     from vstmon.classify import classify_subjects
     from vstmon.config import load_config
+    from vstmon.ingest.crops import CropFitter, square_crop_px
     from vstmon.model import load_model_and_labels
-    from vstmon.subjects.crops import CropFitter, square_crop_px
 
     config = load_config(subject_files["per_subject.yaml"], require_streams=False)
     loaded = load_model_and_labels(config, warn=False)

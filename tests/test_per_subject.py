@@ -13,8 +13,8 @@ from tests.assets import pedestrian_pb, vtest_avi
 from tests.test_daemon import FRAMES, SIZE_PX, collect, daemon_config, ended, model_files, run_daemon
 from tests.test_subjects import lossless_from
 from vstmon.daemon import Daemon
+from vstmon.ingest.crops import CropFitter, square_crop_px
 from vstmon.preprocess import normalize_clips
-from vstmon.subjects.crops import CropFitter, square_crop_px
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Track
 from vstmon.types import ClipResult

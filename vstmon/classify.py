@@ -73,18 +73,17 @@ from vstmon.check import preflight
 from vstmon.config import Config, ModelConfig, SubjectsConfig, load_config
 from vstmon.engine import resolve_dtype
 from vstmon.errors import ConfigError, SourceError, VstmonError
+from vstmon.ingest.crops import CropFitter, square_crop_px
 from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.log import configure_logging, get_logger
 from vstmon.model.bundle import load_model_and_labels
 from vstmon.preprocess import FrameFitter, normalize_clips
-from vstmon.subjects.crops import CropFitter, square_crop_px
 from vstmon.subjects.detector import PersonDetector
-from vstmon.subjects.policy import Box
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Tracker
-from vstmon.types import Clip, FrameMeta
+from vstmon.types import Box, Clip, FrameMeta
 
 __all__ = [
     "ClassifyResult",

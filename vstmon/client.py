@@ -155,7 +155,9 @@ class StatusMessage:
     clips: int
     people: int | None = None  # people in view (None: the stream does not track subjects)
     subject: str | None = None
-    subjects: tuple[Mapping[str, Any], ...] | None = None  # per-subject mode: {subject, box, segment, clips} each
+    subjects: tuple[Mapping[str, Any], ...] | None = (
+        None  # per-subject mode: {subject, box, segment, clips} each
+    )
     waiting: int | None = None  # per-subject mode: people who count but have no slot
 
 

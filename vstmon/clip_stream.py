@@ -20,12 +20,11 @@ import numpy as np
 from vstmon.engine import Engine
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.state import StreamState
-from vstmon.types import Clip
+from vstmon.types import Box, Clip
 
 __all__ = ["ClipStream"]
 
 _SUBMIT_WAIT_S = 0.1  # lossless: how often a waiting submit checks whether it should give up
-Box = tuple[float, float, float, float]
 
 
 class ClipStream:

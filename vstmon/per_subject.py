@@ -32,8 +32,8 @@ from vstmon.ingest.ring import FrameGone
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.state import StreamState
-from vstmon.subjects.policy import Box
 from vstmon.subjects.slots import SlotChange
+from vstmon.types import Box
 
 __all__ = ["SubjectClipStreams"]
 

@@ -10,7 +10,9 @@ from enum import StrEnum
 
 import numpy as np
 
-__all__ = ["Clip", "ClipResult", "Discontinuity", "FrameMeta", "StreamEvent", "StreamState"]
+__all__ = ["Box", "Clip", "ClipResult", "Discontinuity", "FrameMeta", "StreamEvent", "StreamState"]
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 normalised to 0..1 of the (whole) source frame
 
 
 class StreamState(StrEnum):
@@ -78,7 +80,7 @@ class Clip:
     end_stream_s: float  # stream clock of frames[-1]
     ready_mono_s: float  # time.monotonic() of the last frame's capture (for latency)
     segment: int = 0  # filled in by per-stream state when the clip is accepted
-    box: tuple[float, float, float, float] | None = None  # the subject's box at the clip's end (normalised)
+    box: Box | None = None  # the subject's box at the clip's end
     key: str = ""  # the clip stream: the stream name, or "<stream>/<subject>" per subject ("" -> the stream)
 
     def __post_init__(self) -> None:

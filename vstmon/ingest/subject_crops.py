@@ -2,7 +2,7 @@
 
 The stream worker decides who has a slot and where they are (``start(slot, box)``, ``move(slot, box)`` at every
 detection, ``stop(slot)``); the source, for every frame it reads, cuts a square crop around each active slot's
-box out of the source frame at its own resolution (``vstmon.subjects.crops``) and writes it, resized to the
+box out of the source frame at its own resolution (``vstmon.ingest.crops``) and writes it, resized to the
 model's input, into that slot's ring with the frame's metadata (the same frame index and stream time as in the
 stream's own ring). Between detections the box is held. A new subject in a slot starts a new ring epoch there, so
 the slot's clip sampler never mixes two people.
@@ -18,10 +18,9 @@ import threading
 
 import numpy as np
 
+from vstmon.ingest.crops import CropFitter, square_crop_px
 from vstmon.ingest.ring import RingBuffer
-from vstmon.subjects.crops import CropFitter, square_crop_px
-from vstmon.subjects.policy import Box
-from vstmon.types import FrameMeta
+from vstmon.types import Box, FrameMeta
 
 __all__ = ["SubjectCrops"]
 

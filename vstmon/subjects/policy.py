@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from vstmon.subjects.tracker import Track
+from vstmon.types import Box
 
 __all__ = ["SELECT_RULES", "SubjectEvent", "SubjectPolicy"]
 
 SELECT_RULES = ("largest", "central", "longest")
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 normalised to the source frame
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from vstmon.subjects.policy import Box
 from vstmon.subjects.tracker import Track
+from vstmon.types import Box
 
 __all__ = ["SlotChange", "SubjectSlots"]
 

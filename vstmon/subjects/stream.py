@@ -21,9 +21,10 @@ import numpy as np
 from vstmon.config import SubjectsConfig
 from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.subjects.detector import PersonDetector
-from vstmon.subjects.policy import Box, SubjectEvent, SubjectPolicy
+from vstmon.subjects.policy import SubjectEvent, SubjectPolicy
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Track, Tracker
+from vstmon.types import Box
 
 __all__ = ["StreamSubjects"]
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from vstmon.subjects.policy import Box
+from vstmon.types import Box
 
 __all__ = ["CropFitter", "square_crop_px"]
 
