@@ -17,7 +17,7 @@ from vstmon.ingest.crops import CropFitter, square_crop_px
 from vstmon.preprocess import normalize_clips
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Track
-from vstmon.types import ClipResult
+from vstmon.types import Clip, ClipResult
 
 __all__ = ["model_files", "pedestrian_pb", "run_daemon", "vtest_avi"]
 
@@ -114,17 +114,25 @@ def test_people_on_vtest_get_labels_of_their_own_each_from_their_own_crops(
         tuple[str, int, int, np.ndarray, np.ndarray]
     ] = []  # key, segment, first frame, frames, probs
 
+    submitted: dict[int, tuple[Clip, np.ndarray]] = {}  # id(clip) -> the clip and its frames as submitted
+
     def capture(daemon: Daemon) -> None:
         forward = daemon._on_result
-
-        def on_result(result: ClipResult) -> None:  # what the engine computed for each clip, as it was
-            clip = result.clip
-            captured.append(
-                (clip.key, clip.segment, clip.first_frame, clip.frames.copy(), np.array(result.probs))
-            )
-            forward(result)
-
         for engine in daemon.pool.engines:
+            submit = engine.submit
+
+            def on_submit(clip: Clip, *args: Any, submit: Any = submit, **kwargs: Any) -> bool:
+                # the frames as handed over: the array is reused for a later clip once the engine has staged it
+                submitted[id(clip)] = (clip, clip.frames.copy())
+                return submit(clip, *args, **kwargs)
+
+            def on_result(result: ClipResult) -> None:  # what the engine computed for each clip
+                clip = result.clip
+                frames = submitted.pop(id(clip))[1]
+                captured.append((clip.key, clip.segment, clip.first_frame, frames, np.array(result.probs)))
+                forward(result)
+
+            engine.submit = on_submit
             engine._on_result = on_result
 
     daemon, sub = run_daemon(data, capture)
