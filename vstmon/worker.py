@@ -15,8 +15,15 @@ Where a reset happens:
   after it; the frames before it are used first, so a file read losslessly loses none;
 - end of input (``drain``): after every frame still in the ring, once their results are published.
 
+- subject change or absence (``StreamSubjects``, whole-frame mode): at the detection frame that decided it.
+
 A source discontinuity without a reset (``reset.on_reconnect: false``) still restarts the clip timing and the
 detectors at the first frame after it (the ring's epoch changes there).
+
+Per-subject mode (``subjects.mode: per_subject``): the worker still reads the stream's ring (scene/idle detectors,
+person detection) but cuts no whole-frame clips; detection steps start and end people's slots, and every frame it
+pumps each person's crop ring into their own clip stream (``per_subject.SubjectClipStreams``). A reset of the
+stream resets every person's segment too.
 """
 
 from __future__ import annotations
