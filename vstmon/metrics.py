@@ -1,24 +1,70 @@
 """Prometheus metrics of the daemon, in their own ``CollectorRegistry`` (nothing global).
 
 Counters that the pipeline stages already keep (frames read, drops, reconnects) are copied into the metrics on
-every heartbeat by ``Metrics.update_stream`` rather than incremented on the hot path; the engine's batch
-sizes and inference seconds are observed per batch.
+every heartbeat by ``Metrics.update_stream`` rather than incremented on the hot path; so are the engine's gauges
+(``update_engine``: queue depth, busy, age of its last batch, CUDA memory) and each stream's segment and subject
+counts (``update_subjects``). Only the engine's batch sizes and inference seconds are observed per batch. The
+registry also holds prometheus_client's ``process_*`` metrics (resident memory, CPU seconds, open fds; Linux).
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from typing import Any
+from typing import Any, TypedDict
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import start_http_server
 
 from vstmon.errors import VstmonError
 from vstmon.types import StreamState
 
-__all__ = ["Metrics"]
+__all__ = ["CudaMemory", "Metrics", "cuda_memory"]
 
 _STATES = [state.value for state in StreamState]
+
+
+class CudaMemory(TypedDict):
+    """A CUDA device's memory as PyTorch's caching allocator sees it (``cuda_memory``)."""
+
+    allocated_bytes: int  # held by live tensors (torch.cuda.memory_allocated)
+    reserved_bytes: int  # held by the caching allocator, allocated or not (torch.cuda.memory_reserved)
+    peak_allocated_bytes: int  # the most ever allocated at once since start (torch.cuda.max_memory_allocated)
+
+
+def cuda_memory(device: str) -> CudaMemory | None:
+    """The memory of CUDA device ``device`` (``"cuda"``, ``"cuda:1"``); None for any other device or without CUDA.
+
+    Cheap (reads the allocator's counters, no synchronisation): fit for every heartbeat.
+    """
+    if not str(device).startswith("cuda"):
+        return None
+    import torch  # here, so that importing the metrics does not import torch
+
+    if not torch.cuda.is_available():
+        return None
+    dev = torch.device(device)
+    return CudaMemory(
+        allocated_bytes=int(torch.cuda.memory_allocated(dev)),
+        reserved_bytes=int(torch.cuda.memory_reserved(dev)),
+        peak_allocated_bytes=int(torch.cuda.max_memory_allocated(dev)),
+    )
+
+
+def _remove_series(metric: Any, *labels: str) -> None:
+    """Remove one labelled series of ``metric`` if it exists."""
+    # a series never set: older prometheus_client versions raise KeyError, newer ones ignore it
+    with contextlib.suppress(KeyError):
+        metric.remove(*labels)
+
+
+def _set_or_remove(gauge: Gauge, label: str, value: float | None) -> None:
+    """Set the series of ``label`` to ``value``, or remove it when ``value`` is None: no series rather than a
+    stale or made-up value."""
+    if value is None:
+        _remove_series(gauge, label)
+    else:
+        gauge.labels(label).set(value)
 
 
 class _MonotonicCounter:
@@ -82,10 +128,66 @@ class Metrics:
             buckets=(0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30),
             registry=r,
         )
+        # process_resident_memory_bytes, process_cpu_seconds_total, process_open_fds, ... (read from /proc)
+        ProcessCollector(registry=r)
+        self.engine_pending_clips = Gauge(
+            "vstmon_engine_pending_clips",
+            "clips waiting in the engine's pending slots (queue depth)",
+            ["device"],
+            registry=r,
+        )
+        self.engine_busy = Gauge(
+            "vstmon_engine_busy", "1 while the engine runs a batch, 0 while it waits", ["device"], registry=r
+        )
+        self.engine_last_batch_age_seconds = Gauge(
+            "vstmon_engine_last_batch_age_seconds",
+            "seconds since the engine last finished a batch (or started, before its first)",
+            ["device"],
+            registry=r,
+        )
+        self.device_memory_allocated_bytes = Gauge(
+            "vstmon_device_memory_allocated_bytes",
+            "CUDA memory held by live tensors (torch.cuda.memory_allocated)",
+            ["device"],
+            registry=r,
+        )
+        self.device_memory_reserved_bytes = Gauge(
+            "vstmon_device_memory_reserved_bytes",
+            "CUDA memory held by PyTorch's caching allocator (torch.cuda.memory_reserved)",
+            ["device"],
+            registry=r,
+        )
+        self.device_memory_peak_allocated_bytes = Gauge(
+            "vstmon_device_memory_peak_allocated_bytes",
+            "most CUDA memory held by live tensors at once since start (torch.cuda.max_memory_allocated)",
+            ["device"],
+            registry=r,
+        )
+        self.stream_segment = Gauge(
+            "vstmon_stream_segment", "the stream's current segment number", ["stream"], registry=r
+        )
+        self.stream_people = Gauge(
+            "vstmon_stream_people", "people in view (person detector on)", ["stream"], registry=r
+        )
+        self.stream_subjects = Gauge(
+            "vstmon_stream_subjects",
+            "people with clips of their own (per-subject mode)",
+            ["stream"],
+            registry=r,
+        )
+        self.stream_subjects_waiting = Gauge(
+            "vstmon_stream_subjects_waiting",
+            "people in view waiting for a subject slot (per-subject mode)",
+            ["stream"],
+            registry=r,
+        )
         self._totals: dict[tuple[str, str], _MonotonicCounter] = {}
+        self._reset_reasons: dict[str, set[str]] = {}  # stream -> reasons counted (for remove_stream)
         self._lock = threading.Lock()
         self._server: Any = None
         self._server_thread: threading.Thread | None = None
+        # the port /metrics is served on (the OS's pick for port 0); None while not serving
+        self.port: int | None = None
 
     def _total(self, name: str, stream: str) -> _MonotonicCounter:
         key = (name, stream)
@@ -117,6 +219,66 @@ class Metrics:
             for name in _STATES:
                 self.stream_state.labels(stream=stream, state=name).set(1.0 if name == str(state) else 0.0)
 
+    def update_engine(
+        self,
+        device: str,
+        queue_depth: int,
+        busy: bool,
+        seconds_since_progress: float,
+        memory: CudaMemory | None,
+    ) -> None:
+        """Set an engine's gauges (called on every heartbeat): ``queue_depth`` pending clips, ``busy`` while a
+        batch runs, ``seconds_since_progress`` since it last finished a batch, and ``memory`` from
+        ``cuda_memory(device)`` (None on CPU: no device memory series)."""
+        with self._lock:
+            self.engine_pending_clips.labels(device=device).set(queue_depth)
+            self.engine_busy.labels(device=device).set(1.0 if busy else 0.0)
+            self.engine_last_batch_age_seconds.labels(device=device).set(seconds_since_progress)
+            for gauge, key in (
+                (self.device_memory_allocated_bytes, "allocated_bytes"),
+                (self.device_memory_reserved_bytes, "reserved_bytes"),
+                (self.device_memory_peak_allocated_bytes, "peak_allocated_bytes"),
+            ):
+                _set_or_remove(gauge, device, memory[key] if memory is not None else None)
+
+    def update_subjects(
+        self, stream: str, segment: int, people: int | None, subjects: int | None, waiting: int | None
+    ) -> None:
+        """Set a stream's segment number and subject counts (called on every heartbeat). ``people`` in view
+        (None without a person detector), ``subjects`` with clips of their own and ``waiting`` for a slot (None
+        outside per-subject mode): a None removes that series rather than leave a stale value."""
+        with self._lock:
+            self.stream_segment.labels(stream=stream).set(segment)
+            _set_or_remove(self.stream_people, stream, people)
+            _set_or_remove(self.stream_subjects, stream, subjects)
+            _set_or_remove(self.stream_subjects_waiting, stream, waiting)
+
+    def remove_stream(self, stream: str) -> None:
+        """Drop every series of ``stream`` (a stream removed on reload), so none lingers with its last value.
+        Call it once the stream's worker has stopped and its last results are in: a later update or observation
+        for the stream creates its series again."""
+        with self._lock:
+            for metric in (
+                self.frames_read,
+                self.frames_dropped,
+                self.clips,
+                self.clips_dropped,
+                self.reconnects,
+                self.fps_in,
+                self.latency_seconds,
+                self.stream_segment,
+                self.stream_people,
+                self.stream_subjects,
+                self.stream_subjects_waiting,
+            ):
+                _remove_series(metric, stream)
+            for name in _STATES:
+                _remove_series(self.stream_state, stream, name)
+            for reason in self._reset_reasons.pop(stream, ()):
+                _remove_series(self.resets, stream, reason)
+            for key in [key for key in self._totals if key[1] == stream]:
+                del self._totals[key]
+
     def observe_batch(self, device: str, size: int, seconds: float) -> None:
         self.batch_size.labels(device=device).observe(size)
         self.inference_seconds.labels(device=device).observe(seconds)
@@ -125,18 +287,25 @@ class Metrics:
         self.latency_seconds.labels(stream=stream).observe(seconds)
 
     def count_reset(self, stream: str, reason: str) -> None:
-        self.resets.labels(stream=stream, reason=reason).inc()
+        with self._lock:
+            self._reset_reasons.setdefault(stream, set()).add(reason)
+            self.resets.labels(stream=stream, reason=reason).inc()
 
     def render(self) -> bytes:
         """The text exposition format (what ``/metrics`` serves)."""
         return generate_latest(self.registry)
 
-    def start_server(self, host: str, port: int) -> None:
-        """Serve ``/metrics`` on ``host:port`` (a daemon thread owned by prometheus_client; ``stop_server``)."""
+    def start_server(self, host: str, port: int) -> int:
+        """Serve ``/metrics`` on ``host:port`` (a daemon thread owned by prometheus_client; ``stop_server``).
+        ``port`` 0 lets the OS pick a free port. Returns the bound port (also in ``self.port``)."""
+        if self._server is not None:
+            raise VstmonError(f"metrics: already serving on port {self.port}; stop_server first")
         try:
             self._server, self._server_thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as error:
             raise VstmonError(f"metrics.port: cannot listen on {host}:{port}: {error.strerror}") from None
+        self.port = int(self._server.server_address[1])
+        return self.port
 
     def stop_server(self) -> None:
         if self._server is not None:
@@ -146,3 +315,4 @@ class Metrics:
                 self._server_thread.join(5)
             self._server = None
             self._server_thread = None
+            self.port = None
