@@ -288,6 +288,7 @@ def test_status_payloads() -> None:
     }
     payload = daemon_status_payload(12.5, "cpu", "m1", {"cam1": {"state": "streaming", "segment": 2}})
     assert payload == {
+        "state": "running",
         "uptime_s": 12.5,
         "device": ["cpu"],
         "model": "m1",

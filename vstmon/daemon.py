@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import threading
 import time
@@ -33,10 +34,11 @@ import torch
 from vstmon.config import Config, StreamConfig, load_config
 from vstmon.engine import Engine, EnginePool
 from vstmon.errors import DetectorError, VstmonError
+from vstmon.health import DropLog, Throughput, stalled, status_line
 from vstmon.ingest.capture import CaptureError, file_info, parse_source
 from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import configure_logging, get_logger, redact_url
-from vstmon.metrics import Metrics
+from vstmon.metrics import Metrics, cuda_memory
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
 from vstmon.sdnotify import SystemdNotifier
 from vstmon.subjects.stream import StreamSubjects
@@ -49,6 +51,13 @@ __all__ = ["Daemon", "add_arguments", "ring_capacity_frames", "run"]
 _log = get_logger("daemon")
 
 _LATENCY_SAMPLES = 4096  # clip-ready -> published latencies kept for p50/p99 (a fixed ring)
+_RESTART_SECTIONS = ("model", "inference", "publish", "metrics")  # a reload cannot change these
+_STREAM_SECTIONS = (
+    "clip",
+    "reset",
+    "smoothing",
+    "subjects",
+)  # a reload that changes these restarts every stream
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -97,6 +106,7 @@ class Daemon:
         self.config = config
         self._loaded = loaded
         self._stop_event = threading.Event()
+        self._wake_event = threading.Event()  # the supervisor loop's: set by request_stop and wake
         self._started = False
         self._running = False  # start() completed: "vstmon running" was logged
         self._sources_started = False
@@ -113,6 +123,8 @@ class Daemon:
         self._latency_count = 0
         self._latency_lock = threading.Lock()
         self.batch_sizes: dict[int, int] = {}
+        self._throughput = Throughput()
+        self._drop_log = DropLog(config.service.drop_log_s)
 
     # -- build and start --------------------------------------------------------------------------------------
     def start(self, start_sources: bool = True) -> None:
@@ -138,17 +150,20 @@ class Daemon:
             return
         self._sources_started = True
         for stream in self.streams.values():
-            if stream.state is not None:
-                stream.state.announce_start()
-            if stream.worker is not None:
-                stream.worker.start()
-            self._publish_stream_status(stream)
-        for stream in self.streams.values():
-            if stream.source is not None:
-                try:
-                    stream.source.start()
-                except Exception as error:
-                    self._stream_failed(stream, f"cannot start the source: {error}")
+            self._start_stream(stream)
+
+    def _start_stream(self, stream: _Stream) -> None:
+        """Announce the stream (``reset`` reason ``start``), then start its worker and its source."""
+        if stream.state is not None:
+            stream.state.announce_start()
+        if stream.worker is not None:
+            stream.worker.start()
+        self._publish_stream_status(stream)
+        if stream.source is not None:
+            try:
+                stream.source.start()
+            except Exception as error:
+                self._stream_failed(stream, f"cannot start the source: {error}")
 
     def _start(self) -> None:
         from vstmon.publish import ControlServer, Publisher
@@ -177,17 +192,7 @@ class Daemon:
                 "and subjects.detector turn it on"
             )
         for stream_cfg in cfg.streams:
-            stream = _Stream(stream_cfg)
-            self.streams[stream.name] = stream
-            try:
-                self._build_stream(stream, loaded)
-            except DetectorError:  # the detector is the same for every stream: a configuration error
-                raise
-            except Exception as error:  # one bad stream never takes the daemon or the others down
-                stream.source_state = SourceState.FAILED
-                stream.reason = str(error) if isinstance(error, VstmonError) else f"cannot start: {error}"
-                stream.error = stream.reason
-                _log.error("stream failed to start", stream=stream.name, error=redact_url(stream.reason))
+            self._add_stream(stream_cfg)
         if cfg.publish.control:
             self.control = ControlServer(cfg.publish.control, self._handle_control)
             self.control.start()
@@ -206,6 +211,22 @@ class Daemon:
             endpoints=self.publisher.endpoints,
             control=self.control.bound_endpoint if self.control is not None else None,
         )
+
+    def _add_stream(self, stream_cfg: StreamConfig) -> _Stream:
+        """Build a stream's stages (not started); a stream that cannot be built is kept as failed."""
+        assert self._loaded is not None
+        stream = _Stream(stream_cfg)
+        self.streams[stream.name] = stream
+        try:
+            self._build_stream(stream, self._loaded)
+        except DetectorError:  # the detector is the same for every stream: a configuration error
+            raise
+        except Exception as error:  # one bad stream never takes the daemon or the others down
+            stream.source_state = SourceState.FAILED
+            stream.reason = str(error) if isinstance(error, VstmonError) else f"cannot start: {error}"
+            stream.error = stream.reason
+            _log.error("stream failed to start", stream=stream.name, error=redact_url(stream.reason))
+        return stream
 
     def _build_stream(self, stream: _Stream, loaded: LoadedModel) -> None:
         from vstmon.ingest.ring import RingBuffer
@@ -399,6 +420,15 @@ class Daemon:
         if self.publisher is None:
             return
         payload = self._stream_status(stream)
+        if stream.state is not None:
+            subjects = payload.get("subjects")
+            self.metrics.update_subjects(
+                stream.name,
+                stream.state.segment,
+                payload["people"],
+                None if subjects is None else len(subjects),
+                payload.get("waiting"),
+            )
         self.publisher.publish(f"status.{stream.name}", payload)
         self.metrics.update_stream(
             stream.name,
@@ -422,13 +452,13 @@ class Daemon:
             out[stream.name] = info
         return out
 
-    def daemon_status(self) -> dict[str, Any]:
+    def daemon_status(self, state: str = "running") -> dict[str, Any]:
         from vstmon.state import daemon_status_payload
 
         devices = self.pool.devices if self.pool is not None else []
         model_id = self._loaded.model_id if self._loaded is not None else ""
         return daemon_status_payload(
-            time.monotonic() - self._start_mono_s, devices, model_id, self._streams_status()
+            time.monotonic() - self._start_mono_s, devices, model_id, self._streams_status(), state
         )
 
     def latency_percentiles_s(self) -> dict[str, float]:
@@ -449,26 +479,52 @@ class Daemon:
         watchdog_s = self.notifier.watchdog_interval_s
         period_s = min(heartbeat_s, watchdog_s) if watchdog_s else heartbeat_s
         next_heartbeat = time.monotonic() + heartbeat_s
-        reported_dead: list[str] = []
+        reported: list[str] = []
         while not self._stop_event.wait(period_s):
             now = time.monotonic()
-            dead = self.dead_threads()
-            if dead and dead != reported_dead:
+            problems = self.health_problems()
+            if problems and problems != reported:
                 _log.error(
-                    "stage thread died: no more watchdog pings (systemd restarts the daemon)", dead=dead
+                    "unhealthy: no more watchdog pings (systemd restarts the daemon)", problems=problems
                 )
-            reported_dead = dead
-            if watchdog_s and not dead:
+            reported = problems
+            if watchdog_s and not problems:
                 self.notifier.notify("WATCHDOG=1")
             if now >= next_heartbeat:
                 next_heartbeat = now + heartbeat_s
                 try:
-                    for stream in self.streams.values():
-                        self._publish_stream_status(stream)
-                    if self.publisher is not None:
-                        self.publisher.publish("status", self.daemon_status())
+                    self._heartbeat(problems)
                 except Exception as error:
                     _log.exception("heartbeat failed", error=str(error))
+
+    def _heartbeat(self, problems: list[str]) -> None:
+        """Status messages, the ``STATUS=`` line, the drop log and the metrics, every ``publish.heartbeat_s``."""
+        streams = list(self.streams.values())
+        for stream in streams:
+            self._publish_stream_status(stream)
+        if self.publisher is not None:
+            self.publisher.publish("status", self.daemon_status())
+        labels = sum((s.state.clips_total if s.state is not None else 0) + s.subject_clips for s in streams)
+        dropped = sum(s.engine.clips_dropped_for_stream(s.name) for s in streams if s.engine is not None)
+        self._throughput.sample(labels, dropped)
+        labels_per_s, dropped_recently = self._throughput.rates()
+        up = sum(s.source_state == SourceState.STREAMING for s in streams)
+        self.notifier.notify(
+            "STATUS=" + status_line(up, len(streams), labels_per_s, dropped_recently, problems)
+        )
+        self._drop_log.update(dropped_recently, labels_per_s, self._throughput.window_s)
+        for engine in self.pool.engines if self.pool is not None else []:
+            busy, since_s = engine.progress()
+            memory = cuda_memory(engine.name)
+            self.metrics.update_engine(engine.name, engine.pending_count(), busy, since_s, memory)
+
+    def health_problems(self) -> list[str]:
+        """Dead stage threads and stages with work that make no progress (``service.progress_timeout_s``)."""
+        problems = [f"{name} thread died" for name in self.dead_threads()]
+        if self.stop_requested or self.pool is None:
+            return problems
+        workers = [s.worker for s in self.streams.values() if s.worker is not None and s.worker.alive]
+        return problems + stalled(self.pool.engines, workers, self.config.service.progress_timeout_s)
 
     def dead_threads(self) -> list[str]:
         """Names of stage threads that should be running and are not (engines, stream workers, control).
@@ -493,53 +549,138 @@ class Daemon:
 
     # -- stopping ---------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
-        """Ask the daemon to stop (safe from a signal handler: only sets an event)."""
+        """Ask the daemon to stop (safe from a signal handler: only sets events)."""
         self._stop_event.set()
+        self._wake_event.set()
+
+    def wake(self) -> None:
+        """Wake the supervisor loop early (a reload was asked for); safe from a signal handler."""
+        self._wake_event.set()
 
     def wait(self, timeout_s: float | None = None) -> bool:
-        """Wait until a stop is requested; True when it was."""
-        return self._stop_event.wait(timeout_s)
+        """Wait until a stop is requested (True), ``timeout_s`` passed or ``wake()`` was called (False)."""
+        if self._stop_event.is_set():
+            return True
+        self._wake_event.wait(timeout_s)
+        self._wake_event.clear()
+        return self._stop_event.is_set()
 
     @property
     def stop_requested(self) -> bool:
         return self._stop_event.is_set()
 
-    def stop(self, timeout_s: float = 10.0) -> None:
-        """Stop in order: sources, workers, engines, control, tick, publisher. Idempotent."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop everything within one deadline (``service.shutdown_timeout_s`` unless ``timeout_s``): sources and
+        workers, engines, control, tick; then each stream's final ``segment`` summaries and a last ``status``
+        (state ``stopped``) before the publisher closes. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
-        self._stop_event.set()
+        deadline_s = time.monotonic() + (
+            self.config.service.shutdown_timeout_s if timeout_s is None else timeout_s
+        )
+        self.request_stop()
         self.notifier.notify("STOPPING=1")
-        for stream in self.streams.values():
+        streams = list(self.streams.values())
+        self._halt(streams, deadline_s)
+        if self.pool is not None:
+            self.pool.stop()
+            if not self.pool.join(_left_s(deadline_s)):
+                _log.error("engine did not stop in time")
+        if self.control is not None:
+            self.control.close(_left_s(deadline_s))
+        if self._tick_thread is not None:
+            self._tick_thread.join(_left_s(deadline_s))
+        if self.publisher is not None:
+            for stream in streams:
+                _call(lambda s=stream: self._close_stream(s), "final messages", stream.name)
+            if self._running:
+                _call(lambda: self.publisher.publish("status", self.daemon_status("stopped")), "status", "-")
+            self.publisher.close()
+        self.metrics.stop_server()
+        self.notifier.close()
+        if self._running:  # a failed start is reported by the caller, not as a stop
+            _log.info("vstmon stopped")
+
+    def _halt(self, streams: list[_Stream], deadline_s: float) -> None:
+        """Stop the sources and workers of ``streams``, all waiting within one deadline."""
+        for stream in streams:
             if stream.source is not None:
                 _call(stream.source.stop, "source stop", stream.name)
             if stream.worker is not None:
                 stream.worker.stop()
             if stream.ring is not None:
                 _call(stream.ring.close, "ring close", stream.name)  # wakes a writer blocked on a full ring
-        for stream in self.streams.values():
-            if stream.source is not None:
-                _call(lambda s=stream: s.source.join(timeout_s), "source join", stream.name)
-        for stream in self.streams.values():
-            if stream.worker is not None and not stream.worker.join(timeout_s):
-                _log.error("stream worker did not stop", stream=stream.name)
-        if self.pool is not None:
-            self.pool.stop()
-            if not self.pool.join(timeout_s):
-                _log.error("engine did not stop in time")
-        if self.control is not None:
-            self.control.close()
-        if self._tick_thread is not None:
-            self._tick_thread.join(timeout_s)
-        if self.publisher is not None:
-            for stream in self.streams.values():
-                _call(lambda s=stream: self._publish_stream_status(s), "final status", stream.name)
-            self.publisher.close()
-        self.metrics.stop_server()
-        self.notifier.close()
-        if self._running:  # a failed start is reported by the caller, not as a stop
-            _log.info("vstmon stopped")
+        for stream in streams:
+            if stream.source is not None and not stream.source.join(_left_s(deadline_s)):
+                _log.error("stream source did not stop in time", stream=stream.name)
+        for stream in streams:
+            if stream.worker is not None and not stream.worker.join(_left_s(deadline_s)):
+                _log.error("stream worker did not stop in time", stream=stream.name)
+
+    def _close_stream(self, stream: _Stream) -> None:
+        """A stopped stream's last messages: its people's and its own final ``segment`` summaries, then its
+        ``status`` with state ``stopped``; its clips still in the engine are never published."""
+        per_subject = stream.worker.per_subject if stream.worker is not None else None
+        if per_subject is not None:
+            per_subject.end_all()
+        if stream.engine is not None:
+            stream.engine.forget(stream.name)
+        if stream.state is not None:
+            stream.state.close()
+        stream.source_state = SourceState.STOPPED
+        stream.reason = "stopped"
+        self._publish_stream_status(stream)
+
+    # -- reload -----------------------------------------------------------------------------------------------
+    def reload(self, config: Config) -> list[str]:
+        """Apply a new, validated config without a restart; returns the sections that need one (not applied).
+
+        Streams are compared one by one: removed ones are stopped (final ``segment`` summary, ``status``
+        stopped), added ones started, changed ones restarted (new segment numbering); the others keep running
+        untouched, with no gap in their ``seq`` and no ``reset``. A change to ``clip``, ``reset``,
+        ``smoothing`` or ``subjects`` changes every stream. ``model``, ``inference``, ``publish`` and ``metrics``
+        cannot change under a running engine or socket: they are reported, not half-applied.
+        """
+        old = self.config
+        needs_restart = [name for name in _RESTART_SECTIONS if getattr(old, name) != getattr(config, name)]
+        kept = {name: getattr(old, name) for name in _RESTART_SECTIONS}
+        every_stream = any(getattr(old, name) != getattr(config, name) for name in _STREAM_SECTIONS)
+        self.config = config.model_copy(update=kept)
+        before = {s.name: s for s in old.streams}
+        after = {s.name: s for s in config.streams}
+        gone = [n for n in before if n not in after or every_stream or before[n] != after[n]]
+        deadline_s = time.monotonic() + self.config.service.shutdown_timeout_s
+        streams = [self.streams[n] for n in gone if n in self.streams]
+        self._halt(streams, deadline_s)
+        for stream in streams:
+            _call(lambda s=stream: self._close_stream(s), "final messages", stream.name)
+            del self.streams[stream.name]
+            if stream.name not in after:
+                self.metrics.remove_stream(stream.name)
+        started = [n for n in after if n not in self.streams]
+        for name in started:
+            stream = self._add_stream(after[name])
+            if self._sources_started:
+                self._start_stream(stream)
+        _log.info(
+            "config reloaded",
+            stopped=[n for n in gone if n not in after],
+            started=[n for n in started if n not in before],
+            restarted=[n for n in started if n in before],
+            unchanged=[n for n in after if n not in started],
+            needs_restart=needs_restart,
+        )
+        if needs_restart:
+            _log.warning(
+                "these sections changed but need a restart of the daemon; they were not applied",
+                sections=needs_restart,
+            )
+        return needs_restart
+
+
+def _left_s(deadline_s: float) -> float:
+    return max(0.0, deadline_s - time.monotonic())
 
 
 def _call(fn: Any, what: str, stream: str) -> None:
@@ -557,26 +698,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The daemon under a supervisor: SIGTERM/SIGINT stop it (a second SIGINT exits at once, code 130), SIGHUP
+    reloads the config file (``ExecReload=``). Handlers only set flags and stay installed until the process exits;
+    this loop does the work."""
     from vstmon.check import preflight
 
     config = load_config(args.config)
     preflight(config, str(args.config))  # a missing device, checkpoint or label file: one line, exit 78
     configure_logging(config.log.level, config.log.format)
     daemon = Daemon(config)
-    previous: dict[int, Any] = {}
+    reload_requested = threading.Event()
 
-    def on_signal(signum: int, _frame: Any) -> None:
-        daemon.request_stop()  # the supervisor below does the work
+    def on_stop(signum: int, _frame: Any) -> None:
+        if signum == signal.SIGINT and daemon.stop_requested:
+            os.write(2, b"vstmon: second interrupt: exiting at once\n")
+            os._exit(130)  # on purpose: whoever presses Ctrl-C twice wants it gone now
+        daemon.request_stop()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        previous[signum] = signal.signal(signum, on_signal)
+    def on_hangup(_signum: int, _frame: Any) -> None:
+        reload_requested.set()
+        daemon.wake()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hangup)
     try:
         daemon.start()
         while not daemon.wait(1.0):
-            pass
+            if reload_requested.is_set():
+                reload_requested.clear()
+                _reload(daemon, args.config)
         _log.info("stopping")
     finally:
         daemon.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
     return 0
+
+
+def _reload(daemon: Daemon, path: str) -> None:
+    """Re-read and check the config file; apply it, or keep running on the old one and say why."""
+    from vstmon.check import preflight
+
+    usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+    daemon.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
+    try:
+        config = load_config(path)
+        preflight(config, str(path))
+    except VstmonError as error:
+        message = redact_url(str(error)).replace("\n", "; ")
+        _log.error("reload refused: the config has errors; still running on the previous one", error=message)
+        daemon.notifier.notify(
+            f"READY=1\nSTATUS=reload refused (still running the previous config): {message}"
+        )
+        return
+    needs_restart = daemon.reload(config)
+    status = "reloaded" + (f"; needs a restart for: {', '.join(needs_restart)}" if needs_restart else "")
+    daemon.notifier.notify(f"READY=1\nSTATUS={status}")

@@ -213,6 +213,8 @@ class Engine:
         self.last_batch_s = 0.0
         self.last_batch_size = 0
         self.busy_s = 0.0
+        self._batch_running = False  # a batch is out of the pending slots and being run
+        self._progress_mono_s = time.monotonic()  # a batch finished, or work came to an idle engine
         self._batch_size_counts: dict[int, int] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------------------
@@ -286,6 +288,8 @@ class Engine:
                     self.clips_discarded += 1
                     return False
             now_s = time.monotonic()
+            if not self._pending and not self._batch_running:  # idle until now: progress is measured from here
+                self._progress_mono_s = now_s
             previous = self._pending.get(key)
             if previous is not None:
                 state.dropped += 1
@@ -353,6 +357,14 @@ class Engine:
                 and not self._stop
             )
 
+    def progress(self) -> tuple[bool, float]:
+        """(work to do, seconds since the last progress): work = clips pending or a batch running; progress = a
+        batch finished, or work arrived while the engine was idle. A wedged engine (a forward that never
+        returns) has work and no progress: the daemon stops the watchdog pings."""
+        with self._cond:
+            busy = bool(self._pending) or self._batch_running
+            return busy, time.monotonic() - self._progress_mono_s
+
     def pending_count(self) -> int:
         """Clips waiting for a batch (at most one per clip stream)."""
         with self._cond:
@@ -412,6 +424,8 @@ class Engine:
                 _log.exception("batch failed", device=self.name, size=len(batch), error=str(error))
             finally:
                 with self._cond:
+                    self._batch_running = False
+                    self._progress_mono_s = time.monotonic()
                     for pending, state in batch:
                         state.inflight -= 1
                         key = pending.clip.key
@@ -446,6 +460,7 @@ class Engine:
                 self._cond.notify_all()
             for _, state in batch:
                 state.inflight += 1
+            self._batch_running = True
             return batch, host
 
     def _stage(self, clips: list[Clip]) -> torch.Tensor:

@@ -396,14 +396,17 @@ def daemon_status_payload(
     device: list[str] | str,
     model: str,
     streams: Mapping[str, Mapping[str, Any]],
+    state: str = "running",
 ) -> dict[str, Any]:
     """Payload of the daemon ``status`` topic (and the body of the ``status`` control reply's ``streams``).
 
     ``streams`` maps each stream name to at least ``{"state": ..., "segment": ..., "subject": ...}``.
-    ``device`` is always sent as a list of device names.
+    ``device`` is always sent as a list of device names. ``state``: ``running``, or ``stopped`` in the last
+    status the daemon publishes before its sockets close.
     """
     devices = [device] if isinstance(device, str) else [str(d) for d in device]
     return {
+        "state": state,
         "uptime_s": float(uptime_s),
         "device": devices,
         "model": model,

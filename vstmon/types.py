@@ -23,6 +23,7 @@ class StreamState(StrEnum):
     RECONNECTING = "reconnecting"
     ENDED = "ended"
     FAILED = "failed"
+    STOPPED = "stopped"  # the daemon stopped the stream (shutdown, or removed by a reload)
 
 
 class Discontinuity(StrEnum):

@@ -29,6 +29,7 @@ stream resets every person's segment too.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,6 +133,7 @@ class StreamWorker:
         self._epoch: int | None = None  # source epoch of the frames being fed (None: take the next frame's)
         self.resets = 0
         self.frames_gone = 0
+        self._progress_mono_s = time.monotonic()  # the worker last handled a frame, or found none waiting
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -155,6 +157,12 @@ class StreamWorker:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
+
+    def progress(self) -> tuple[bool, float]:
+        """(frames waiting for the worker, seconds since it last handled a frame or found none to handle)."""
+        ring = self._ring
+        busy = not ring.closed and ring.head_seq > self._next_seq
+        return busy, time.monotonic() - self._progress_mono_s
 
     @property
     def people(self) -> int | None:
@@ -184,6 +192,7 @@ class StreamWorker:
                     self._reset(request)
                     continue
                 if not self._ring.wait_for(self._next_seq, _WAIT_S):
+                    self._progress_mono_s = time.monotonic()  # nothing to do is not being stuck
                     if self._ring.closed:  # shutting down: wait for the stop event, do not spin
                         self._stop.wait(_WAIT_S)
                     continue
@@ -213,6 +222,7 @@ class StreamWorker:
 
     def _frame(self, seq: int) -> None:
         ring = self._ring
+        self._progress_mono_s = time.monotonic()
         generation = ring.generation
         if generation != self._generation:  # the ring was cleared under us: restart timing at what is left
             self._generation = generation
