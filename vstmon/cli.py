@@ -30,6 +30,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "weights": ("vstmon.model.fetch", "list or download official Video Swin checkpoints"),
     "listen": ("vstmon.client", "subscribe to a daemon and print its messages as JSON lines"),
     "ctl": ("vstmon.control_cli", "send a control command (reset, status) to a running daemon"),
+    "keys": ("vstmon.keys", "generate CURVE key pairs for the PUB and control sockets (publish.curve)"),
 }
 
 

@@ -5,24 +5,28 @@ know (new fields are added without bumping ``v``); a message with another ``v`` 
 
 ``vstmon listen ENDPOINT [--topic PREFIX ...] [--count N] [--timeout-s S]`` prints one compact JSON object per
 line: ``{"topic": <topic>, **message}`` (the message's own fields, unchanged, after the topic). Gaps in a stream's
-``seq`` are reported on stderr.
+``seq`` are reported on stderr. With ``--server-key FILE --client-key FILE`` it connects with CURVE (the daemon's
+``publish.curve``); a failed handshake (a refused key, the wrong server key, CURVE on one side only) is said on
+stderr at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
 
 from vstmon.errors import VstmonError
+from vstmon.keys import describe_handshake_failure, secure_client_socket
 
 __all__ = [
     "ClipInfo",
@@ -39,8 +43,11 @@ __all__ = [
     "SubjectMessage",
     "Subscriber",
     "add_arguments",
+    "add_key_arguments",
     "check_connect_endpoint",
+    "handshake_monitor",
     "parse_message",
+    "read_handshake",
     "run",
 ]
 
@@ -465,6 +472,34 @@ def check_connect_endpoint(endpoint: str, default_port: int = DEFAULT_PUB_PORT) 
     return f"tcp://{rest}"
 
 
+# -- handshakes -------------------------------------------------------------------------------------------------
+_HANDSHAKE_EVENTS = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+    | zmq.EVENT_HANDSHAKE_SUCCEEDED
+)
+
+
+def handshake_monitor(socket: zmq.Socket) -> zmq.Socket:
+    """A monitor socket for ``socket``'s handshake events (read them with ``read_handshake``); close both."""
+    return socket.get_monitor_socket(_HANDSHAKE_EVENTS)
+
+
+def read_handshake(monitor: zmq.Socket, curve: bool) -> str | None:
+    """Drain ``monitor``: what the last failed handshake means (``None`` when the last one succeeded)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    problem: str | None = None
+    while monitor.poll(0, zmq.POLLIN):
+        event = recv_monitor_message(monitor, zmq.NOBLOCK)
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            problem = None
+        else:
+            problem = describe_handshake_failure(event["event"], int(event["value"]), curve)
+    return problem
+
+
 # -- subscriber -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Gap:
@@ -486,6 +521,12 @@ class Subscriber:
     unknown messages are skipped and counted in ``malformed`` (the last error in ``last_error``). ``gaps``
     counts gap events, ``missing`` the messages lost, ``gap_log`` keeps the last 1000 ``Gap``s. A ``seq``
     that does not increase means the daemon restarted: tracking restarts (counted in ``restarts``).
+
+    CURVE (the daemon's ``publish.curve``): ``server_key`` is the daemon's public key file (``NAME.key``),
+    ``client_key`` this client's secret key file (``NAME.key_secret``, its ``NAME.key`` in the daemon's
+    ``allowed_keys``); both or neither (``VstmonError`` naming the file otherwise). A failed handshake (a refused
+    key, the wrong server key, CURVE on one side only) delivers nothing; it is described in
+    ``handshake_error`` (None once a handshake succeeds) and passed to ``on_handshake_failure`` when it changes.
     """
 
     def __init__(
@@ -495,10 +536,15 @@ class Subscriber:
         timeout_s: float | None = None,
         context: zmq.Context | None = None,
         rcvhwm: int = 100_000,
+        server_key: str | os.PathLike[str] | None = None,
+        client_key: str | os.PathLike[str] | None = None,
+        on_handshake_failure: Callable[[str], None] | None = None,
     ) -> None:
         endpoint = check_connect_endpoint(endpoint, DEFAULT_PUB_PORT)
         self.endpoint = endpoint
         self.timeout_s = timeout_s
+        self.handshake_error: str | None = None
+        self._on_handshake_failure = on_handshake_failure
         self._context = context if context is not None else zmq.Context.instance()
         self._socket = self._context.socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -506,9 +552,18 @@ class Subscriber:
         for topic in topics or ("",):
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         try:
+            self.curve = secure_client_socket(self._socket, server_key, client_key)
+        except VstmonError:
+            self._socket.close(linger=0)
+            raise
+        self._monitor = handshake_monitor(self._socket)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        try:
             self._socket.connect(endpoint)
         except zmq.ZMQError as error:
-            self._socket.close(linger=0)
+            self._close_sockets()
             raise VstmonError(f"cannot connect to {endpoint}: {error}") from None
         self._last_seq: dict[str, int] = {}
         self.received = 0
@@ -525,8 +580,13 @@ class Subscriber:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not self._socket.poll(wait_ms, zmq.POLLIN):
-                return None
+            ready = dict(self._poller.poll(wait_ms))
+            if self._monitor in ready:
+                self._check_handshake()
+            if self._socket not in ready:
+                if not ready or (deadline is not None and time.monotonic() >= deadline):
+                    return None
+                continue
             frames = self._socket.recv_multipart()
             try:
                 if len(frames) != 2:
@@ -574,8 +634,20 @@ class Subscriber:
         self.gap_log.append(gap)
         return [gap]
 
-    def close(self) -> None:
+    def _check_handshake(self) -> None:
+        problem = read_handshake(self._monitor, self.curve)
+        if problem is not None and problem != self.handshake_error and self._on_handshake_failure is not None:
+            self._on_handshake_failure(problem)
+        self.handshake_error = problem
+
+    def _close_sockets(self) -> None:
+        self._socket.disable_monitor()
+        self._monitor.close(linger=0)
         self._socket.close(linger=0)
+
+    def close(self) -> None:
+        if not self._socket.closed:
+            self._close_sockets()
 
     def __enter__(self) -> Subscriber:
         return self
@@ -605,6 +677,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit when no message arrives for S seconds (exit code 1, with a message on stderr, if none "
         "arrived at all or --count was not reached)",
     )
+    add_key_arguments(parser)
+
+
+def add_key_arguments(parser: argparse.ArgumentParser, default: Any = None) -> None:
+    """``--server-key FILE`` and ``--client-key FILE`` (CURVE; ``vstmon listen`` and ``vstmon ctl``)."""
+    parser.add_argument(
+        "--server-key",
+        default=default,
+        metavar="FILE",
+        help="CURVE: the daemon's public key file (NAME.key of its publish.curve.secret_key)",
+    )
+    parser.add_argument(
+        "--client-key",
+        default=default,
+        metavar="FILE",
+        help="CURVE: this client's secret key file (NAME.key_secret; its NAME.key must be in the daemon's "
+        "publish.curve.allowed_keys)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -620,14 +710,31 @@ def run(args: argparse.Namespace) -> int:
         raise VstmonError(f"--timeout-s must be > 0, got {args.timeout_s}")
     printed = 0
     every_topic = not args.topic or "" in args.topic
-    with Subscriber(args.endpoint, tuple(args.topic or ("",)), timeout_s=args.timeout_s) as subscriber:
+
+    def say_handshake_failure(problem: str) -> None:
+        print(f"vstmon listen: {subscriber_endpoint}: {problem}", file=sys.stderr, flush=True)
+
+    subscriber_endpoint = check_connect_endpoint(args.endpoint, DEFAULT_PUB_PORT)
+    with Subscriber(
+        subscriber_endpoint,
+        tuple(args.topic or ("",)),
+        timeout_s=args.timeout_s,
+        server_key=args.server_key,
+        client_key=args.client_key,
+        on_handshake_failure=say_handshake_failure,
+    ) as subscriber:
         while args.count is None or printed < args.count:
             raw = subscriber.recv_raw()
             if raw is None:
                 if args.count is None and printed:
                     return 0  # the stream went quiet after messages: a normal end without --count
                 got = f"; got {printed} of {args.count}" if args.count is not None else ""
-                hint = "" if printed else f" (is a daemon publishing on {subscriber.endpoint}?)"
+                if printed:
+                    hint = ""
+                elif subscriber.handshake_error is not None:
+                    hint = f" ({subscriber.handshake_error})"
+                else:
+                    hint = f" (is a daemon publishing on {subscriber.endpoint}?)"
                 print(f"vstmon listen: no message in {args.timeout_s:g} s{got}{hint}", file=sys.stderr)
                 return 1
             topic, data, gaps = raw

@@ -43,6 +43,7 @@ __all__ = [
     "MAX_FILE_BYTES",
     "ClipConfig",
     "Config",
+    "CurveConfig",
     "InferenceConfig",
     "LogConfig",
     "MetricsConfig",
@@ -51,6 +52,7 @@ __all__ = [
     "ReconnectConfig",
     "ResetConfig",
     "SceneChangeConfig",
+    "ServiceConfig",
     "SmoothingConfig",
     "StreamConfig",
     "SubjectsConfig",
@@ -429,6 +431,59 @@ class SmoothingConfig(_Strict):
     ema_alpha: float = Field(0.5, gt=0, le=1, description="ema: weight of the newest clip (0..1]")
 
 
+class CurveConfig(_Strict):
+    """ZeroMQ CURVE (encryption and client keys) for the PUB and control sockets; off while both are null."""
+
+    secret_key: Path | None = Field(
+        None,
+        description="the daemon's secret key file (NAME.key_secret from `vstmon keys generate DIR`, mode 0600); "
+        "null = CURVE off",
+    )
+    allowed_keys: Path | None = Field(
+        None,
+        description="directory of the public key files (NAME.key) of the clients allowed to connect; the only "
+        "ones that can subscribe or send control commands; required with secret_key",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.secret_key is not None
+
+    @field_validator("secret_key")
+    @classmethod
+    def _check_secret_key(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from vstmon.keys import read_secret_certificate
+
+            read_secret_certificate(value)  # ValueError naming the file and the problem
+        return value
+
+    @field_validator("allowed_keys")
+    @classmethod
+    def _check_allowed_keys(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            from vstmon.keys import read_allowed_keys
+
+            read_allowed_keys(value)
+        return value
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> CurveConfig:
+        if self.secret_key is not None and self.allowed_keys is None:
+            raise _fail(
+                ("allowed_keys",),
+                "required with secret_key: a directory of the clients' public key files (NAME.key)",
+                None,
+            )
+        if self.secret_key is None and self.allowed_keys is not None:
+            raise _fail(
+                ("secret_key",),
+                "required with allowed_keys: the daemon's secret key file (`vstmon keys generate DIR` makes one)",
+                None,
+            )
+        return self
+
+
 class PublishConfig(_Strict):
     """The ZeroMQ PUB socket(s) for labels and events, and the REP control socket."""
 
@@ -450,6 +505,10 @@ class PublishConfig(_Strict):
         ge=1,
         le=1_000_000,
         description="messages queued per subscriber before dropping (a PUB never blocks)",
+    )
+    curve: CurveConfig = Field(
+        default_factory=CurveConfig,
+        description="CURVE for the PUB and control sockets: only clients with an allowed key connect",
     )
 
     @field_validator("endpoints")
@@ -491,6 +550,30 @@ class MetricsConfig(_Strict):
     )
 
 
+class ServiceConfig(_Strict):
+    """Running under a supervisor: shutdown, health and what systemd is told."""
+
+    shutdown_timeout_s: float = Field(
+        15.0,
+        ge=1,
+        le=600,
+        description="seconds a stop may take in all (below the unit's TimeoutStopSec=20); then threads are left",
+    )
+    progress_timeout_s: float = Field(
+        120.0,
+        ge=1,
+        le=86_400,
+        description="seconds an engine with work (or a worker with frames) may go without progress before the "
+        "watchdog pings stop (above the slowest batch: Swin-T on a CPU takes ~2 s a clip)",
+    )
+    drop_log_s: float = Field(
+        60.0,
+        ge=1,
+        le=86_400,
+        description="seconds between log lines about sustained clip drops (at most one)",
+    )
+
+
 class LogConfig(_Strict):
     """Logging to stderr (the journal under systemd)."""
 
@@ -520,6 +603,7 @@ class Config(_Strict):
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig, description="score smoothing")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ output and control")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")
+    service: ServiceConfig = Field(default_factory=ServiceConfig, description="shutdown, watchdog, health")
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
 
     @field_validator("streams")

@@ -8,10 +8,17 @@ send is ``NOBLOCK`` (a full high-water mark drops the message instead of waiting
 microseconds; ``seq`` numbers are assigned under the same lock, so each stream's messages leave the socket in
 ``seq`` order. A dedicated sender thread with a queue would add a copy and a second bounded buffer in front of
 the socket's own, for no gain.
+
+CURVE (``publish.curve``, off by default): both sockets become CURVE servers with the daemon's secret key, and a
+ZAP handler (pyzmq's ``ThreadAuthenticator``, one thread) lets in only clients whose public key is in
+``allowed_keys``; any other client (an unknown key, the wrong server key, no CURVE at all) fails the handshake
+and never gets a message or a reply. libzmq allows one ZAP handler per context, so with CURVE each socket gets
+a context of its own (unless the caller passes one), and its owner starts and stops the handler with the socket.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -22,7 +29,7 @@ from typing import Any, NamedTuple
 
 import zmq
 
-from vstmon.config import PublishConfig
+from vstmon.config import CurveConfig, PublishConfig
 from vstmon.errors import ConfigError, VstmonError
 from vstmon.log import get_logger, redact
 
@@ -36,6 +43,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "ControlField",
     "ControlServer",
+    "CurveServer",
     "Publisher",
     "validate_request",
 ]
@@ -75,6 +83,106 @@ CONTROL_COMMANDS: dict[str, dict[str, ControlField]] = {
 _FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 _log = get_logger("publish")
+_MAX_REPORTED_CLIENTS = 256  # distinct refused client keys logged one by one; later ones are only counted
+
+
+class CurveServer:
+    """The server side of CURVE for the sockets of one ZeroMQ context: the daemon's keys and a ZAP handler.
+
+    ``start()`` runs pyzmq's ``ThreadAuthenticator`` (its own thread, named ``vstmon-zap-<name>``) in
+    ``context`` with a key check (``configure_curve_callback``) against the public keys read from
+    ``cfg.allowed_keys`` at start; ``secure(socket)`` makes a socket a CURVE server (before it binds);
+    ``stop()`` stops and joins the thread. The owner of the socket owns this object: it starts it before
+    binding and stops it after closing the socket. Key files are read in ``__init__`` (``ConfigError`` naming
+    ``publish.curve.*`` and the file). Refused clients are counted in ``refused`` and each distinct key is
+    logged once (a client that retries is not a log flood); ``accepted`` counts handshakes let in.
+    """
+
+    def __init__(self, cfg: CurveConfig, context: zmq.Context, name: str) -> None:
+        from vstmon.keys import read_allowed_keys, read_secret_certificate
+
+        if cfg.secret_key is None or cfg.allowed_keys is None:
+            raise ValueError("CurveServer needs publish.curve.secret_key and allowed_keys")
+        try:
+            self._keys = read_secret_certificate(cfg.secret_key)
+        except ValueError as error:
+            raise ConfigError(f"publish.curve.secret_key: {error}") from None
+        try:
+            self._allowed = frozenset(read_allowed_keys(cfg.allowed_keys))
+        except ValueError as error:
+            raise ConfigError(f"publish.curve.allowed_keys: {error}") from None
+        self.name = name
+        self.public_key = self._keys.public
+        self._context = context
+        self._auth: Any = None
+        self._reported: set[bytes] = set()
+        self.accepted = 0
+        self.refused = 0
+
+    def start(self) -> None:
+        """Start the ZAP handler thread (``ConfigError`` if the context already has a handler)."""
+        from zmq.auth.thread import ThreadAuthenticator
+
+        if self._auth is not None:
+            raise RuntimeError("CurveServer already started")
+        auth = ThreadAuthenticator(self._context)
+        try:
+            auth.start()
+        except zmq.ZMQError as error:
+            auth.stop()
+            raise ConfigError(f"publish.curve: cannot start the ZAP handler ({self.name}): {error}") from None
+        auth.thread.name = f"vstmon-zap-{self.name}"
+        auth.configure_curve_callback(domain="*", credentials_provider=self)
+        self._auth = auth
+
+    def callback(self, domain: str, client_key: bytes) -> bool:
+        """ZAP check (the handler's thread): is ``client_key`` (Z85) one of the allowed keys?"""
+        if client_key in self._allowed:
+            self.accepted += 1
+            return True
+        self.refused += 1
+        if client_key not in self._reported and len(self._reported) < _MAX_REPORTED_CLIENTS:
+            self._reported.add(client_key)
+            _log.warning(
+                "CURVE client refused: its public key is not in publish.curve.allowed_keys",
+                socket=self.name,
+                client=client_key.decode("ascii", errors="replace"),
+            )
+        return False
+
+    def secure(self, socket: zmq.Socket) -> None:
+        """Make ``socket`` a CURVE server with the daemon's keys (call before ``bind``)."""
+        socket.curve_secretkey = self._keys.secret
+        socket.curve_publickey = self._keys.public
+        socket.curve_server = True
+
+    @property
+    def running(self) -> bool:
+        return self._auth is not None and self._auth.is_alive()
+
+    def stop(self) -> None:
+        """Stop and join the ZAP handler thread. Idempotent."""
+        auth, self._auth = self._auth, None
+        if auth is not None:
+            auth.stop()
+
+
+def _curve_context(
+    cfg: CurveConfig | None, context: zmq.Context | None, name: str
+) -> tuple[zmq.Context, CurveServer | None, bool]:
+    """(context, started CurveServer or None, whether the context is ours to terminate)."""
+    if cfg is None or not cfg.enabled:
+        return (context if context is not None else zmq.Context.instance()), None, False
+    own = context is None
+    ctx = zmq.Context() if context is None else context  # one ZAP handler per context: a context of its own
+    try:
+        curve = CurveServer(cfg, ctx, name)
+        curve.start()
+    except BaseException:
+        if own:
+            ctx.term()
+        raise
+    return ctx, curve, own
 
 
 class Publisher:
@@ -91,10 +199,13 @@ class Publisher:
     subscriber's queue is full, libzmq drops that subscriber's copy silently and ``send`` returns at once (it
     never reports the drop), so the loss is visible to that subscriber only, as a gap in ``seq``. ``dropped``
     counts the messages the socket refused outright (``zmq.Again``, or publishing after ``close``).
+
+    With ``cfg.curve`` set, the socket is a CURVE server and only allowed clients receive (``curve``: the
+    ``CurveServer``, started here and stopped by ``close``).
     """
 
     def __init__(self, cfg: PublishConfig, context: zmq.Context | None = None) -> None:
-        self._context = context if context is not None else zmq.Context.instance()
+        self._context, self.curve, self._own_context = _curve_context(cfg.curve, context, "publish")
         self._lock = threading.Lock()
         self._seq: dict[str, int] = {}
         self.sent = 0
@@ -102,6 +213,8 @@ class Publisher:
         self.errors = 0
         self.endpoints: list[str] = []
         socket = self._context.socket(zmq.PUB)
+        if self.curve is not None:
+            self.curve.secure(socket)
         socket.setsockopt(zmq.SNDHWM, cfg.sndhwm)
         # the kernel's send buffer per connection, behind the HWM queue: left to TCP autotuning it grows to
         # megabytes (measured: a stalled subscriber soaked up ~2,000 label messages before the HWM dropped one)
@@ -112,6 +225,7 @@ class Publisher:
                 socket.bind(endpoint)
             except zmq.ZMQError as error:
                 socket.close(linger=0)
+                self._release()
                 raise ConfigError(f"publish.endpoints: cannot bind {endpoint}: {error}") from None
             self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._socket: zmq.Socket | None = socket
@@ -165,11 +279,31 @@ class Publisher:
             return {"sent": self.sent, "dropped": self.dropped, "errors": self.errors}
 
     def close(self) -> None:
-        """Close the socket (pending messages get at most 100 ms to leave). Idempotent."""
+        """Close the socket (pending messages get at most 100 ms to leave), then stop CURVE. Idempotent."""
         with self._lock:
             if self._socket is not None:
                 self._socket.close()
                 self._socket = None
+                self._release()
+
+    def _release(self) -> None:
+        if self.curve is not None:
+            self.curve.stop()
+        if self._own_context:
+            self._own_context = False
+            self._context.term()  # waits for the socket's linger (100 ms) at most
+
+
+def _is_local(endpoint: str) -> bool:
+    """True for ipc://, inproc:// and tcp:// on a loopback address (``endpoint`` as bound: an address, not *)."""
+    scheme, _, rest = endpoint.partition("://")
+    if scheme != "tcp":
+        return True
+    host = rest.rpartition(":")[0].strip("[]").partition("%")[0]
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _error_text(error: BaseException) -> str:
@@ -281,6 +415,11 @@ class ControlServer:
     answered the same way and logged with its traceback the first time, as one line when it repeats (a client
     cannot flood the log with tracebacks). Replies pass through ``redact`` (no credentials in URLs). The
     thread never dies on a bad request.
+
+    ``curve`` (``publish.curve``; None or both keys null = off): the socket is a CURVE server and only clients
+    with an allowed key can send a request; the ``CurveServer`` (``self.curve``) starts in ``start`` and
+    stops when the serving thread ends. Bound beyond loopback without CURVE, ``start`` logs a warning: anyone
+    who can reach the port can reset streams.
     """
 
     def __init__(
@@ -290,10 +429,15 @@ class ControlServer:
         context: zmq.Context | None = None,
         max_request_bytes: int = MAX_REQUEST_BYTES,
         poll_interval_s: float = 0.1,
+        curve: CurveConfig | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._handler = handler
-        self._context = context if context is not None else zmq.Context.instance()
+        self._given_context = context
+        self._context: zmq.Context | None = None
+        self._own_context = False
+        self._curve_cfg = curve
+        self.curve: CurveServer | None = None
         self._max_request_bytes = max_request_bytes
         self._poll_ms = max(1, int(poll_interval_s * 1000))
         self._stop = threading.Event()
@@ -308,15 +452,27 @@ class ControlServer:
         """Bind (errors raise ``VstmonError`` here, in the caller) and start serving."""
         if self._thread is not None:
             raise RuntimeError("ControlServer already started")
+        self._context, self.curve, self._own_context = _curve_context(
+            self._curve_cfg, self._given_context, "control"
+        )
         socket = self._context.socket(zmq.REP)
+        if self.curve is not None:
+            self.curve.secure(socket)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, max(_HARD_MAX_REQUEST_BYTES, self._max_request_bytes * 2))
         try:
             socket.bind(self.endpoint)
         except zmq.ZMQError as error:
             socket.close(linger=0)
+            self._release()
             raise ConfigError(f"publish.control: cannot bind {self.endpoint}: {error}") from None
         self.bound_endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.curve is None and not _is_local(self.bound_endpoint):
+            _log.warning(
+                "the control socket is reachable beyond this machine without CURVE: anyone who can connect can "
+                "reset streams and read their status; bind publish.control to 127.0.0.1 or set publish.curve",
+                endpoint=self.bound_endpoint,
+            )
         self._socket = socket  # handed to the thread; never used by this thread again
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name="vstmon-control", daemon=True)
@@ -363,6 +519,15 @@ class ControlServer:
         finally:
             socket.close(linger=0)
             self._socket = None
+            self._release()
+
+    def _release(self) -> None:
+        """Stop CURVE's ZAP handler and end a context of our own (after the socket is closed)."""
+        if self.curve is not None:
+            self.curve.stop()
+        if self._own_context and self._context is not None:
+            self._own_context = False
+            self._context.term()
 
     def _answer(self, frames: list[bytes]) -> dict[str, Any]:
         self.requests += 1
