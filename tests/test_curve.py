@@ -163,6 +163,30 @@ def test_refused_keys_are_logged_once_each(keys: Keys, curve_publisher: Publishe
     ]
 
 
+def test_reloading_the_allowed_keys_lets_a_new_client_in_and_a_broken_directory_changes_nothing(
+    keys: Keys, curve_publisher: Publisher
+) -> None:
+    curve = curve_publisher.curve
+    assert curve is not None
+    endpoint = curve_publisher.endpoints[0]
+    with Subscriber(endpoint, server_key=keys.server_public, client_key=keys.mallory_secret) as before:
+        assert _wait_for(lambda: before.handshake_error is not None, lambda: before.recv_raw(0.01))
+    (keys.allowed_dir / "broken.key").write_text("metadata\n")
+    with pytest.raises(ConfigError, match=r"publish\.curve\.allowed_keys: .*broken\.key"):
+        curve.reload_allowed_keys()
+    (keys.allowed_dir / "broken.key").unlink()
+    (keys.allowed_dir / keys.mallory_public.name).write_bytes(keys.mallory_public.read_bytes())
+    assert curve.reload_allowed_keys() == 2
+    with Subscriber(endpoint, server_key=keys.server_public, client_key=keys.mallory_secret) as after:
+
+        def step() -> None:
+            curve_publisher.publish("label.cam1", {"segment": 1})
+            after.recv_raw(timeout_s=0.01)
+
+        assert _wait_for(lambda: after.received >= 3, step), after.handshake_error
+        assert after.handshake_error is None
+
+
 # -- the control socket -----------------------------------------------------------------------------------------
 def test_only_the_allowed_key_controls(keys: Keys, curve_control: tuple[ControlServer, Recorder]) -> None:
     server, handler = curve_control

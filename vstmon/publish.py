@@ -96,10 +96,11 @@ class CurveServer:
     binding and stops it after closing the socket. Key files are read in ``__init__`` (``ConfigError`` naming
     ``publish.curve.*`` and the file). Refused clients are counted in ``refused`` and each distinct key is
     logged once (a client that retries is not a log flood); ``accepted`` counts handshakes let in.
+    ``reload_allowed_keys()`` re-reads the directory (for a reload: new clients in, removed ones out).
     """
 
     def __init__(self, cfg: CurveConfig, context: zmq.Context, name: str) -> None:
-        from vstmon.keys import read_allowed_keys, read_secret_certificate
+        from vstmon.keys import read_secret_certificate
 
         if cfg.secret_key is None or cfg.allowed_keys is None:
             raise ValueError("CurveServer needs publish.curve.secret_key and allowed_keys")
@@ -107,10 +108,8 @@ class CurveServer:
             self._keys = read_secret_certificate(cfg.secret_key)
         except ValueError as error:
             raise ConfigError(f"publish.curve.secret_key: {error}") from None
-        try:
-            self._allowed = frozenset(read_allowed_keys(cfg.allowed_keys))
-        except ValueError as error:
-            raise ConfigError(f"publish.curve.allowed_keys: {error}") from None
+        self._allowed_dir = cfg.allowed_keys
+        self._allowed = self._read_allowed()
         self.name = name
         self.public_key = self._keys.public
         self._context = context
@@ -118,6 +117,22 @@ class CurveServer:
         self._reported: set[bytes] = set()
         self.accepted = 0
         self.refused = 0
+
+    def _read_allowed(self) -> frozenset[bytes]:
+        from vstmon.keys import read_allowed_keys
+
+        try:
+            return frozenset(read_allowed_keys(self._allowed_dir))
+        except ValueError as error:
+            raise ConfigError(f"publish.curve.allowed_keys: {error}") from None
+
+    def reload_allowed_keys(self) -> int:
+        """Re-read ``allowed_keys``; returns how many keys are allowed now. On ``ConfigError`` (naming the
+        problem) the keys allowed so far stay. Connections already made stay open (ZAP runs per handshake)."""
+        allowed = self._read_allowed()
+        self._allowed = allowed  # one reference swap: the handler thread sees the old set or the new one
+        self._reported.clear()
+        return len(allowed)
 
     def start(self) -> None:
         """Start the ZAP handler thread (``ConfigError`` if the context already has a handler)."""
