@@ -26,7 +26,6 @@ import os
 import re
 import stat
 import struct
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -241,10 +240,10 @@ def secure_client_socket(
     if server_key is None and client_key is None:
         return False
     if server_key is None or client_key is None:
-        missing = "--server-key (the daemon's public key)" if server_key is None else "--client-key"
+        missing = "--server-key" if server_key is None else "--client-key"
         raise VstmonError(
-            f"CURVE needs both --server-key and --client-key; {missing} is missing "
-            "(--client-key: this client's secret key file, NAME.key_secret)"
+            "CURVE needs both --server-key (the daemon's public key file, NAME.key) and --client-key (this "
+            f"client's secret key file, NAME.key_secret); {missing} is missing"
         )
     try:
         server_public = read_public_certificate(server_key)
@@ -295,12 +294,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     public_path, secret_path = generate_certificates(args.directory, args.name)
-    print(f"public key:  {public_path}  (give it to the other side)")
-    print(f"secret key:  {secret_path}  (mode 0600; keep it here)")
+    print(f"public key:  {public_path}")
+    print(f"secret key:  {secret_path}  (mode 0600: keep it on this host)")
     print(
-        f"server: publish.curve.secret_key: {secret_path}; clients: --server-key {public_path}. "
-        f"client: copy {public_path.name} into the daemon's publish.curve.allowed_keys; "
-        f"--client-key {secret_path}",
-        file=sys.stderr,
+        f"For the daemon: publish.curve.secret_key: {secret_path}; clients connect with --server-key "
+        f"{public_path.name} (a copy of the public key)."
+    )
+    print(
+        f"For a client: copy {public_path.name} into the daemon's publish.curve.allowed_keys directory; connect "
+        f"with --client-key {secret_path}."
     )
     return 0
