@@ -506,14 +506,18 @@ def test_ctl_with_an_allowed_key_controls_and_an_unknown_key_does_not(
 
 # -- a real daemon ----------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_a_daemon_with_curve_publishes_to_the_allowed_key_only(
+def test_a_daemon_with_curve_publishes_to_and_obeys_the_allowed_key_only(
     keys: Keys, tmp_path: Path, vstmon_process
 ) -> None:
     from tests.test_daemon import daemon_config, tiny_checkpoint
+    from vstmon.control_cli import request
 
     checkpoint, labels = tiny_checkpoint(tmp_path)
     data = daemon_config(
-        checkpoint, labels, [{"name": "pattern", "url": "testsrc://?width=160&height=120&fps=25"}]
+        checkpoint,
+        labels,
+        [{"name": "pattern", "url": "testsrc://?width=160&height=120&fps=25"}],
+        control_port="*",
     )
     data["publish"]["curve"] = {"secret_key": str(keys.server_secret), "allowed_keys": str(keys.allowed_dir)}
     process = vstmon_process(data).wait_running()
@@ -539,9 +543,24 @@ def test_a_daemon_with_curve_publishes_to_the_allowed_key_only(
         ), (labels_seen, unknown.handshake_error, plain.handshake_error, process.log()[-2000:])
         assert unknown.received == plain.received == 0
         assert "refused this client's key" in str(unknown.handshake_error)
+        # the control socket: the allowed key is answered, the unknown one is refused and changes nothing
+        reply = request(
+            process.control, {"cmd": "reset", "stream": "pattern"}, 30, keys.server_public, keys.alice_secret
+        )
+        assert reply["ok"] is True and reply["segment"] == 2
+        with pytest.raises(VstmonError, match="refused"):
+            request(
+                process.control,
+                {"cmd": "reset", "stream": "pattern"},
+                10,
+                keys.server_public,
+                keys.mallory_secret,
+            )
+        status = request(process.control, {"cmd": "status"}, 30, keys.server_public, keys.alice_secret)
+        assert status["streams"]["pattern"]["segment"] == 2  # the refused reset did nothing
     finally:
         for subscriber in (allowed, unknown, plain):
             subscriber.close()
     refused = [e for e in process.log_events() if e.get("event", "").startswith("CURVE client refused")]
-    assert [e["socket"] for e in refused] == ["publish"]
+    assert sorted(e["socket"] for e in refused) == ["control", "publish"]
     assert process.terminate() == 0, process.log()

@@ -197,6 +197,7 @@ class DaemonStatus:
     device: tuple[str, ...]
     model: str
     streams: Mapping[str, Any] = field(default_factory=dict)
+    state: str = "running"  # "stopped" in the daemon's last status before its sockets close
 
 
 Message = LabelMessage | ResetMessage | SegmentMessage | StatusMessage | SubjectMessage | DaemonStatus
@@ -325,8 +326,9 @@ def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> 
             device = [device]
         if not isinstance(device, list) or not all(isinstance(d, str) for d in device):
             raise MessageError(f"{topic}: field 'device' must be a list of strings")
+        state = f.text("state") if "state" in data else "running"
         return DaemonStatus(
-            topic, version, ts, f.number("uptime_s"), tuple(device), f.text("model"), dict(streams)
+            topic, version, ts, f.number("uptime_s"), tuple(device), f.text("model"), dict(streams), state
         )
     if not topic_stream:
         raise MessageError(f"{topic}: a {kind!r} topic must name a stream ({kind}.<stream>)")

@@ -194,7 +194,7 @@ class Daemon:
         for stream_cfg in cfg.streams:
             self._add_stream(stream_cfg)
         if cfg.publish.control:
-            self.control = ControlServer(cfg.publish.control, self._handle_control)
+            self.control = ControlServer(cfg.publish.control, self._handle_control, curve=cfg.publish.curve)
             self.control.start()
         if cfg.metrics.port:
             self.metrics.start_server(cfg.metrics.host, cfg.metrics.port)
@@ -644,6 +644,10 @@ class Daemon:
         """
         old = self.config
         needs_restart = [name for name in _RESTART_SECTIONS if getattr(old, name) != getattr(config, name)]
+        for server in (self.publisher, self.control):  # a client key added to (or taken from) allowed_keys
+            curve = getattr(server, "curve", None)
+            if curve is not None:
+                _call(curve.reload_allowed_keys, "reload of the allowed client keys", "-")
         kept = {name: getattr(old, name) for name in _RESTART_SECTIONS}
         every_stream = any(getattr(old, name) != getattr(config, name) for name in _STREAM_SECTIONS)
         self.config = config.model_copy(update=kept)

@@ -288,7 +288,9 @@ class Engine:
                     self.clips_discarded += 1
                     return False
             now_s = time.monotonic()
-            if not self._pending and not self._batch_running:  # idle until now: progress is measured from here
+            if (
+                not self._pending and not self._batch_running
+            ):  # idle until now: progress is measured from here
                 self._progress_mono_s = now_s
             previous = self._pending.get(key)
             if previous is not None:
