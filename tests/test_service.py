@@ -58,7 +58,9 @@ def test_sighup_applies_stream_changes_and_leaves_the_untouched_stream_alone(
         looping(tmp_path, "change", 9),
     )
     data = daemon_config(checkpoint, labels, [keep, gone, change])
-    process = vstmon_process(data).wait_running()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd's part
+    notify.bind(str(tmp_path / "notify.sock"))
+    process = vstmon_process(data, {"NOTIFY_SOCKET": str(tmp_path / "notify.sock")}).wait_running()
     with Subscriber(process.pub) as sub:
         collect(
             sub,
@@ -85,6 +87,18 @@ def test_sighup_applies_stream_changes_and_leaves_the_untouched_stream_alone(
         more = collect(sub, lambda b: len(of(b["keep"], "label.keep")) >= 6, timeout_s=60)
     assert process.proc.poll() is None, process.log()
     print(f"reload: SIGHUP -> the added stream's first label in {reload_s:.2f} s")
+    said: list[str] = []  # what systemd was told (STATUS= lines keep coming: read what is there, bounded)
+    deadline = time.monotonic() + 10
+    with contextlib.suppress(TimeoutError):
+        notify.settimeout(1.0)
+        while time.monotonic() < deadline and sum(m.startswith("READY=1\nSTATUS=") for m in said) < 2:
+            said.append(notify.recv(4096).decode())
+    notify.close()
+    reloads = [m for m in said if m.startswith("RELOADING=1\nMONOTONIC_USEC=")]
+    readies = [m for m in said if m.startswith("READY=1\nSTATUS=")]
+    assert len(reloads) == 2 and len(readies) == 2  # each RELOADING=1 answered by a READY=1
+    assert readies[0] == "READY=1\nSTATUS=reloaded"
+    assert readies[1].startswith("READY=1\nSTATUS=reload refused (still running the previous config)")
     keep_messages = after["keep"] + more["keep"]
     seqs = [m["seq"] for _, m in keep_messages]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap across two reloads
@@ -237,6 +251,13 @@ def test_a_wedged_engine_stops_the_watchdog_pings_and_says_so(
         while time.monotonic() < deadline and not daemon.health_problems():
             wedged.wait(0.1)
         assert any("engine cpu: no batch finished" in p for p in daemon.health_problems())
+        daemon._heartbeat(daemon.health_problems())  # what the tick loop does: the metrics say it too
+        scraped = daemon.metrics.render().decode()
+        assert 'vstmon_engine_busy{device="cpu"} 1.0' in scraped
+        assert (
+            'vstmon_stream_segment{stream="cam"} 1.0' in scraped
+            and "process_resident_memory_bytes" in scraped
+        )
         received(0.3)  # a ping may have been in flight
         later = received(1.0)
         assert b"WATCHDOG=1" not in later

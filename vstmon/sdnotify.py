@@ -41,7 +41,8 @@ class SystemdNotifier:
             try:
                 if self._socket is None:
                     self._socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                self._socket.sendto(message.encode(), self._address)
+                # never wait for systemd: a full queue drops this one message (logged) instead of stalling the tick
+                self._socket.sendto(message.encode(), socket.MSG_DONTWAIT, self._address)
                 return True
             except OSError as error:
                 _log.warning("sd_notify failed", message=message, error=str(error))
