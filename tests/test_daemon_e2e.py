@@ -19,6 +19,7 @@ import yaml
 import zmq
 
 from tests.conftest import vstmon_env
+from tests.notify_listener import NotifyListener
 from tests.rtsp_fixtures import rtsp_servers  # noqa: F401 (fixture)
 from tests.test_daemon import collect, daemon_config, tiny_checkpoint, write_mjpg
 from vstmon.client import Subscriber
@@ -141,13 +142,11 @@ def test_vstmon_process_serves_files_and_control_and_exits_0_on_sigterm(
     ]
     streams.append({"name": "broken", "url": str(tmp_path / "missing.mp4")})
     data = daemon_config(checkpoint, labels, streams, control_port="*")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd's part (Type=notify, watchdog)
-    notify.bind(str(tmp_path / "notify.sock"))
-    notify.settimeout(20)
-    notify_env = {"NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "1000000"}
+    notify = NotifyListener(tmp_path / "notify.sock")  # plays systemd's part (Type=notify, watchdog)
+    notify_env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "1000000"}
     process = vstmon_process(data, notify_env)
-    assert notify.recv(64) == b"READY=1"
-    assert notify.recv(64) == b"WATCHDOG=1"
+    told = notify.wait_for(lambda m: b"WATCHDOG=1" in m, timeout_s=60)
+    assert told[: told.index(b"WATCHDOG=1")] == [b"READY=1"]  # ready first, then pings
     process.wait_running()
     with Subscriber(process.pub) as sub:
 
@@ -192,16 +191,11 @@ def test_vstmon_process_serves_files_and_control_and_exits_0_on_sigterm(
     started = time.monotonic()
     assert process.terminate() == 0, process.log()
     assert time.monotonic() - started < 20
-    messages = []
-    notify.settimeout(0.5)
-    try:
-        while True:
-            messages.append(notify.recv(64))
-    except TimeoutError:
-        pass
-    finally:
-        notify.close()
-    assert messages[-1] == b"STOPPING=1" and set(messages[:-1]) <= {b"WATCHDOG=1"}
+    notify.close()  # the process has exited: all it said has been read
+    messages = notify.messages[notify.messages.index(b"WATCHDOG=1") :]
+    # STOPPING=1 is the last word: no ping or STATUS= line from the heartbeat may follow it
+    assert messages[-1] == b"STOPPING=1", messages[-3:]
+    assert all(m == b"WATCHDOG=1" or m.startswith(b"STATUS=") for m in messages[:-1]), messages
 
 
 def test_vstmon_process_with_an_rtsp_stream_and_a_file(

@@ -580,6 +580,8 @@ class Daemon:
             self.config.service.shutdown_timeout_s if timeout_s is None else timeout_s
         )
         self.request_stop()
+        if self._tick_thread is not None:  # first, so that no ping or STATUS= line follows STOPPING=1
+            self._tick_thread.join(_left_s(deadline_s))
         self.notifier.notify("STOPPING=1")
         streams = list(self.streams.values())
         self._halt(streams, deadline_s)
@@ -589,8 +591,6 @@ class Daemon:
                 _log.error("engine did not stop in time")
         if self.control is not None:
             self.control.close(_left_s(deadline_s))
-        if self._tick_thread is not None:
-            self._tick_thread.join(_left_s(deadline_s))
         if self.publisher is not None:
             for stream in streams:
                 _call(lambda s=stream: self._close_stream(s), "final messages", stream.name)
