@@ -21,7 +21,7 @@ import os
 import re
 import types
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -58,7 +58,9 @@ __all__ = [
     "SubjectsConfig",
     "check_endpoint",
     "load_config",
+    "load_yaml_model",
     "parse_config",
+    "validate_model",
 ]
 
 MAX_FILE_BYTES = 1 << 20  # a config file larger than 1 MiB is refused unread
@@ -77,6 +79,9 @@ _IPC_PATH_MAX_BYTES = 107  # sun_path holds 108 bytes including the terminating 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def _fail(loc: tuple[int | str, ...], message: str, value: Any) -> ValidationError:
@@ -916,11 +921,11 @@ def _inner_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _key_path(loc: tuple[int | str, ...], unknown_key: bool) -> str:
+def _key_path(loc: tuple[int | str, ...], unknown_key: bool, root_model: type[BaseModel]) -> str:
     """``('streams', 1, 'reconnect', 'jitter')`` -> ``streams[1].reconnect.jitter``, without pydantic's
     union branch tags (``'str'``, ``'list[str]'``, ``'function-after[...]'``)."""
     out = ""
-    model: type[BaseModel] | None = Config
+    model: type[BaseModel] | None = root_model
     for position, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
@@ -950,10 +955,20 @@ def _with_line(message: str, root: yaml.Node | None, path: str) -> str:
 
 
 def _validate(data: Any, source: str, require_streams: bool, root: yaml.Node | None) -> Config:
+    return validate_model(Config, data, source, root, context={"require_streams": require_streams})
+
+
+def validate_model(
+    model: type[_M], data: Any, source: str, root: yaml.Node | None = None, context: dict[str, Any] | None = None
+) -> _M:
+    """``model`` validated from a parsed YAML tree, ``${VAR}`` expanded; x- keys at the top are dropped.
+
+    Raises ConfigError with one line per bad key: ``SOURCE: key.path: message (line N, column M)``.
+    """
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: <root>: the top level must be a mapping (model:, streams:, ...)")
+        raise ConfigError(f"{source}: <root>: the top level must be a mapping")
     # top-level keys starting with x- are free for anchors shared by several streams (x-camera: &cam {...})
     data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith(EXTENSION_PREFIX))}
     try:
@@ -962,12 +977,12 @@ def _validate(data: Any, source: str, require_streams: bool, root: yaml.Node | N
         path = error.path or "<root>"
         raise ConfigError(f"{source}: {path}: {_with_line(str(error), root, path)}") from None
     try:
-        return Config.model_validate(expanded, context={"require_streams": require_streams})
+        return model.model_validate(expanded, context=context)
     except ValidationError as error:
         lines: dict[str, str] = {}  # key path -> first message (pydantic may report union branches twice)
         for item in error.errors(include_url=False):
             unknown = item["type"] == "extra_forbidden"
-            path = _key_path(item["loc"], unknown)
+            path = _key_path(item["loc"], unknown, model)
             if path in lines:
                 continue
             if unknown:
@@ -987,6 +1002,13 @@ def parse_config(data: Any, source: str = "<config>", *, require_streams: bool =
     and clip sections). Raises ConfigError: one line per bad key, ``SOURCE: key.path: message``.
     """
     return _validate(data, source, require_streams, None)
+
+
+def load_yaml_model(model: type[_M], path: str | os.PathLike[str]) -> _M:
+    """Read a YAML file (with ``load_config``'s limits) into ``model``; ConfigError names the key path."""
+    path = Path(path)
+    data, root = _load_yaml(_read_text(path), str(path))
+    return validate_model(model, data, str(path), root)
 
 
 def load_config(path: str | os.PathLike[str], *, require_streams: bool = True) -> Config:

@@ -37,6 +37,7 @@ __all__ = [
     "infer_config",
     "load_checkpoint_state",
     "load_model",
+    "read_meta",
     "remap_bare_backbone",
     "remap_mmaction2",
     "remap_official",
@@ -117,6 +118,13 @@ def _read(path: Path) -> object:
                 f"checkpoint {path} is not a readable PyTorch checkpoint ({type(error).__name__}: {first})"
             )
         raise CheckpointError(message) from None
+
+
+def read_meta(path: str | Path) -> dict[str, object]:
+    """The ``meta`` mapping of a checkpoint (what ``vstmon train`` records: classes, clip shape), or {}."""
+    obj = _read(Path(path))
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
 
 
 def _tensor_dict(obj: object, path: Path) -> dict[str, Tensor]:

@@ -1,0 +1,113 @@
+"""``vstmon train`` settings: a ``train.yaml`` (optional) validated with pydantic, command-line flags on top.
+
+Defaults follow the official Video Swin Kinetics recipe where it applies to fine-tuning (AdamW, backbone at a
+tenth of the head's learning rate, weight decay 0.02 with none on norms and the relative-position tables,
+linear warm-up then cosine, the preset's stochastic depth, head dropout 0.5); the batch defaults are sized for one
+consumer GPU (batch 2 x 4 accumulated steps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["ArchOverrides", "TrainConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+
+class ArchOverrides(_Strict):
+    """Changes to the preset's shape, for training small models from scratch (tests, tiny devices)."""
+
+    embed_dim: int | None = Field(None, ge=8, le=1024)
+    depths: tuple[int, ...] | None = Field(None, min_length=1, max_length=8)
+    num_heads: tuple[int, ...] | None = Field(None, min_length=1, max_length=8)
+    window_size: tuple[int, int, int] | None = None
+    patch_size: tuple[int, int, int] | None = None
+
+    @model_validator(mode="after")
+    def _stages_agree(self) -> ArchOverrides:
+        if self.depths is not None and self.num_heads is not None and len(self.depths) != len(self.num_heads):
+            raise ValueError(
+                f"depths has {len(self.depths)} stages but num_heads has {len(self.num_heads)}; give one per stage"
+            )
+        return self
+
+    def changes(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class TrainConfig(_Strict):
+    """Everything ``vstmon train`` needs besides DATA_DIR and OUT_DIR (which only the command line gives)."""
+
+    arch: str = Field(
+        "swin_t", description="swin_t | swin_s | swin_b | swin_l (+_sthv2) | auto (from --checkpoint)"
+    )
+    model: ArchOverrides | None = Field(
+        None, description="shape changes to the preset (training from scratch)"
+    )
+    checkpoint: Path | None = Field(None, description="weights to start from; the head is replaced")
+    epochs: int = Field(30, ge=1, le=10_000)
+    batch: int = Field(2, ge=1, le=1024, description="clips per forward pass")
+    accumulate: int = Field(4, ge=1, le=1024, description="forward passes per optimiser step")
+    frames: int = Field(32, ge=2, le=512, description="frames per clip (T)")
+    frame_interval: int = Field(2, ge=1, le=64, description="source frames between sampled frames")
+    size_px: int = Field(224, ge=32, le=1024, description="crop size; a multiple of 32")
+    lr: float = Field(1e-3, gt=0, le=1.0, description="learning rate of the head (peak, after warm-up)")
+    backbone_lr_mult: float = Field(0.1, ge=0, le=10, description="backbone learning rate = lr x this")
+    weight_decay: float = Field(0.02, ge=0, le=1)
+    warmup_epochs: float = Field(2.5, ge=0, le=1000, description="linear warm-up (capped at 25% of the run)")
+    drop_path: float | None = Field(None, ge=0, lt=1, description="stochastic depth; null = the preset's")
+    head_dropout: float = Field(0.5, ge=0, lt=1)
+    frozen_stages: int = Field(
+        -1, ge=-1, le=8, description="-1 none; 0 patch embedding; N: it and stages < N"
+    )
+    flip: bool = Field(True, description="random horizontal flip (turn off for left/right-sensitive classes)")
+    min_crop_area: float = Field(0.08, gt=0, le=1, description="random resized crop: smallest area kept")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    grad_checkpointing: bool | None = Field(None, description="null = on for CUDA, off on CPU")
+    clip_grad_norm: float | None = Field(None, gt=0)
+    val_fraction: float = Field(0.2, ge=0, lt=1)
+    min_videos_per_class: int = Field(2, ge=1)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda|cuda:\d{1,3})$")
+    workers: int | None = Field(
+        None, ge=0, le=64, description="decoding processes; null = min(4, CPUs) on CUDA, 0 on CPU"
+    )
+
+    @field_validator("size_px")
+    @classmethod
+    def _multiple_of_32(cls, value: int) -> int:
+        if value % 32:
+            raise ValueError(
+                f"must be a multiple of 32 (the patch and window grid), e.g. {max(32, value // 32 * 32)}"
+            )
+        return value
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        from vstmon.model.presets import PRESETS
+
+        if value != "auto" and value not in PRESETS:
+            raise ValueError(f"unknown arch {value!r}; use auto or one of {', '.join(sorted(PRESETS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _auto_needs_checkpoint(self) -> TrainConfig:
+        if self.arch == "auto" and self.checkpoint is None:
+            raise ValueError(
+                "arch: auto reads the architecture from a checkpoint; give checkpoint or a preset"
+            )
+        if self.arch == "auto" and self.model is not None:
+            raise ValueError("model: changes a preset's shape; name the preset in arch (not auto)")
+        return self
+
+    def fingerprint(self) -> dict[str, Any]:
+        """What a resumed run must share with the run it continues (everything but where it runs)."""
+        data = self.model_dump(mode="json", exclude={"device", "workers"})
+        return data
