@@ -959,7 +959,11 @@ def _validate(data: Any, source: str, require_streams: bool, root: yaml.Node | N
 
 
 def validate_model(
-    model: type[_M], data: Any, source: str, root: yaml.Node | None = None, context: dict[str, Any] | None = None
+    model: type[_M],
+    data: Any,
+    source: str,
+    root: yaml.Node | None = None,
+    context: dict[str, Any] | None = None,
 ) -> _M:
     """``model`` validated from a parsed YAML tree, ``${VAR}`` expanded; x- keys at the top are dropped.
 
