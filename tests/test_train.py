@@ -163,6 +163,15 @@ def test_learns_motion_direction_and_classify_agrees_with_eval(tmp_path: Path) -
         assert top["label"] == video["predicted"]
         assert top["score"] == pytest.approx(video["score"], abs=1e-4)
 
+    # deployed with the default clip shape (32 x 2 at 224) instead of the trained one: it runs, and says so
+    done = run_vstmon(
+        "classify", video["path"], "--checkpoint", str(out / "best.pth"), "--labels", str(out / "labels.txt")
+    )
+    assert done.returncode == 0, done.stderr
+    assert (
+        "trained on other clips than config.clip" in done.stderr and "trained 8, configured 32" in done.stderr
+    )
+
     # the official protocol: several clips and three crops per video, on the training data
     done = run_vstmon("eval", str(data), "--checkpoint", str(out / "best.pth"), "--views", "2x3")
     assert done.returncode == 0, done.stderr

@@ -21,7 +21,7 @@ from torch import nn
 from vstmon.config import Config
 from vstmon.errors import CheckpointError
 from vstmon.log import get_logger
-from vstmon.model.checkpoint import load_model
+from vstmon.model.checkpoint import load_model, read_meta
 from vstmon.model.labels import load_labels
 from vstmon.model.presets import SwinConfig
 from vstmon.model.swin3d import VideoSwin, build_model
@@ -90,7 +90,31 @@ def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
     num_classes = _num_classes(model)
     labels = list(load_labels(mc.labels, num_classes))
     model_id = str(getattr(model, "checkpoint_id", None) or path.name)
+    if warn:
+        _warn_clip_mismatch(path, config)
     return LoadedModel(model.eval(), labels, model_id, False)
+
+
+def _warn_clip_mismatch(path: Path, config: Config) -> None:
+    """A checkpoint from ``vstmon train`` records the clip shape it learned on; a different one still runs but
+    sees motion at another speed or scale, so say so (official checkpoints record nothing: no warning)."""
+    trained = read_meta(path).get("clip")
+    if not isinstance(trained, dict):
+        return
+    now = {
+        "frames": config.clip.frames,
+        "frame_interval": config.clip.frame_interval,
+        "size_px": config.clip.size_px,
+    }
+    differs = {
+        k: (trained.get(k), v) for k, v in now.items() if trained.get(k) is not None and trained.get(k) != v
+    }
+    if differs:
+        _log.warning(
+            "the checkpoint was trained on other clips than config.clip gives it; set clip.* as trained",
+            checkpoint=str(path),
+            **{f"clip.{k}": f"trained {a}, configured {b}" for k, (a, b) in differs.items()},
+        )
 
 
 def _num_classes(model: nn.Module) -> int | None:
