@@ -455,3 +455,44 @@ def test_listen_with_a_topic_filter_does_not_call_other_topics_gaps(
     seqs = [json.loads(line)["seq"] for line in captured.out.splitlines()]
     assert len(seqs) == 4 and [b - a for a, b in itertools.pairwise(seqs)] == [2, 2, 2]
     assert "gap" not in captured.err
+
+
+def _feed_all_kinds(pub: Publisher, stop: threading.Event) -> None:
+    label = {
+        "segment": 3,
+        "subject": "p-43",
+        "clip": {"start_ts": 1.0, "end_ts": 2.0, "first_frame": 0, "last_frame": 31, "frames": 32},
+        "top": [{"label": "walking the dog", "index": 383, "score": 0.71}],
+        "smoothed": [{"label": "jogging", "index": 176, "score": 0.44}],
+        "latency_ms": 80.0,
+        "model": "m1",
+        "box": None,
+    }
+    segment = {"segment": 3, "subject": "p-43", "start_ts": 0.0, "end_ts": 9.0, "clips": 29, "box": None,
+               "labels": [{"label": "walking the dog", "index": 383, "clips": 25, "seconds": 27.0}]}  # fmt: skip
+    while not stop.wait(0.01):
+        pub.publish("label.cam1", label)
+        pub.publish("segment.cam1", segment)
+        pub.publish("reset.cam1", {**_reset_payload(4), "subject": "p-43"})
+
+
+def test_listen_pretty_prints_one_aligned_line_per_message(publisher) -> None:
+    pub, endpoint = publisher
+    stop = threading.Event()
+    feeder = threading.Thread(target=_feed_all_kinds, args=(pub, stop))
+    feeder.start()
+    try:
+        proc = run_vstmon("listen", endpoint, "--pretty", "--count", "9", "--timeout-s", "10", timeout_s=60)
+    finally:
+        stop.set()
+        feeder.join(5)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 9 and "\033[" not in proc.stdout  # no colour when stdout is not a terminal
+    labels = [line for line in lines if "walking the dog" in line and " 0.71  ~" in line]
+    assert labels and all("cam1" in line and "p-43" in line and "~ jogging 0.44" in line for line in labels)
+    assert all(line.endswith("seg 3") for line in labels)
+    assert any("reset (control) -> segment 4, subject p-43" in line for line in lines)
+    assert any("segment 3 closed: 29 clips; walking the dog 27.0 s" in line for line in lines)
+    starts = {line.index("p-43") for line in labels}
+    assert len(starts) == 1  # aligned columns

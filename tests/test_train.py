@@ -377,9 +377,13 @@ def test_unreadable_videos_are_listed_and_the_run_goes_on(tmp_path: Path) -> Non
     data = make_data(tmp_path / "data", per_class=3)
     (data / "left" / "corrupt.avi").write_bytes(b"\x00" * 100)
     config = write_yaml(tmp_path / "train.yaml", {**SMALL, "epochs": 1})
-    done = run_vstmon("train", str(data), "--out", str(tmp_path / "run"), "--config", str(config))
+    # decoding in 2 worker processes, as on a GPU box
+    done = run_vstmon(
+        "train", str(data), "--out", str(tmp_path / "run"), "--config", str(config), "--workers", "2"
+    )
     assert done.returncode == 0, done.stderr
     assert "skipped 1 unreadable video(s):" in done.stdout and "corrupt.avi" in done.stdout
+    assert "2 decoding worker(s)" in done.stdout
     assert (tmp_path / "run" / "best.pth").is_file()
 
 

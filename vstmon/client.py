@@ -27,6 +27,7 @@ import zmq
 
 from vstmon.errors import VstmonError
 from vstmon.keys import describe_handshake_failure, secure_client_socket
+from vstmon.pretty import pretty_line
 
 __all__ = [
     "ClipInfo",
@@ -679,6 +680,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="exit when no message arrives for S seconds (exit code 1, with a message on stderr, if none "
         "arrived at all or --count was not reached)",
     )
+    parser.add_argument(
+        "--pretty",
+        action="store_true",
+        help="one aligned line per message for a person (time, stream, subject, label, score; colour on a TTY "
+        "unless NO_COLOR is set) instead of JSON",
+    )
     add_key_arguments(parser)
 
 
@@ -712,6 +719,7 @@ def run(args: argparse.Namespace) -> int:
         raise VstmonError(f"--timeout-s must be > 0, got {args.timeout_s}")
     printed = 0
     every_topic = not args.topic or "" in args.topic
+    colour = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
     def say_handshake_failure(problem: str) -> None:
         print(f"vstmon listen: {subscriber_endpoint}: {problem}", file=sys.stderr, flush=True)
@@ -748,7 +756,10 @@ def run(args: argparse.Namespace) -> int:
                     flush=True,
                 )
             data.pop("topic", None)
-            sys.stdout.write(json.dumps({"topic": topic, **data}, separators=(",", ":")) + "\n")
+            if args.pretty:
+                sys.stdout.write(pretty_line(topic, data, colour) + "\n")
+            else:
+                sys.stdout.write(json.dumps({"topic": topic, **data}, separators=(",", ":")) + "\n")
             sys.stdout.flush()
             printed += 1
     return 0

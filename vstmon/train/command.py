@@ -264,8 +264,8 @@ def train(
         batches.set_epoch(epoch)
         with _progress(len(train_videos), epoch, cfg.epochs, quiet) as bar:
 
-            def on_step(loss: float, bar: Any = bar) -> None:
-                bar.update(cfg.batch)
+            def on_step(clips: int, loss: float, bar: Any = bar) -> None:
+                bar.update(clips)
                 bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
 
             result = trainer.train_epoch(train_loader, epoch, on_step)

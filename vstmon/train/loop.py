@@ -245,7 +245,7 @@ class Trainer:
         self,
         batches: Iterable[tuple[Tensor, Tensor]],
         epoch: int,
-        on_step: Callable[[float], None] | None = None,
+        on_step: Callable[[int, float], None] | None = None,
     ) -> EpochResult:
         """One pass over ``batches`` (uint8 (B, T, S, S, 3) clips, labels), ``accumulate`` per step."""
         torch.manual_seed(int(np.random.default_rng([self.cfg.seed, epoch, 2**32]).integers(2**62)))
@@ -266,7 +266,7 @@ class Trainer:
                 correct += int((logits.argmax(1) == labels).sum())
                 samples += len(labels)
                 if on_step is not None:
-                    on_step(loss.item() / len(labels))
+                    on_step(len(labels), loss.item() / len(labels))  # clips done, their mean loss
             if self.cfg.clip_grad_norm is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad_norm)
