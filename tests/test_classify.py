@@ -706,3 +706,49 @@ def test_whole_frame_mode_does_not_need_the_configured_detector_to_be_there(
     out = subject_files["root"] / "walkway_frames_2.jsonl"
     assert main(["classify", str(subject_files["walkway"]), "--config", str(path), "--out", str(out)]) == 0
     assert [line["last_frame"] for line in _lines(out)] == list(range(7, WALK_FRAMES, 5))
+
+
+def _mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def test_video_out_is_the_input_with_the_labels_drawn_and_plot_is_a_png_of_the_stated_size(
+    files: dict[str, Path],
+) -> None:
+    video_out, plot = files["root"] / "annotated.mp4", files["root"] / "timeline.png"
+    lines = _classify(files, "--video-out", str(video_out), "--plot", str(plot), "--plot-size", "900x300")
+    source, drawn = _decoded(files["video.mp4"]), _decoded(video_out)
+    assert len(drawn) == len(source) == N_FRAMES
+    assert drawn[0].shape == source[0].shape == (64, 96, 3)
+    first_label_at = lines[0]["last_frame"]  # nothing is known before the first clip ends
+    band = slice(0, 24)  # the label is written along the top
+    before = [_mean_abs_diff(d[band], s[band]) for d, s in zip(drawn[:first_label_at], source, strict=False)]
+    after = [
+        _mean_abs_diff(d[band], s[band])
+        for d, s in zip(drawn[first_label_at:], source[first_label_at:], strict=True)
+    ]
+    assert max(before) < 6 < min(after), (max(before), min(after))  # codec noise vs drawn text
+    chart = cv2.imread(str(plot))
+    assert chart is not None and chart.shape == (300, 900, 3)
+    assert (chart < 128).any() and (chart.reshape(-1, 3).std(0) > 10).all()  # not blank: text and bands
+
+
+def test_per_subject_video_out_draws_each_persons_box(
+    subject_files: dict[str, Path], carphone_mp4: Path
+) -> None:
+    video_out = subject_files["root"] / "carphone_annotated.mp4"
+    out = subject_files["root"] / "carphone_boxes.jsonl"
+    done = _vstmon("classify", str(carphone_mp4), "--config", str(subject_files["per_subject.yaml"]),
+                   "--out", str(out), "--video-out", str(video_out), cwd=subject_files["root"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = _lines(out)
+    source, drawn = _decoded(carphone_mp4), _decoded(video_out)
+    assert len(drawn) == len(source) and drawn[0].shape == source[0].shape
+    frame = lines[1]["last_frame"]  # a frame where the subject's box is shown: its left edge is drawn
+    height, width = source[0].shape[:2]
+    x0, y0, _, y1 = lines[1]["box"]
+    edge = (
+        slice(int(y0 * height) + 2, int(y1 * height) - 2),
+        slice(max(0, int(x0 * width) - 1), int(x0 * width) + 2),
+    )
+    assert _mean_abs_diff(drawn[frame][edge], source[frame][edge]) > 20

@@ -69,6 +69,7 @@ from torch import nn
 from tqdm import tqdm
 
 import vstmon.ingest.capture  # noqa: F401  (imported for its process-wide FFmpeg/OpenCV log settings)
+from vstmon.annotate import Marks, draw_timeline, write_annotated_video
 from vstmon.check import preflight
 from vstmon.config import Config, ModelConfig, SubjectsConfig, load_config
 from vstmon.engine import resolve_dtype
@@ -167,6 +168,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         help="person detector graph for per-subject mode (default: subjects.detector)",
     )
+    parser.add_argument(
+        "--video-out",
+        type=Path,
+        help="also write the video with the labels (and, per subject, boxes and ids) drawn on it (.mp4)",
+    )
+    parser.add_argument("--plot", type=Path, help="also draw the timeline as a chart into this PNG")
+    parser.add_argument(
+        "--plot-size",
+        type=_size,
+        default=(1200, 400),
+        metavar="WxH",
+        help="the chart's size (default 1200x400)",
+    )
     parser.add_argument("--top-k", type=int, help="labels per clip (default: publish.top_k)")
     parser.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: model.device)")
     parser.add_argument(
@@ -174,6 +188,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["auto", "fp32", "fp16", "bf16"],
         help="auto (bf16/fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16 (default: model.precision)",
     )
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected WIDTHxHEIGHT in pixels, e.g. 1200x400"
+        ) from None
+    if not (200 <= width <= 10_000 and 100 <= height <= 10_000):
+        raise argparse.ArgumentTypeError(f"{text!r}: width 200-10000 and height 100-10000 pixels")
+    return width, height
 
 
 def default_batch(device: torch.device, max_batch: int) -> int:
@@ -704,19 +730,30 @@ def _classify_to_output(
             "untrained": loaded.untrained,
             "progress": sys.stderr.isatty(),
         }
+        marks = Marks() if args.video_out or args.plot else None
+
+        def write_line(line: str) -> None:
+            timeline.write_line(line)
+            if marks is not None:
+                marks.add_line(line)
+
         if detector is not None:
             result = classify_subjects(
                 video,
                 model,
                 loaded.labels,
-                timeline.write_line,
+                write_line,
                 config.subjects,
                 detector=detector,
                 **options,
             )
         else:
-            result = classify_video(video, model, loaded.labels, timeline.write_line, **options)
+            result = classify_video(video, model, loaded.labels, write_line, **options)
         timeline.commit()
+        if marks is not None and args.plot:
+            draw_timeline(marks, args.plot, args.plot_size, f"{video.path.name}: top label per clip")
+        if marks is not None and args.video_out:
+            write_annotated_video(video.path, args.video_out, marks)
     return result, video
 
 
