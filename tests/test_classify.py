@@ -9,6 +9,7 @@ import os
 import pty
 import re
 import select
+import shutil
 import struct
 import subprocess
 import sys
@@ -730,6 +731,8 @@ def test_video_out_is_the_input_with_the_labels_drawn_and_plot_is_a_png_of_the_s
     assert max(before) < 6 < min(after), (max(before), min(after))  # codec noise vs drawn text
     chart = cv2.imread(str(plot))
     assert chart is not None and chart.shape == (300, 900, 3)
+    if os.environ.get("VSTMON_SCREENSHOTS"):  # docs: VSTMON_SCREENSHOTS=docs/images pytest -k video_out
+        shutil.copy(plot, Path(os.environ["VSTMON_SCREENSHOTS"]) / "timeline.png")
     assert (chart < 128).any() and (chart.reshape(-1, 3).std(0) > 10).all()  # not blank: text and bands
 
 

@@ -56,6 +56,7 @@ __all__ = [
     "SmoothingConfig",
     "StreamConfig",
     "SubjectsConfig",
+    "ViewConfig",
     "check_endpoint",
     "load_config",
     "load_yaml_model",
@@ -555,6 +556,28 @@ class MetricsConfig(_Strict):
     )
 
 
+class ViewConfig(_Strict):
+    """The operator's live page (read-only HTML, JSON and JPEG over HTTP); off unless ``port`` is set."""
+
+    port: int | None = Field(
+        None, ge=0, le=65535, description="serve the live page on this port; null = off (0 = any free port)"
+    )
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        max_length=253,
+        description="address the page binds (keep it local, or proxy it)",
+    )
+    fps: float = Field(
+        4.0, ge=0.2, le=30, description="frames/s: most a stream's picture is re-encoded for viewers"
+    )
+    jpeg_quality: int = Field(80, ge=20, le=100, description="JPEG quality of the pictures")
+    timeline_s: float = Field(
+        600.0, ge=10, le=86_400, description="seconds of labels kept per stream for the timeline"
+    )
+    max_clients: int = Field(16, ge=1, le=256, description="requests served at once; more get 503")
+
+
 class ServiceConfig(_Strict):
     """Running under a supervisor: shutdown, health and what systemd is told."""
 
@@ -608,6 +631,7 @@ class Config(_Strict):
     smoothing: SmoothingConfig = Field(default_factory=SmoothingConfig, description="score smoothing")
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ output and control")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")
+    view: ViewConfig = Field(default_factory=ViewConfig, description="the operator's live page")
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="shutdown, watchdog, health")
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
 

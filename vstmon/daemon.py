@@ -51,7 +51,7 @@ __all__ = ["Daemon", "add_arguments", "ring_capacity_frames", "run"]
 _log = get_logger("daemon")
 
 _LATENCY_SAMPLES = 4096  # clip-ready -> published latencies kept for p50/p99 (a fixed ring)
-_RESTART_SECTIONS = ("model", "inference", "publish", "metrics")  # a reload cannot change these
+_RESTART_SECTIONS = ("model", "inference", "publish", "metrics", "view")  # a reload cannot change these
 _STREAM_SECTIONS = (
     "clip",
     "reset",
@@ -119,6 +119,7 @@ class Daemon:
         self.metrics = Metrics()
         self.notifier = SystemdNotifier()
         self._tick_thread: threading.Thread | None = None
+        self.view: Any = None  # the live page's ViewServer (view.port set)
         self._latency_s = np.zeros(_LATENCY_SAMPLES, dtype=np.float64)  # clip submitted -> label published
         self._latency_count = 0
         self._latency_lock = threading.Lock()
@@ -174,6 +175,10 @@ class Daemon:
         loaded = self._loaded or load_model_and_labels(cfg)
         self._loaded = loaded
         self.publisher = Publisher(cfg.publish)
+        if cfg.view.port is not None:
+            from vstmon.view import start_view
+
+            self.view = start_view(cfg.view, self.publisher, self.daemon_status, self._picture_source)
         self.pool = EnginePool(
             loaded.model,
             cfg.model.device,
@@ -211,6 +216,14 @@ class Daemon:
             endpoints=self.publisher.endpoints,
             control=self.control.bound_endpoint if self.control is not None else None,
         )
+
+    def _picture_source(self, name: str) -> tuple[Any, tuple[int, int]] | None:
+        """For the live page: the stream's ring and its source's picture size (None for an unknown stream)."""
+        stream = self.streams.get(name)
+        if stream is None or stream.ring is None:
+            return None
+        width, height = self._source_stats(stream).get("frame_wh", (0, 0))
+        return stream.ring, (int(width), int(height))
 
     def _add_stream(self, stream_cfg: StreamConfig) -> _Stream:
         """Build a stream's stages (not started); a stream that cannot be built is kept as failed."""
@@ -580,6 +593,8 @@ class Daemon:
             self.config.service.shutdown_timeout_s if timeout_s is None else timeout_s
         )
         self.request_stop()
+        if self.view is not None:  # the page first: it reads the rings the sources are about to close
+            self.view.stop(_left_s(deadline_s))
         if self._tick_thread is not None:  # first, so that no ping or STATUS= line follows STOPPING=1
             self._tick_thread.join(_left_s(deadline_s))
         self.notifier.notify("STOPPING=1")
@@ -639,7 +654,7 @@ class Daemon:
         Streams are compared one by one: removed ones are stopped (final ``segment`` summary, ``status``
         stopped), added ones started, changed ones restarted (new segment numbering); the others keep running
         untouched, with no gap in their ``seq`` and no ``reset``. A change to ``clip``, ``reset``,
-        ``smoothing`` or ``subjects`` changes every stream. ``model``, ``inference``, ``publish`` and ``metrics``
+        ``smoothing`` or ``subjects`` changes every stream. ``model``, ``inference``, ``publish``, ``metrics`` and ``view``
         cannot change under a running engine or socket: they are reported, not half-applied.
         """
         old = self.config

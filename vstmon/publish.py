@@ -226,6 +226,7 @@ class Publisher:
         self.sent = 0
         self.dropped = 0
         self.errors = 0
+        self._taps: list[Callable[[str, dict[str, Any]], None]] = []
         self.endpoints: list[str] = []
         socket = self._context.socket(zmq.PUB)
         if self.curve is not None:
@@ -276,6 +277,11 @@ class Publisher:
                 self.errors += 1
                 _log.error("message not JSON-serialisable, dropped", topic=topic, error=str(error))
                 return False
+            for tap in self._taps:  # in-process readers (the live page) see every message, in order
+                try:
+                    tap(topic, message)
+                except Exception as error:
+                    _log.error("message tap failed", topic=topic, error=str(error))
             try:
                 self._socket.send_multipart((topic.encode(), body), flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
@@ -287,6 +293,11 @@ class Publisher:
                 return False
             self.sent += 1
             return True
+
+    def add_tap(self, tap: Callable[[str, dict[str, Any]], None]) -> None:
+        """Also hand every message (topic, the message with its envelope) to ``tap``, under the publish lock: a
+        tap must be quick and must not change the message. Add taps before publishing starts."""
+        self._taps.append(tap)
 
     def stats(self) -> dict[str, int]:
         """Counters: ``sent``, ``dropped`` (slow/absent subscribers), ``errors``."""

@@ -98,6 +98,7 @@ class Source:
         self.state = StreamState.CONNECTING
         self.reason = "not started"
         self._frames_read = 0
+        self._frame_shape: tuple[int, ...] = (0, 0, 3)  # (height, width, 3) of the newest decoded frame
         self._reconnects = 0
         self._fps_times = np.zeros(_FPS_WINDOW, np.float64)  # capture monotonic times, circular
         self._previous: np.ndarray | None = (
@@ -127,7 +128,8 @@ class Source:
         return self._thread is not None and self._thread.is_alive()
 
     def stats(self) -> dict[str, Any]:
-        """fps_in (rolling), frames_read, frames_dropped (by the ring), reconnects, state, reason, ring_nbytes."""
+        """fps_in (rolling), frames_read, frames_dropped (by the ring), reconnects, state, reason, ring_nbytes,
+        frame_wh (the source's picture size, [width, height]; [0, 0] before the first frame)."""
         n = min(self._frames_read, _FPS_WINDOW)
         fps_in = 0.0
         if n >= 2:
@@ -145,6 +147,7 @@ class Source:
             "frames_dropped": self.ring.frames_dropped,
             "reconnects": self._reconnects,
             "ring_nbytes": self.ring.nbytes,
+            "frame_wh": [int(self._frame_shape[1]), int(self._frame_shape[0])],
         }
 
     # -- reader thread ----------------------------------------------------------------------------------
@@ -303,6 +306,7 @@ class Source:
                 slot = self.ring.write_slot(timeout_s=_SLOT_WAIT_S)
             try:
                 self._fitter.fit(frame, slot)
+                self._frame_shape = frame.shape  # a reference to the array's own tuple: nothing allocated
             except ValueError as error:
                 return _Outcome.LOST, f"undecodable frame {index}: {error}", index > 0
             if frozen_s is not None and self._previous is not None:
