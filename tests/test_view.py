@@ -19,12 +19,14 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.assets import carphone_mp4, pedestrian_pb
 from tests.test_daemon import daemon_config, tiny_checkpoint, write_mjpg
 from tests.test_daemon_e2e import Vstmon
 from vstmon.client import Subscriber
 from vstmon.view import box_in_crop
 
 pytestmark = pytest.mark.slow
+__all__ = ["carphone_mp4", "pedestrian_pb"]  # fixtures
 STREAMS = ("cam_a", "cam_b")
 
 
@@ -205,3 +207,36 @@ def test_a_box_maps_from_the_frame_into_the_models_centre_crop() -> None:
     assert box_in_crop([0.5, 0.25, 0.75, 0.75], (640, 480), 224) == (113, 56, 187, 168)
     assert box_in_crop([0.0, 0.1, 0.05, 0.9], (640, 480), 224) is None  # left of the crop
     assert box_in_crop([0.1, 0.1, 0.2, 0.2], (0, 0), 224) is None  # picture size not known yet
+
+
+def test_per_subject_people_and_their_boxes_reach_the_page(
+    tmp_path: Path, carphone_mp4: Path, pedestrian_pb: Path
+) -> None:
+    checkpoint, labels = tiny_checkpoint(tmp_path)
+    stream = {"name": "car", "url": str(carphone_mp4), "loop": True, "realtime": True}
+    data = daemon_config(
+        checkpoint,
+        labels,
+        [stream],
+        view={"port": 0, "fps": 10},
+        subjects={"detector": str(pedestrian_pb), "mode": "per_subject", "detect_fps": 5, "confirm_s": 0.5},
+    )
+    process = Vstmon(tmp_path, data).wait_running()
+    try:
+        url = next(e["url"] for e in process.log_events() if e.get("event") == "live page serving")
+        host, port = url.removeprefix("http://").rstrip("/").split(":")
+        deadline = time.monotonic() + 90
+        people: list[dict[str, Any]] = []
+        while time.monotonic() < deadline and not people:
+            people = json.loads(get(host, int(port), "/api/status")[2])["streams"]["car"]["people"]
+            time.sleep(0.3)
+        assert people, process.log()
+        person = people[0]
+        assert person["subject"].startswith("car-") and len(person["box"]) == 4 and person["smoothed"]
+        status, kind, body = get(host, int(port), "/api/frame/car.jpg")
+        picture = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        assert status == 200 and kind == "image/jpeg" and picture is not None
+        box_colour = np.abs(picture.astype(int) - (0, 220, 255)).sum(axis=2) < 90  # the drawn box (BGR)
+        assert box_colour.sum() > 40, box_colour.sum()
+    finally:
+        assert process.terminate() == 0, process.log()
