@@ -5,7 +5,7 @@ Every configuration runs in a fresh child process: the model (untrained weights 
 preset's stochastic depth), AdamW as ``vstmon train`` builds it, random uint8 clips through the same
 ``Trainer.train_epoch`` step (normalisation on the device, autocast, loss scaling for fp16). One warm-up step,
 then ``--steps`` timed steps. Memory: on CUDA the peak allocated by torch (``max_memory_allocated``) and reserved;
-on CPU the child's peak RSS (``ru_maxrss``, which includes torch itself: the ``idle`` row is that floor).
+on CPU the child's peak RSS (``VmHWM``, which includes torch itself: the ``idle`` row is that floor).
 "AMP" is bf16 autocast (fp16 with loss scaling on GPUs without native bf16). A child that fails (out of memory,
 time limit) is reported as such and the others go on.
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -75,13 +74,20 @@ def _child(
     if device.type == "cuda":
         row["peak_allocated_mib"] = torch.cuda.max_memory_allocated(device) / _MIB
         row["peak_reserved_mib"] = torch.cuda.max_memory_reserved(device) / _MIB
-    row["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    row["peak_rss_mib"] = _peak_rss_kib() / 1024
     return row
+
+
+def _peak_rss_kib() -> int:
+    """This process's peak RSS (VmHWM; ``ru_maxrss`` would keep a forking parent's peak across execve)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 
 
 def _idle_rss_mib() -> float:
     code = (
-        "import resource, torch, vstmon.train.loop; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "import torch, vstmon.train.loop; "
+        "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     return int(out.stdout.split()[-1]) / 1024
