@@ -185,6 +185,7 @@ def test_the_page_in_headless_chromium_shows_a_tile_per_stream_with_live_labels(
     assert first.count('class="tile"') == 2
     assert first.count('class="state streaming"') == 2
     assert re.search(r'class="label( stale)?">action_\d', first)  # the smoothed top label is written
+    assert re.search(r'class="overlay">action_\d 0\.\d\d<', first)  # and over the picture, with its score
     clips_before = [int(n) for n in re.findall(r"clips (\d+)</div>", first)]
     time.sleep(3)
     second = _browser(chromium, "--dump-dom", url)
@@ -233,6 +234,7 @@ def test_per_subject_people_and_their_boxes_reach_the_page(
         assert people, process.log()
         person = people[0]
         assert person["subject"].startswith("car-") and len(person["box"]) == 4 and person["smoothed"]
+        assert len(person["box_px"]) == 4 and all(0 <= v < 64 for v in person["box_px"])  # on the 64 px picture
         status, kind, body = get(host, int(port), "/api/frame/car.jpg")
         picture = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
         assert status == 200 and kind == "image/jpeg" and picture is not None
