@@ -451,7 +451,7 @@ def test_settings_errors_name_the_key(tmp_path: Path) -> None:
     config = write_yaml(tmp_path / "train.yaml", {"size_px": 100, "epochs": 0, "colour": 1})
     done = run_vstmon("train", str(tmp_path), "--out", str(tmp_path / "run"), "--config", str(config))
     assert done.returncode == 78
-    assert "size_px: must be a multiple of 32" in done.stderr
+    assert "size_px: size_px must be a multiple of 32" in done.stderr
     assert "epochs: Input should be greater than or equal to 1" in done.stderr
     assert "colour: unknown key" in done.stderr
     done = run_vstmon("train", str(tmp_path), "--out", str(tmp_path / "run"), "--arch", "auto")

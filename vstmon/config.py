@@ -55,8 +55,10 @@ __all__ = [
     "ServiceConfig",
     "SmoothingConfig",
     "StreamConfig",
+    "StrictModel",
     "SubjectsConfig",
     "ViewConfig",
+    "check_crop_size",
     "check_endpoint",
     "load_config",
     "load_yaml_model",
@@ -82,7 +84,15 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
 
 
+StrictModel = _Strict  # the base of every settings tree (config.yaml here, train.yaml in vstmon.train)
 _M = TypeVar("_M", bound=BaseModel)
+
+
+def check_crop_size(size_px: int) -> int:
+    """A crop size the model can take: a multiple of 32 (4-pixel patches, then three 2x merges)."""
+    if size_px % 32:
+        raise ValueError(f"size_px must be a multiple of 32 (patch 4 x 3 merges), got {size_px}")
+    return size_px
 
 
 def _fail(loc: tuple[int | str, ...], message: str, value: Any) -> ValidationError:
@@ -212,9 +222,7 @@ class ClipConfig(_Strict):
     @field_validator("size_px")
     @classmethod
     def _multiple_of_32(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError(f"size_px must be a multiple of 32 (patch 4 x 3 merges), got {value}")
-        return value
+        return check_crop_size(value)
 
 
 class InferenceConfig(_Strict):

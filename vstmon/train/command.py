@@ -24,8 +24,8 @@ import torch
 from tqdm import tqdm
 
 from vstmon import __version__
-from vstmon.config import load_yaml_model
-from vstmon.errors import ConfigError, VstmonError
+from vstmon.config import load_yaml_model, validate_model
+from vstmon.errors import VstmonError
 from vstmon.model.checkpoint import describe_config
 from vstmon.train.clips import ClipSpec, EpochBatches, EvalClips, TrainClips, make_loader
 from vstmon.train.config import TrainConfig
@@ -94,23 +94,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _settings(args: argparse.Namespace) -> TrainConfig:
+    """train.yaml (validated on its own, so its errors carry its lines), then the flags over it, validated again."""
     base: dict[str, Any] = {}
     if args.config is not None:
         base = load_yaml_model(TrainConfig, args.config).model_dump(exclude_unset=True)
     for flag, field in _FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
-            base[field] = value
-    from pydantic import ValidationError
-
-    try:
-        return TrainConfig.model_validate(base)
-    except ValidationError as error:
-        lines = []
-        for item in error.errors(include_url=False):
-            where = ".".join(str(p) for p in item["loc"]) or "<settings>"
-            lines.append(f"train settings: {where}: {item['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("\n".join(lines)) from None
+            base[field] = str(value) if isinstance(value, Path) else value
+    return validate_model(TrainConfig, base, "train settings (train.yaml and flags)")
 
 
 def _save(obj: object, path: Path) -> None:

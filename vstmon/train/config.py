@@ -11,16 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from vstmon.config import StrictModel, check_crop_size
 
 __all__ = ["ArchOverrides", "TrainConfig"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
-
-
-class ArchOverrides(_Strict):
+class ArchOverrides(StrictModel):
     """Changes to the preset's shape, for training small models from scratch (tests, tiny devices)."""
 
     embed_dim: int | None = Field(None, ge=8, le=1024)
@@ -41,7 +39,7 @@ class ArchOverrides(_Strict):
         return {k: v for k, v in self.model_dump().items() if v is not None}
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     """Everything ``vstmon train`` needs besides DATA_DIR and OUT_DIR (which only the command line gives)."""
 
     arch: str = Field(
@@ -82,11 +80,7 @@ class TrainConfig(_Strict):
     @field_validator("size_px")
     @classmethod
     def _multiple_of_32(cls, value: int) -> int:
-        if value % 32:
-            raise ValueError(
-                f"must be a multiple of 32 (the patch and window grid), e.g. {max(32, value // 32 * 32)}"
-            )
-        return value
+        return check_crop_size(value)
 
     @field_validator("arch")
     @classmethod
