@@ -740,9 +740,10 @@ def test_per_subject_video_out_draws_each_persons_box(
     subject_files: dict[str, Path], carphone_mp4: Path
 ) -> None:
     video_out = subject_files["root"] / "carphone_annotated.mp4"
-    out = subject_files["root"] / "carphone_boxes.jsonl"
+    out, plot = subject_files["root"] / "carphone_boxes.jsonl", subject_files["root"] / "carphone.png"
     done = _vstmon("classify", str(carphone_mp4), "--config", str(subject_files["per_subject.yaml"]),
-                   "--out", str(out), "--video-out", str(video_out), cwd=subject_files["root"])  # fmt: skip
+                   "--out", str(out), "--video-out", str(video_out), "--plot", str(plot),
+                   cwd=subject_files["root"])  # fmt: skip
     assert done.returncode == 0, done.stderr
     lines = _lines(out)
     source, drawn = _decoded(carphone_mp4), _decoded(video_out)
@@ -755,3 +756,6 @@ def test_per_subject_video_out_draws_each_persons_box(
         slice(max(0, int(x0 * width) - 1), int(x0 * width) + 2),
     )
     assert _mean_abs_diff(drawn[frame][edge], source[frame][edge]) > 20
+    chart = cv2.imread(str(plot))  # the subject's first clip is marked as a segment start (a red line)
+    red = (np.abs(chart.astype(int) - (40, 40, 220)).sum(axis=2) < 30).sum(axis=0)
+    assert red.max() >= 20

@@ -22,9 +22,10 @@ import numpy as np
 
 from vstmon.errors import VstmonError
 
-__all__ = ["Mark", "Marks", "draw_timeline", "write_annotated_video"]
+__all__ = ["Mark", "Marks", "draw_timeline", "subject_starts", "write_annotated_video"]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
+RESET_BGR = (40, 40, 220)  # segment starts on the chart (red)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,8 @@ def draw_timeline(marks: Marks, out: Path, size_px: tuple[int, int] = (1200, 400
             -1,
         )
     axis_y = top + row_px * len(rows) + 2
+    for start_s in subject_starts(marks):  # per subject: a new person's first clip opens their segment
+        cv2.line(image, (x_of(start_s), top), (x_of(start_s), axis_y), RESET_BGR, 1)
     cv2.line(image, (label_w, axis_y), (label_w + plot_w, axis_y), (0, 0, 0), 1)
     step = _tick_step(span)
     tick = math.ceil(start_s / step) * step
@@ -208,9 +211,21 @@ def draw_timeline(marks: Marks, out: Path, size_px: tuple[int, int] = (1200, 400
         cv2.putText(image, f"{tick:g} s", (x - 12, axis_y + 20), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
         tick += step
     heading = title or f"top label per clip ({len(marks.items)} clips; darker = higher score)"
+    if any(m.subject for m in marks.items):
+        heading += "; red: a new subject"
     cv2.putText(image, heading, (6, 22), _FONT, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     if not cv2.imwrite(str(out), image):
         raise VstmonError(f"{out}: the plot could not be written (a .png path in a writable folder?)")
+
+
+def subject_starts(marks: Marks) -> list[float]:
+    """Start times of each subject's first clip (the segment resets of per-subject mode; none in whole-frame mode,
+    where ``classify`` runs no reset detector)."""
+    first: dict[str, float] = {}
+    for mark in marks.items:
+        if mark.subject is not None:
+            first[mark.subject] = min(first.get(mark.subject, mark.start_s), mark.start_s)
+    return sorted(first.values())
 
 
 def _tick_step(span_s: float) -> float:
