@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from vstmon.engine import Engine, EnginePool, resolve_devices, resolve_dtype
+from vstmon.engine import Engine, EnginePool, auto_half_dtype, resolve_devices, resolve_dtype
 from vstmon.types import Clip, ClipResult
 
 torch.set_num_threads(1)
@@ -640,3 +640,25 @@ def test_more_streams_than_max_batch_take_turns_across_batches(engines, model):
     streams = [[r.clip.stream for r in batch] for batch in gate.batches()[1 : rounds + 1]]
     # round robin over the 3 cameras, 2 per batch: C gets a clip into every other batch, like A and B
     assert streams == [["A", "B"], ["C", "A"], ["B", "C"]] * 3
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((7, 0), torch.float16), ((7, 2), torch.float16), ((7, 5), torch.float16),  # V100, Xavier, T4
+     ((8, 0), torch.bfloat16), ((8, 7), torch.bfloat16), ((9, 0), torch.bfloat16)],  # A100, Orin, H100
+)  # fmt: skip
+def test_auto_precision_is_bf16_only_where_the_gpu_has_it_natively(capability, dtype) -> None:
+    assert auto_half_dtype(capability) == dtype
+
+
+def test_a_device_listed_twice_gets_one_engine(model) -> None:
+    pool = EnginePool(model, ["cpu", "cpu"], "fp32", 4, 0, lambda r: None, normalize=_normalize)
+    assert pool.devices == ["cpu"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none on this machine")
+def test_auto_precision_follows_the_engines_own_gpu() -> None:
+    for index in range(torch.cuda.device_count()):
+        device = torch.device("cuda", index)
+        assert resolve_dtype("auto", device) == auto_half_dtype(torch.cuda.get_device_capability(device))

@@ -90,8 +90,15 @@ def preflight(config: Config, source: str = "<config>") -> list[ResolvedDevice]:
             continue
         import torch
 
-        if model.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            problems.append(f"{source}: model.precision: {device} does not support bf16; use fp16 or auto")
+        if (
+            model.precision == "bf16"
+            and device.type == "cuda"
+            and torch.cuda.get_device_capability(device) < (8, 0)
+        ):
+            problems.append(
+                f"{source}: model.precision: {device} has no native bf16 (compute capability below 8.0); "
+                "use fp16 or auto"
+            )
             continue
         dtype = resolve_dtype(model.precision, device)
         resolved.append(

@@ -50,7 +50,7 @@ from torch import nn
 from vstmon.log import get_logger
 from vstmon.types import Clip, ClipResult
 
-__all__ = ["Engine", "EnginePool", "resolve_devices", "resolve_dtype"]
+__all__ = ["Engine", "EnginePool", "auto_half_dtype", "resolve_devices", "resolve_dtype"]
 
 _log = get_logger("engine")
 
@@ -73,11 +73,18 @@ def resolve_devices(spec: str | Sequence[str]) -> list[torch.device]:
     return devices
 
 
+def auto_half_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """The half precision a GPU of this compute capability runs natively: bf16 from 8.0 (Ampere, Jetson Orin),
+    fp16 before (T4, V100, Jetson Xavier; their bf16 is emulated and slow)."""
+    return torch.bfloat16 if capability >= (8, 0) else torch.float16
+
+
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` = bf16 where the GPU supports it, else fp16, on CUDA; fp32 elsewhere."""
+    """``auto`` = on CUDA, bf16 or fp16 by the capability of ``device`` itself (``auto_half_dtype``; not
+    ``torch.cuda.is_bf16_supported()``, which counts emulation and asks the current device); fp32 elsewhere."""
     if precision == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return auto_half_dtype(torch.cuda.get_device_capability(device))
         return torch.float32
     try:
         return _DTYPES[precision]
@@ -571,13 +578,13 @@ class EnginePool:
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
     ) -> None:
-        if isinstance(devices, str):
-            resolved = resolve_devices(devices)
-        else:
-            resolved = [d if isinstance(d, torch.device) else resolve_devices(d)[0] for d in devices]
+        # one list, duplicates dropped (cuda and cuda:0 are one device: one engine)
+        resolved = resolve_devices(devices if isinstance(devices, str) else [str(d) for d in devices])
+        # every replica is copied from the model as given (on the CPU), before the first engine moves its own
+        # copy: a copy of a model already on cuda:0 would pass through cuda:0's memory (and its cap)
+        replicas = [model] + [copy.deepcopy(model) for _ in resolved[1:]]
         self.engines: list[Engine] = []
-        for i, device in enumerate(resolved):
-            replica = model if i == 0 else copy.deepcopy(model)
+        for device, replica in zip(resolved, replicas, strict=True):
             self.engines.append(
                 Engine(
                     replica,

@@ -49,9 +49,6 @@ WARMUP_CAP = 0.25  # warm-up never takes more than this share of the run
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """Autocast dtype for training: ``auto`` is bf16 on GPUs with native bf16 (compute capability 8+), fp16
     (with loss scaling) on older GPUs, fp32 on CPU."""
-    if precision == "auto" and device.type == "cuda":
-        major, _ = torch.cuda.get_device_capability(device)
-        return torch.bfloat16 if major >= 8 else torch.float16
     return resolve_dtype(precision, device)
 
 
