@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -462,6 +463,52 @@ def test_out_of_memory_splits_the_batch_and_lowers_max_batch(engines, model):
     stats = engine.stats()
     assert engine.running
     assert stats["max_batch"] == 2 and stats["oom_splits"] >= 1 and stats["clips_failed"] == 0
+
+
+class _AllocatesThenOom(nn.Module):
+    """Allocates a stand-in for a forward pass's activations, then raises out-of-memory above ``limit`` clips;
+    remembers (weakly) each failed attempt's allocation and whether it was still alive when the next call came."""
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner = inner
+        self.limit = limit
+        self.failed: list[weakref.ref[torch.Tensor]] = []
+        self.alive_at_retry: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.alive_at_retry.extend(ref() is not None for ref in self.failed)
+        self.failed.clear()
+        activations = torch.ones(x.shape[0], 1 << 20)  # 4 MiB per clip
+        if x.shape[0] > self.limit:
+            self.failed.append(weakref.ref(activations))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x) + 0 * activations[:, :1].sum()
+
+
+def test_out_of_memory_frees_the_failed_batch_before_retrying_and_max_batch_grows_back(
+    engines, model, monkeypatch
+):
+    import vstmon.engine
+
+    monkeypatch.setattr(vstmon.engine, "_GROW_AFTER", 3)
+    wrapped = _AllocatesThenOom(model, limit=2)
+    collector = Collector(hold=True)
+    engine = start_engine(engines, wrapped, collector, max_batch=4, max_wait_ms=0)
+    engine.submit(make_clip("busy", seed=100))
+    assert collector.entered.wait(10)
+    for i in range(4):
+        engine.submit(make_clip(f"cam{i}", seed=i))
+    collector.release.set()
+    collector.wait_for(5)
+    assert wrapped.alive_at_retry and not any(wrapped.alive_at_retry)  # freed before every retry
+    assert engine.stats()["max_batch"] == 3 and engine.stats()["clips_failed"] == 0  # below the 4 that failed
+    wrapped.limit = 4  # memory is back
+    for round_ in range(4):
+        for i in range(2):
+            engine.submit(make_clip(f"cam{i}", seed=10 + round_))
+        collector.wait_for(5 + 2 * (round_ + 1))
+    assert engine.stats()["max_batch"] == 4  # grew back by one after 3 batches in a row that fitted
 
 
 def test_wait_idle_returns_once_the_streams_results_are_delivered(engines, model):

@@ -37,6 +37,7 @@ streams of a stream go to its engine).
 from __future__ import annotations
 
 import copy
+import gc
 import threading
 import time
 from collections import deque
@@ -53,6 +54,7 @@ from vstmon.types import Clip, ClipResult
 __all__ = ["Engine", "EnginePool", "auto_half_dtype", "resolve_devices", "resolve_dtype"]
 
 _log = get_logger("engine")
+_GROW_AFTER = 50  # batches in a row without out-of-memory before max_batch grows back by one
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -181,6 +183,8 @@ class Engine:
         self._on_result = on_result
         self._on_batch = on_batch
         self.max_batch = int(max_batch)
+        self._configured_max_batch = self.max_batch  # what max_batch grows back to after out-of-memory splits
+        self._fits_in_a_row = 0
         self._max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         if self.device.type == "cuda" and gpu_memory_fraction is not None:
             torch.cuda.set_per_process_memory_fraction(float(gpu_memory_fraction), self.device)
@@ -511,6 +515,9 @@ class Engine:
         done_s = time.monotonic()
         for i, (pending, state) in enumerate(batch):
             clip = pending.clip
+            if np.isnan(probs[i, 0]):  # out of memory even alone: dropped (counted, logged)
+                self.clips_failed += 1
+                continue
             if state.forgotten or clip.segment < state.min_segment:
                 self.clips_discarded += (
                     1  # its segment was reset, or its subject left, while it was in flight
@@ -524,33 +531,59 @@ class Engine:
                 _log.exception("result callback failed", device=self.name, stream=clip.key, error=str(error))
 
     def _infer_split(self, host: torch.Tensor) -> np.ndarray | None:
-        """Run ``host`` (n clips); on out-of-memory split it in halves and lower ``max_batch``."""
+        """Run ``host`` (n clips); on out-of-memory lower ``max_batch`` and run the halves. Rows of clips that do
+        not fit even alone are NaN (dropped by the caller); None when none fitted.
+
+        The retry happens after the ``except`` block is left: the exception's traceback holds the failed
+        attempt's frames (staged input, normalised tensor, activations), and retrying under it would need that
+        memory twice. After ``_GROW_AFTER`` batches in a row without an out-of-memory error, ``max_batch`` grows
+        back by one, up to the configured value.
+        """
+        out_of_memory = False
         try:
-            return self._infer(host)
+            probs = self._infer(host)
         except Exception as error:
             if not _is_oom(error):
                 raise
-            n = host.shape[0]
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            if n <= 1:
-                _log.error("out of memory on a single clip; clip dropped", device=self.name)
-                self.errors += 1
-                return None
-            half = n // 2
-            self.max_batch = max(1, min(self.max_batch, n - 1))  # below the smallest size that failed
-            self.oom_splits += 1
-            _log.warning(
-                "out of memory: batch split, max_batch lowered",
-                device=self.name,
-                batch=n,
-                max_batch=self.max_batch,
+            out_of_memory = True
+        if not out_of_memory:
+            self._grow_back()
+            return probs
+        gc.collect()  # frames of the failed attempt can sit in reference cycles
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        n = host.shape[0]
+        self._fits_in_a_row = 0
+        if n <= 1:
+            _log.error("out of memory on a single clip; clip dropped", device=self.name)
+            self.errors += 1
+            return None
+        self.max_batch = max(1, min(self.max_batch, n - 1))  # below the smallest size that failed
+        self.oom_splits += 1
+        _log.warning(
+            "out of memory: batch split, max_batch lowered",
+            device=self.name,
+            batch=n,
+            max_batch=self.max_batch,
+        )
+        halves = [self._infer_split(host[: n // 2]), self._infer_split(host[n // 2 :])]
+        if all(h is None for h in halves):
+            return None
+        width = next(h.shape[1] for h in halves if h is not None)
+        return np.concatenate(
+            [h if h is not None else np.full((len(part), width), np.nan, np.float32)
+             for h, part in zip(halves, (host[: n // 2], host[n // 2 :]), strict=True)],
+            axis=0,
+        )  # fmt: skip
+
+    def _grow_back(self) -> None:
+        self._fits_in_a_row += 1
+        if self.max_batch < self._configured_max_batch and self._fits_in_a_row >= _GROW_AFTER:
+            self.max_batch += 1
+            self._fits_in_a_row = 0
+            _log.info(
+                "max_batch raised again after batches that fitted", device=self.name, max_batch=self.max_batch
             )
-            first = self._infer_split(host[:half])
-            second = self._infer_split(host[half:])
-            if first is None or second is None:
-                return None
-            return np.concatenate([first, second], axis=0)
 
     def _infer(self, host: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
