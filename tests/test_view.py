@@ -234,7 +234,9 @@ def test_per_subject_people_and_their_boxes_reach_the_page(
         assert people, process.log()
         person = people[0]
         assert person["subject"].startswith("car-") and len(person["box"]) == 4 and person["smoothed"]
-        assert len(person["box_px"]) == 4 and all(0 <= v < 64 for v in person["box_px"])  # on the 64 px picture
+        assert len(person["box_px"]) == 4 and all(
+            0 <= v < 64 for v in person["box_px"]
+        )  # on the 64 px picture
         status, kind, body = get(host, int(port), "/api/frame/car.jpg")
         picture = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
         assert status == 200 and kind == "image/jpeg" and picture is not None
