@@ -67,3 +67,16 @@ class NotifyListener:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def received_within(sock: socket.socket, window_s: float) -> list[bytes]:
+    """The datagrams that arrive on ``sock`` within ``window_s`` (for tests that read in windows)."""
+    messages = []
+    deadline = time.monotonic() + window_s
+    while (left_s := deadline - time.monotonic()) > 0:
+        sock.settimeout(left_s)
+        try:
+            messages.append(sock.recv(4096))
+        except TimeoutError:
+            break
+    return messages

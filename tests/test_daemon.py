@@ -6,7 +6,6 @@ test_daemon_e2e.py.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -20,6 +19,7 @@ import pytest
 import torch
 import zmq
 
+from tests.notify_listener import received_within
 from tests.videos import FFMPEG, make_video, render_frame
 from vstmon.client import Subscriber
 from vstmon.config import parse_config
@@ -439,13 +439,7 @@ def test_watchdog_pings_stop_when_a_stage_thread_dies(
 
     def received(window_s: float = 0.6) -> list[bytes]:
         """What arrives within ``window_s`` (pings come every 0.1 s while the daemon is healthy)."""
-        messages = []
-        deadline = time.monotonic() + window_s
-        with contextlib.suppress(TimeoutError):
-            while (left_s := deadline - time.monotonic()) > 0:
-                notify.settimeout(left_s)
-                messages.append(notify.recv(64))
-        return messages
+        return received_within(notify, window_s)
 
     try:
         assert daemon.dead_threads() == []

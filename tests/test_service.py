@@ -6,7 +6,6 @@ a model whose forward pass blocks (a wedged GPU call, as far as the daemon can t
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import socket
 import threading
@@ -19,7 +18,7 @@ import torch
 import yaml
 from torch import nn
 
-from tests.notify_listener import NotifyListener
+from tests.notify_listener import NotifyListener, received_within
 from tests.rtsp_fixtures import silent_server
 from tests.test_daemon import collect, daemon_config, model_files, run_daemon, write_mjpg
 from tests.test_daemon_e2e import Vstmon, vstmon_process
@@ -230,13 +229,7 @@ def test_a_wedged_engine_stops_the_watchdog_pings_and_says_so(
     daemon = Daemon(parse_config(data), LoadedModel(model.eval(), names, "blocking", untrained=True))
 
     def received(window_s: float) -> list[bytes]:
-        messages = []
-        deadline = time.monotonic() + window_s
-        with contextlib.suppress(TimeoutError):
-            while (left_s := deadline - time.monotonic()) > 0:
-                notify.settimeout(left_s)
-                messages.append(notify.recv(4096))
-        return messages
+        return received_within(notify, window_s)
 
     try:
         daemon.start()
