@@ -84,3 +84,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def silent_endpoint(closed_port: int) -> str:
     """A tcp endpoint where nothing answers: its port is held (bound, never listening) for the whole test."""
     return f"tcp://127.0.0.1:{closed_port}"
+
+
+@pytest.fixture
+def engines() -> Iterator[list]:
+    """Engines a test starts (append them): stopped and joined afterwards."""
+    started: list = []
+    yield started
+    for engine in started:
+        engine.stop()
+        assert engine.join(30), f"engine {engine.name} did not stop"

@@ -13,7 +13,8 @@ import pytest
 import torch
 from torch import nn
 
-from vstmon.engine import Engine, EnginePool, auto_half_dtype, resolve_devices, resolve_dtype
+from vstmon.engine import Engine, EnginePool
+from vstmon.runner import auto_half_dtype, resolve_devices, resolve_dtype
 from vstmon.types import Clip, ClipResult
 
 torch.set_num_threads(1)
@@ -157,15 +158,6 @@ class BatchGate:
             grouped.append(results[:size])
             results = results[size:]
         return grouped
-
-
-@pytest.fixture
-def engines():
-    started: list[Engine] = []
-    yield started
-    for engine in started:
-        engine.stop()
-        assert engine.join(5)
 
 
 def start_engine(engines, model, on_result, max_batch=4, max_wait_ms=0.0) -> Engine:
@@ -489,9 +481,9 @@ class _AllocatesThenOom(nn.Module):
 def test_out_of_memory_frees_the_failed_batch_before_retrying_and_max_batch_grows_back(
     engines, model, monkeypatch
 ):
-    import vstmon.engine
+    import vstmon.runner
 
-    monkeypatch.setattr(vstmon.engine, "_GROW_AFTER", 3)
+    monkeypatch.setattr(vstmon.runner, "_GROW_AFTER", 3)
     wrapped = _AllocatesThenOom(model, limit=2)
     collector = Collector(hold=True)
     engine = start_engine(engines, wrapped, collector, max_batch=4, max_wait_ms=0)
@@ -709,3 +701,107 @@ def test_auto_precision_follows_the_engines_own_gpu() -> None:
     for index in range(torch.cuda.device_count()):
         device = torch.device("cuda", index)
         assert resolve_dtype("auto", device) == auto_half_dtype(torch.cuda.get_device_capability(device))
+
+
+# -- staging (the copy into the host buffer) -------------------------------------------------------------------
+def test_the_staging_copy_runs_outside_the_lock(engines, model):
+    collector = Collector()
+    engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
+    original = engine._stage
+    copying = threading.Event()
+    release = threading.Event()
+
+    def slow_stage(clips: list[Clip]) -> torch.Tensor:
+        if any(clip.key == "a" for clip in clips) and not release.is_set():
+            copying.set()  # the copy of a batch holding "a"'s clip is held here
+            release.wait(30)
+        return original(clips)
+
+    engine._stage = slow_stage  # type: ignore[method-assign]
+    a0, a1, b0 = make_clip("a", seed=0), make_clip("a", seed=1), make_clip("b", seed=2)
+    a0_frames = a0.frames.copy()
+    accepted: dict[int, bool] = {}
+    a_done, b_done = threading.Event(), threading.Event()
+
+    def submit(clip: Clip, done: threading.Event) -> None:
+        accepted[clip.first_frame] = engine.submit(clip)
+        done.set()
+
+    threads = [
+        threading.Thread(target=submit, args=(a1, a_done)),
+        threading.Thread(target=submit, args=(b0, b_done)),
+    ]
+    try:
+        assert engine.submit(a0)
+        assert copying.wait(10)
+        for thread in threads:
+            thread.start()
+        assert b_done.wait(10), "another clip stream's submit waited for a's copy"
+        assert not a_done.wait(0.2)  # a's next clip waits until its previous one is copied
+        assert not a_done.is_set()
+    finally:
+        release.set()
+    assert a_done.wait(10)
+    for thread in threads:
+        thread.join(5)
+    assert accepted == {1: True, 2: True}
+    a0.frames[:] = 0  # a0 was copied before a1's submit returned: the caller may reuse its array now
+    collector.wait_for(3)
+    assert engine.wait_idle("a", 10) and engine.wait_idle("b", 10)
+    by_clip = {(r.clip.key, r.clip.first_frame): r.probs for r in collector.results}
+    assert sorted(by_clip) == [("a", 0), ("a", 1), ("b", 2)]
+    a0.frames = a0_frames
+    expected = reference_probs(model, [a0, a1, b0])
+    for i, key in enumerate([("a", 0), ("a", 1), ("b", 2)]):
+        np.testing.assert_allclose(by_clip[key], expected[i], atol=1e-5)
+    assert engine.stats()["clips_dropped"] == {}
+
+
+def test_a_failing_staging_copy_fails_its_batch_and_the_engine_goes_on(engines, model):
+    collector = Collector()
+    # a batch is taken when both clip streams have a clip pending (max_batch 2; no timeout in a test's time)
+    engine = start_engine(engines, model, collector, max_batch=2, max_wait_ms=600_000)
+    original = engine._stage
+    calls: list[int] = []
+
+    def failing_once(clips: list[Clip]) -> torch.Tensor:
+        calls.append(len(clips))
+        if len(calls) == 1:
+            raise RuntimeError("planted staging failure")
+        return original(clips)
+
+    engine._stage = failing_once  # type: ignore[method-assign]
+    assert engine.submit(make_clip("cam", seed=0))
+    assert engine.submit(make_clip("other", seed=1))
+    # the failed batch releases its clips: nothing of them is in flight any more
+    assert engine.wait_idle("cam", 10) and engine.wait_idle("other", 10), "the failed batch stays in flight"
+    assert engine.running
+    stats = engine.stats()
+    assert stats["clips_failed"] == 2 and stats["errors"] == 1 and stats["clips"] == 0
+    assert collector.results == []
+    later = [make_clip("cam", seed=2), make_clip("other", seed=3)]
+    for clip in later:
+        assert engine.submit(clip)
+    results = collector.wait_for(2)
+    assert engine.wait_idle("cam", 10) and engine.wait_idle("other", 10)
+    assert sorted((r.clip.key, r.clip.first_frame) for r in results) == [("cam", 2), ("other", 3)]
+    expected = reference_probs(model, later)
+    by_key = {r.clip.key: r.probs for r in results}
+    for i, clip in enumerate(later):
+        np.testing.assert_allclose(by_key[clip.key], expected[i], atol=1e-5)
+    assert calls == [2, 2] and engine.running
+    assert engine.stats()["clips_failed"] == 2
+
+
+def test_a_given_clip_shape_allocates_the_staging_buffer_at_construction(model):
+    engine = Engine(model, "cpu", "fp32", 4, 0, lambda r: None, normalize=_normalize, clip_shape=(T, S, S, 3))
+    assert engine._host is not None and tuple(engine._host.shape) == (4, T, S, S, 3)
+    assert engine._host.dtype == torch.uint8
+    bad = make_clip("cam", seed=0)
+    bad.frames = np.zeros((T, S, S // 2, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match="clip shape"):  # refused before any clip set the shape
+        engine.submit(bad)
+    assert engine.submit(make_clip("cam", seed=1))
+    for shape in [(4, 32, 32), (T, S, S, 4), (0, S, S, 3), (1, T, S, S, 3)]:
+        with pytest.raises(ValueError, match="clip_shape"):
+            Engine(model, "cpu", "fp32", 4, 0, lambda r: None, normalize=_normalize, clip_shape=shape)

@@ -77,8 +77,8 @@ def preflight(config: Config, source: str = "<config>") -> list[ResolvedDevice]:
     Returns the resolved devices and precisions; raises ConfigError with one line per problem
     (``SOURCE: model.device: ...``).
     """
-    from vstmon.engine import resolve_devices, resolve_dtype
     from vstmon.model.labels import PACKAGED_LABELS
+    from vstmon.runner import resolve_devices, resolve_dtype
 
     problems: list[str] = []
     resolved: list[ResolvedDevice] = []

@@ -72,7 +72,6 @@ import vstmon.ingest.capture  # noqa: F401  (imported for its process-wide FFmpe
 from vstmon.annotate import Marks, draw_timeline, write_annotated_video
 from vstmon.check import preflight
 from vstmon.config import Config, ModelConfig, SubjectsConfig, load_config
-from vstmon.engine import resolve_dtype
 from vstmon.errors import ConfigError, SourceError, VstmonError
 from vstmon.ingest.crops import CropFitter, square_crop_px
 from vstmon.ingest.detection_frames import DetectionFrames
@@ -81,6 +80,7 @@ from vstmon.ingest.sampler import ClipSampler
 from vstmon.log import configure_logging, get_logger
 from vstmon.model.bundle import load_model_and_labels
 from vstmon.preprocess import FrameFitter, normalize_clips
+from vstmon.runner import resolve_dtype
 from vstmon.subjects.detector import PersonDetector
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Tracker

@@ -239,7 +239,9 @@ class InferenceConfig(_Strict):
         None, gt=0, le=1, description="cap this process's share of GPU memory (0..1]; null = no cap"
     )
     compile: bool = Field(
-        False, description="torch.compile the model (slow start, faster steady state on GPUs)"
+        False,
+        description="torch.compile the model, every batch size before READY (Swin-T on an H100: ~70 s more "
+        "start-up, +20% clips/s at batch 16); a failed compile falls back to eager",
     )
     threads: int | None = Field(
         None, ge=1, le=1024, description="torch CPU threads; null = torch's choice (one per core)"

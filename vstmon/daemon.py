@@ -189,6 +189,7 @@ class Daemon:
             gpu_memory_fraction=cfg.inference.gpu_memory_fraction,
             compile=cfg.inference.compile,
             on_batch=self._on_batch,
+            clip_shape=(cfg.clip.frames, cfg.clip.size_px, cfg.clip.size_px, 3),
         )
         if cfg.subjects.detector is None:
             _log.info(

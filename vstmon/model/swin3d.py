@@ -18,6 +18,11 @@ Attention goes through ``scaled_dot_product_attention`` with the relative-positi
 shifted blocks) as one additive float mask. Shifted windows are gathered in groups that share a mask (at most 8),
 so the mask is broadcast per group instead of being materialised as (B * nW, heads, N, N). Without autograd the
 gathered bias is cached per window size, and each stage caches its shifted-window groups per padded grid.
+
+Under ``torch.compile`` none of those caches is touched (their keys read ``data_ptr``, ``_version`` and the
+inference mode, which Dynamo cannot trace): the bias is gathered inside the graph (one small gather per block),
+and the shifted-window groups come from ``VideoSwin.prepare(clip_shape, device)``, called once before compiling,
+so that the traced forward has no graph break and only the batch dimension varies.
 """
 
 from __future__ import annotations
@@ -281,7 +286,7 @@ class WindowAttention3D(nn.Module):
     def relative_position_bias(self, num_tokens: int, dtype: torch.dtype) -> Tensor:
         """Bias for a window of ``num_tokens`` tokens: (heads, N, N), from the top-left N x N of the index."""
         table = self.relative_position_bias_table
-        cacheable = not torch.is_grad_enabled()
+        cacheable = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
         if cacheable:
             key = (
                 num_tokens,
@@ -453,9 +458,23 @@ class BasicLayer(nn.Module):
         )
         self.downsample = PatchMerging(dim, layer_norm_eps) if downsample else None
         self._groups_cache: dict[tuple, WindowGroups] = {}
+        self._prepared_groups: dict[Size3, WindowGroups] = {}  # token grid -> groups, for compiled forwards
+
+    def prepare(self, grid: Size3, device: torch.device) -> None:
+        """Compute the shifted-window groups of a (D, H, W) token grid ahead, for a compiled forward (which
+        reads them without a cache key). Made outside inference mode, so that training can use them too."""
+        window, shift = effective_window_and_shift(grid, self.window_size, self.shift_size)
+        if any(s > 0 for s in shift):
+            with torch.inference_mode(False), torch.no_grad():
+                groups = group_shifted_windows(padded_grid(grid, window), window, shift, device)
+            self._prepared_groups[tuple(grid)] = groups
 
     def shift_groups(self, grid: Size3, device: torch.device) -> WindowGroups | None:
         """The shifted windows of this stage on a (D, H, W) token grid (cached), or None when nothing shifts."""
+        if torch.compiler.is_compiling():
+            prepared = self._prepared_groups.get(tuple(grid))
+            if prepared is not None:
+                return prepared
         window, shift = effective_window_and_shift(grid, self.window_size, self.shift_size)
         if not any(s > 0 for s in shift):
             return None
@@ -562,6 +581,21 @@ class SwinTransformer3D(nn.Module):
         if not x.is_floating_point():
             raise ValueError(f"Video Swin expects a floating-point tensor; got {x.dtype}")
 
+    def token_grids(self, clip_shape: Size3) -> list[Size3]:
+        """The (D, H, W) token grid each stage sees for clips of ``clip_shape`` = (T, H, W) frames/pixels."""
+        grid = tuple(-(-n // p) for n, p in zip(clip_shape, self.patch_size, strict=True))  # whole patches
+        grids: list[Size3] = []
+        for layer in self.layers:
+            grids.append(grid)
+            if layer.downsample is not None:
+                grid = (grid[0], -(-grid[1] // 2), -(-grid[2] // 2))
+        return grids
+
+    def prepare(self, clip_shape: Size3, device: torch.device) -> None:
+        """Compute per-shape constants for clips of ``clip_shape`` (T, H, W) ahead (see the module docstring)."""
+        for layer, grid in zip(self.layers, self.token_grids(clip_shape), strict=True):
+            layer.prepare(grid, device)
+
     def forward_stages(self, x: Tensor) -> dict[str, Tensor]:
         """Every stage output in (N, C, D, H, W), keyed by ``STAGE_NAMES``.
 
@@ -616,6 +650,11 @@ class VideoSwin(nn.Module):
         self.config = cfg
         self.backbone = SwinTransformer3D(cfg)
         self.cls_head = I3DHead(cfg.num_features, cfg.num_classes, cfg.head_dropout)
+
+    def prepare(self, clip_shape: Size3, device: torch.device | str) -> None:
+        """Before ``torch.compile``: compute the constants of clips of ``clip_shape`` = (T, H, W) on ``device``,
+        so that the compiled forward has no graph break (see the module docstring)."""
+        self.backbone.prepare(tuple(clip_shape), torch.device(device))
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(N, 3, T, H, W) -> backbone output (N, C, D, H', W') after the final norm."""

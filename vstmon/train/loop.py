@@ -21,13 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vstmon.engine import resolve_dtype
 from vstmon.errors import ConfigError
 from vstmon.model import build_model
 from vstmon.model.checkpoint import load_model
 from vstmon.model.presets import PRESETS, SwinConfig, get_preset
 from vstmon.model.swin3d import DropPath, I3DHead, VideoSwin
 from vstmon.preprocess import normalize_clips
+from vstmon.runner import resolve_dtype
 from vstmon.train.config import TrainConfig
 
 __all__ = [
