@@ -452,3 +452,40 @@ def test_watchdog_pings_stop_when_a_stage_thread_dies(
         assert b"WATCHDOG=1" not in received()  # systemd would now kill and restart the daemon
     finally:
         notify.close()
+
+
+def test_one_subscriber_fans_in_two_daemons_with_seq_per_stream(
+    tmp_path: Path, model_files: tuple[Path, Path]
+) -> None:
+    """Labels from many boxes: one SUB socket connected to two daemons gets both, and seq still tells each
+    stream's losses apart (none here)."""
+    checkpoint, labels = model_files
+    daemons: list[Daemon] = []
+    names = ["east", "west"]
+    try:
+        for name in names:
+            video = write_mjpg(tmp_path / f"{name}.avi", [("moving", range(40))])
+            daemon = Daemon(
+                parse_config(daemon_config(checkpoint, labels, [{"name": name, "url": str(video)}]))
+            )
+            daemon.start(start_sources=False)
+            daemons.append(daemon)
+        with Subscriber([d.publisher.endpoints[0] for d in daemons]) as sub:
+            heard: set[str] = set()  # each daemon's heartbeat names its streams: both joined
+            deadline = time.monotonic() + 30
+            while heard != set(names) and time.monotonic() < deadline:
+                got = sub.recv_raw(timeout_s=0.5)
+                if got is not None and got[0] == "status":
+                    heard |= set(got[1].get("streams", {})) & set(names)
+            assert heard == set(names)
+            for daemon in daemons:
+                daemon.start_sources()
+            by_stream = collect(sub, ended(names), timeout_s=120)
+            assert sub.gaps == 0 and sub.missing == 0
+        for name in names:
+            seqs = [m["seq"] for _t, m in by_stream[name]]
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+            assert any(t == f"label.{name}" for t, _m in by_stream[name])
+    finally:
+        for daemon in daemons:
+            daemon.stop()

@@ -132,6 +132,22 @@ def _describe_devices(devices: list[ResolvedDevice]) -> str:
     return "; ".join(f"{d.device}, precision {d.precision}" for d in devices)
 
 
+def _server_line(config: Config, classes: int) -> str:
+    """``inference.backend: triton``: whether the server answers (the daemon starts either way)."""
+    from vstmon.triton_runner import TritonRunner
+
+    clip = config.clip
+    runner = TritonRunner(config.inference.triton, 1, (clip.frames, clip.size_px, clip.size_px, 3))
+    try:
+        runner.warm_up()
+    finally:
+        runner.close()
+    where = f"inference: Triton server {config.inference.triton.url}, model {config.inference.triton.model}"
+    if not runner.up:
+        return f"{where}: NOT answering ({runner.last_error}); the daemon starts anyway and retries"
+    return f"{where}: answers, model id {runner.model_id} ({classes} labels here)"
+
+
 def run(args: argparse.Namespace) -> int:
     from vstmon.model.bundle import load_model_and_labels
 
@@ -147,12 +163,15 @@ def run(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{source}: model.checkpoint: {message}") from None
         except LabelsError as error:
             raise LabelsError(f"{source}: model.labels: {error}") from None
-        params = sum(p.numel() for p in loaded.model.parameters())
-        lines.append(
-            f"model: {loaded.model_id} ({params / 1e6:.1f} M parameters, {len(loaded.labels)} classes"
-            + (", UNTRAINED weights" if loaded.untrained else "")
-            + ")"
-        )
+        if loaded.model is None:  # inference.backend: triton
+            lines.append(_server_line(config, len(loaded.labels)))
+        else:
+            params = sum(p.numel() for p in loaded.model.parameters())
+            lines.append(
+                f"model: {loaded.model_id} ({params / 1e6:.1f} M parameters, {len(loaded.labels)} classes"
+                + (", UNTRAINED weights" if loaded.untrained else "")
+                + ")"
+            )
     subjects = config.subjects
     if subjects.detector is None:
         lines.append("subjects: off (subjects.detector is null)")

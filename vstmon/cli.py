@@ -29,6 +29,10 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("vstmon.classify", "classify a whole video file offline into a JSON-lines timeline"),
     "train": ("vstmon.train.command", "fine-tune on your own labelled videos (one folder per class)"),
     "eval": ("vstmon.train.evaluate", "score a checkpoint on labelled videos (official multi-view test)"),
+    "serve": (
+        "vstmon.serve",
+        "run a Triton inference server with the model, for daemons on inference.backend: triton",
+    ),
     "weights": ("vstmon.model.fetch", "list or download official Video Swin checkpoints"),
     "listen": ("vstmon.client", "subscribe to a daemon and print its messages as JSON lines"),
     "ctl": ("vstmon.control_cli", "send a control command (reset, status) to a running daemon"),

@@ -19,7 +19,7 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -518,7 +518,8 @@ class Gap:
 
 
 class Subscriber:
-    """A SUB socket connected to ``endpoint``, yielding typed messages and tracking ``seq`` gaps per stream.
+    """A SUB socket connected to ``endpoint`` (or to several: the messages of several daemons fan in), yielding
+    typed messages and tracking ``seq`` gaps per stream (stream names must differ across the daemons).
 
     Iterating yields messages until none arrives for ``timeout_s`` (``None`` = wait forever). Malformed or
     unknown messages are skipped and counted in ``malformed`` (the last error in ``last_error``). ``gaps``
@@ -534,7 +535,7 @@ class Subscriber:
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | Sequence[str],
         topics: tuple[str, ...] | list[str] = ("",),
         timeout_s: float | None = None,
         context: zmq.Context | None = None,
@@ -543,8 +544,13 @@ class Subscriber:
         client_key: str | os.PathLike[str] | None = None,
         on_handshake_failure: Callable[[str], None] | None = None,
     ) -> None:
-        endpoint = check_connect_endpoint(endpoint, DEFAULT_PUB_PORT)
-        self.endpoint = endpoint
+        self.endpoints = [
+            check_connect_endpoint(e, DEFAULT_PUB_PORT)
+            for e in ([endpoint] if isinstance(endpoint, str) else endpoint)
+        ]
+        if not self.endpoints:
+            raise VstmonError("a subscriber needs at least one endpoint")
+        self.endpoint = ", ".join(self.endpoints)  # for messages
         self.timeout_s = timeout_s
         self.handshake_error: str | None = None
         self._on_handshake_failure = on_handshake_failure
@@ -563,11 +569,12 @@ class Subscriber:
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._monitor, zmq.POLLIN)
-        try:
-            self._socket.connect(endpoint)
-        except zmq.ZMQError as error:
-            self._close_sockets()
-            raise VstmonError(f"cannot connect to {endpoint}: {error}") from None
+        for address in self.endpoints:  # several daemons: one socket, their messages fan in
+            try:
+                self._socket.connect(address)
+            except zmq.ZMQError as error:
+                self._close_sockets()
+                raise VstmonError(f"cannot connect to {address}: {error}") from None
         self._last_seq: dict[str, int] = {}
         self.received = 0
         self.gaps = 0
@@ -662,7 +669,11 @@ class Subscriber:
 # -- vstmon listen ----------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "endpoint", metavar="ENDPOINT", help="the daemon's PUB address, e.g. tcp://127.0.0.1:5556"
+        "endpoint",
+        metavar="ENDPOINT",
+        nargs="+",
+        help="the daemon's PUB address, e.g. tcp://127.0.0.1:5556; several: the labels of several daemons in one "
+        "stream of messages (their stream names must differ; seq gaps are still per stream)",
     )
     parser.add_argument(
         "--topic",
@@ -724,9 +735,9 @@ def run(args: argparse.Namespace) -> int:
     def say_handshake_failure(problem: str) -> None:
         print(f"vstmon listen: {subscriber_endpoint}: {problem}", file=sys.stderr, flush=True)
 
-    subscriber_endpoint = check_connect_endpoint(args.endpoint, DEFAULT_PUB_PORT)
+    subscriber_endpoint = ", ".join(check_connect_endpoint(e, DEFAULT_PUB_PORT) for e in args.endpoint)
     with Subscriber(
-        subscriber_endpoint,
+        args.endpoint,
         tuple(args.topic or ("",)),
         timeout_s=args.timeout_s,
         server_key=args.server_key,

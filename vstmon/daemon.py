@@ -21,6 +21,7 @@ publisher) and returns 0.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import signal
@@ -179,18 +180,13 @@ class Daemon:
             from vstmon.view import start_view
 
             self.view = start_view(cfg.view, self.publisher, self.daemon_status, self._picture_source)
-        self.pool = EnginePool(
-            loaded.model,
-            cfg.model.device,
-            cfg.model.precision,
-            cfg.inference.max_batch,
-            cfg.inference.max_wait_ms,
-            self._on_result,
-            gpu_memory_fraction=cfg.inference.gpu_memory_fraction,
-            compile=cfg.inference.compile,
-            on_batch=self._on_batch,
-            clip_shape=(cfg.clip.frames, cfg.clip.size_px, cfg.clip.size_px, 3),
-        )
+        self.pool = EnginePool.from_config(cfg, loaded.model, self._on_result, on_batch=self._on_batch)
+        self.pool.start()  # warm-up (remote: the server's model id) before the streams are built
+        remote_id = self.pool.remote_model_id
+        if remote_id:  # labels say which model answered
+            loaded = self._loaded = dataclasses.replace(
+                loaded, model_id=remote_id, untrained=remote_id.startswith("untrained:")
+            )
         if cfg.subjects.detector is None:
             _log.info(
                 "subject tracking is off (subjects.detector is not set): segments change on cuts, idle, "
@@ -204,7 +200,6 @@ class Daemon:
             self.control.start()
         if cfg.metrics.port:
             self.metrics.start_server(cfg.metrics.host, cfg.metrics.port)
-        self.pool.start()
         self._tick_thread = threading.Thread(target=self._tick_loop, name="vstmon-tick", daemon=True)
         self._tick_thread.start()
         self.notifier.notify("READY=1")
@@ -531,6 +526,9 @@ class Daemon:
             busy, since_s = engine.progress()
             memory = cuda_memory(engine.name)
             self.metrics.update_engine(engine.name, engine.pending_count(), busy, since_s, memory)
+            remote = getattr(engine.runner, "stats", None)
+            if remote is not None:
+                self.metrics.update_server(engine.name, remote())
 
     def health_problems(self) -> list[str]:
         """Dead stage threads and stages with work that make no progress (``service.progress_timeout_s``)."""

@@ -83,10 +83,35 @@ class Engine:
         clip_shape: Sequence[int] | None = None,
         compile_backend: Any = "inductor",
     ) -> None:
-        self.runner = Runner(model, device, precision, max_batch, gpu_memory_fraction=gpu_memory_fraction,
-                             compile=compile, normalize=normalize, name=name, clip_shape=clip_shape,
-                             compile_backend=compile_backend)  # fmt: skip
-        self.batcher = Batcher(max_wait_ms, self.runner.clip_shape)
+        runner = Runner(model, device, precision, max_batch, gpu_memory_fraction=gpu_memory_fraction,
+                        compile=compile, normalize=normalize, name=name, clip_shape=clip_shape,
+                        compile_backend=compile_backend)  # fmt: skip
+        self._wire(runner, max_wait_ms, on_result, on_batch)
+
+    @classmethod
+    def with_runner(
+        cls,
+        runner: Any,
+        max_wait_ms: float,
+        on_result: Callable[[ClipResult], None],
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> Engine:
+        """An engine around another runner (``triton_runner.TritonRunner``): anything with ``Runner``'s
+        ``name``, ``device``, ``dtype``, ``max_batch``, ``clip_shape``, ``warm_up``, ``stage``, ``run`` and
+        ``infer``."""
+        engine = cls.__new__(cls)
+        engine._wire(runner, max_wait_ms, on_result, on_batch)
+        return engine
+
+    def _wire(
+        self,
+        runner: Any,
+        max_wait_ms: float,
+        on_result: Callable[[ClipResult], None],
+        on_batch: Callable[[int, float], None] | None,
+    ) -> None:
+        self.runner = runner
+        self.batcher = Batcher(max_wait_ms, runner.clip_shape)
         self.name = self.runner.name
         self._on_result = on_result
         self._on_batch = on_batch
@@ -234,6 +259,7 @@ class Engine:
             "last_batch_s": self.last_batch_s,
             "last_batch_size": self.last_batch_size,
             "busy_s": self.busy_s,
+            **({"remote": runner.stats()} if hasattr(runner, "stats") else {}),
         }
 
     def infer(self, frames: np.ndarray) -> np.ndarray:
@@ -345,6 +371,58 @@ class EnginePool:
                 )
             )
         self._assigned: dict[str, Engine] = {}
+
+    @classmethod
+    def triton(
+        cls,
+        config: Any,
+        max_batch: int,
+        max_wait_ms: float,
+        on_result: Callable[[ClipResult], None],
+        clip_shape: Sequence[int],
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> EnginePool:
+        """One engine whose runner sends its batches to a Triton server (``config``: ``TritonServerConfig``)."""
+        from vstmon.triton_runner import TritonRunner
+
+        runner = TritonRunner(config, max_batch, clip_shape)
+        pool = cls.__new__(cls)
+        pool.engines = [
+            Engine.with_runner(
+                runner,
+                max_wait_ms,
+                on_result,
+                (lambda n, s, name=runner.name: on_batch(name, n, s)) if on_batch else None,
+            )
+        ]
+        pool._assigned = {}
+        return pool
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Any,
+        model: nn.Module | None,
+        on_result: Callable[[ClipResult], None],
+        on_batch: Callable[[str, int, float], None] | None = None,
+    ) -> EnginePool:
+        """The pool a daemon ``config`` (``config.Config``) asks for: local engines on ``model.device``, or one
+        engine sending its batches to ``inference.triton`` (``inference.backend: triton``; ``model`` unused)."""
+        inference = config.inference
+        clip_shape = (config.clip.frames, config.clip.size_px, config.clip.size_px, 3)
+        if inference.backend == "triton":
+            return cls.triton(inference.triton, inference.max_batch, inference.max_wait_ms, on_result,
+                              clip_shape, on_batch=on_batch)  # fmt: skip
+        assert model is not None
+        return cls(model, config.model.device, config.model.precision, inference.max_batch,
+                   inference.max_wait_ms, on_result, gpu_memory_fraction=inference.gpu_memory_fraction,
+                   compile=inference.compile, on_batch=on_batch, clip_shape=clip_shape)  # fmt: skip
+
+    @property
+    def remote_model_id(self) -> str | None:
+        """The model id a remote server reported (None for local engines, or before it answered)."""
+        return next((getattr(e.runner, "model_id", None) for e in self.engines if hasattr(e.runner, "model_id")),
+                    None)  # fmt: skip
 
     @property
     def devices(self) -> list[str]:

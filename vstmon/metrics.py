@@ -145,6 +145,24 @@ class Metrics:
             ["device"],
             registry=r,
         )
+        self.inference_server_up = Gauge(
+            "vstmon_inference_server_up",
+            "1 while the Triton server answers, 0 while it does not (inference.backend: triton)",
+            ["device"],
+            registry=r,
+        )
+        self.inference_server_errors = Gauge(
+            "vstmon_inference_server_errors",
+            "requests to the Triton server that failed (timeouts, refused connections, server errors), in total",
+            ["device"],
+            registry=r,
+        )
+        self.inference_server_dropped_clips = Gauge(
+            "vstmon_inference_server_dropped_clips",
+            "clips dropped because the Triton server did not answer or was down, in total",
+            ["device"],
+            registry=r,
+        )
         self.device_memory_allocated_bytes = Gauge(
             "vstmon_device_memory_allocated_bytes",
             "CUDA memory held by live tensors (torch.cuda.memory_allocated)",
@@ -240,6 +258,15 @@ class Metrics:
                 (self.device_memory_peak_allocated_bytes, "peak_allocated_bytes"),
             ):
                 _set_or_remove(gauge, device, memory[key] if memory is not None else None)
+
+    def update_server(self, device: str, remote: dict[str, Any]) -> None:
+        """Set a remote engine's server gauges from its runner's ``stats()`` (``triton_runner``)."""
+        with self._lock:
+            self.inference_server_up.labels(device=device).set(1.0 if remote.get("up") else 0.0)
+            self.inference_server_errors.labels(device=device).set(remote.get("request_errors", 0))
+            self.inference_server_dropped_clips.labels(device=device).set(
+                remote.get("clips_dropped_server_down", 0)
+            )
 
     def update_subjects(
         self, stream: str, segment: int, people: int | None, subjects: int | None, waiting: int | None

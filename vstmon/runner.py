@@ -149,7 +149,7 @@ class Runner:
         self.dtype = resolve_dtype(precision, self.device)
         self.name = name or str(self.device)
         if normalize is None:
-            from vstmon.preprocess import normalize_clips
+            from vstmon.normalize import normalize_clips
 
             normalize = normalize_clips
         self._normalize = normalize

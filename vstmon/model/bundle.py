@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vstmon.config import Config
+from vstmon.config import Config, ModelConfig
 from vstmon.errors import CheckpointError
 from vstmon.log import get_logger
 from vstmon.model.checkpoint import load_model, read_meta
@@ -65,6 +65,15 @@ def build_untrained_model(
 def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
     """Load ``config.model``: a checkpoint (strict) or, for ``checkpoint: null``, untrained weights (warned)."""
     mc = config.model
+    if config.inference.backend == "triton":  # the server loads the model; here only the labels are needed
+        labels = list(load_labels(mc.labels, mc.num_classes))
+        return LoadedModel(None, labels, f"triton:{config.inference.triton.model}", False)  # type: ignore[arg-type]
+    return load_model_section(mc, config, warn)
+
+
+def load_model_section(mc: ModelConfig, config: Config | None = None, warn: bool = True) -> LoadedModel:
+    """Load one ``model`` section (the daemon's, or ``vstmon serve``'s); ``config.clip`` (when given) is checked
+    against the clip shape a ``vstmon train`` checkpoint records."""
     if mc.checkpoint is None:
         arch = "swin_t" if mc.arch == "auto" else mc.arch
         num_classes = mc.num_classes
@@ -90,7 +99,7 @@ def load_model_and_labels(config: Config, warn: bool = True) -> LoadedModel:
     num_classes = _num_classes(model)
     labels = list(load_labels(mc.labels, num_classes))
     model_id = str(getattr(model, "checkpoint_id", None) or path.name)
-    if warn:
+    if warn and config is not None:
         _warn_clip_mismatch(path, config)
     return LoadedModel(model.eval(), labels, model_id, False)
 
