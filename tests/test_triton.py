@@ -116,7 +116,8 @@ def test_the_daemon_survives_the_server_dying_drops_and_counts_clips_and_resumes
     down = collect(
         sub,
         lambda b: runner.up is False and runner.clips_dropped_server_down > before_down + 3
-        and sum(t == "reset.cam" for t, _ in b.get("cam", [])) >= 2,
+        and sum(t == "reset.cam" for t, _ in b.get("cam", [])) >= 2
+        and any(t == "status.cam" and m.get("inference") == "down" for t, m in b.get("cam", [])),
         timeout_s=120,
     )  # fmt: skip
     assert daemon.pool.engines[0].running
@@ -128,6 +129,10 @@ def test_the_daemon_survives_the_server_dying_drops_and_counts_clips_and_resumes
     server.start()
     after = collect(sub, labels_count(3), timeout_s=180)
     assert runner.up is True
+    # the stream's heartbeat says so too
+    collect(
+        sub, lambda b: any(t == "status.cam" and m.get("inference") == "up" for t, m in b.get("cam", [])), 30
+    )
     resets = [m for t, m in after["cam"] if t == "reset.cam"]
     for t, m in after["cam"]:
         if t == "label.cam":

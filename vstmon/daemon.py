@@ -423,6 +423,7 @@ class Daemon:
             subject=stream.state.subject if stream.state is not None else None,
             subjects=per_subject.snapshot() if per_subject is not None else None,
             waiting=slots.waiting if slots is not None else None,
+            inference=_server_state(stream.engine),
         )
 
     def _publish_stream_status(self, stream: _Stream) -> None:
@@ -771,3 +772,11 @@ def _reload(daemon: Daemon, path: str) -> None:
     needs_restart = daemon.reload(config)
     status = "reloaded" + (f"; needs a restart for: {', '.join(needs_restart)}" if needs_restart else "")
     daemon.notifier.notify(f"READY=1\nSTATUS={status}")
+
+
+def _server_state(engine: Engine | None) -> str | None:
+    """``up``/``down``/``unknown`` for a stream whose engine sends its batches to a server; None for a local one."""
+    runner = getattr(engine, "runner", None)
+    if runner is None or not hasattr(runner, "model_id"):
+        return None
+    return {True: "up", False: "down"}.get(runner.up, "unknown")

@@ -371,9 +371,11 @@ def stream_status_payload(
     subject: str | None = None,
     subjects: list[dict[str, Any]] | None = None,
     waiting: int | None = None,
+    inference: str | None = None,
 ) -> dict[str, Any]:
     """Payload of ``status.<stream>`` (``state`` is a ``types.StreamState`` value; ``people`` is None when the
-    stream does not track subjects; ``subjects`` and ``waiting`` only in per-subject mode)."""
+    stream does not track subjects; ``subjects`` and ``waiting`` only in per-subject mode; ``inference`` only
+    when a server runs the model: ``up``, ``down`` or ``unknown``)."""
     payload: dict[str, Any] = {
         "state": str(state),
         "reason": str(reason),
@@ -388,6 +390,8 @@ def stream_status_payload(
     if subjects is not None:
         payload["subjects"] = subjects
         payload["waiting"] = int(waiting or 0)
+    if inference is not None:
+        payload["inference"] = inference
     return payload
 
 
