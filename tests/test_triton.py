@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import run_vstmon
+from tests.conftest import REPO_ROOT, run_vstmon
 from tests.test_daemon import (
     collect,
     daemon_config,
@@ -195,3 +195,17 @@ def test_check_says_whether_the_server_answers(tmp_path, model_files, closed_por
     result = run_vstmon("check", "--config", str(config))
     assert result.returncode == 0, result.stderr
     assert f"Triton server 127.0.0.1:{closed_port}, model vstmon: NOT answering" in result.stdout
+
+
+def test_the_shipped_serve_yaml_is_valid_and_serve_says_what_it_needs_without_pytriton():
+    from vstmon.config import load_yaml_model
+    from vstmon.serve import ServeConfig
+
+    config = load_yaml_model(ServeConfig, REPO_ROOT / "serve.yaml")
+    assert config.serve.grpc_port == 8001 and config.clip.frames == 32
+    try:
+        import pytriton  # noqa: F401
+    except ImportError:
+        result = run_vstmon("serve", "--config", str(REPO_ROOT / "serve.yaml"))
+        assert result.returncode == 78, result.stderr
+        assert "nvidia-pytriton" in result.stderr and "Traceback" not in result.stderr
