@@ -527,9 +527,8 @@ class Daemon:
             busy, since_s = engine.progress()
             memory = cuda_memory(engine.name)
             self.metrics.update_engine(engine.name, engine.pending_count(), busy, since_s, memory)
-            remote = getattr(engine.runner, "stats", None)
-            if remote is not None:
-                self.metrics.update_server(engine.name, remote())
+            if engine.runner.remote:
+                self.metrics.update_server(engine.name, engine.runner.stats())
 
     def health_problems(self) -> list[str]:
         """Dead stage threads and stages with work that make no progress (``service.progress_timeout_s``)."""
@@ -776,7 +775,7 @@ def _reload(daemon: Daemon, path: str) -> None:
 
 def _server_state(engine: Engine | None) -> str | None:
     """``up``/``down``/``unknown`` for a stream whose engine sends its batches to a server; None for a local one."""
-    runner = getattr(engine, "runner", None)
-    if runner is None or not hasattr(runner, "model_id"):
+    runner = engine.runner if engine is not None else None
+    if runner is None or not runner.remote:
         return None
     return {True: "up", False: "down"}.get(runner.up, "unknown")

@@ -97,7 +97,7 @@ class Engine:
         on_batch: Callable[[int, float], None] | None = None,
     ) -> Engine:
         """An engine around another runner (``triton_runner.TritonRunner``): anything with ``Runner``'s
-        ``name``, ``device``, ``dtype``, ``max_batch``, ``clip_shape``, ``warm_up``, ``stage``, ``run`` and
+        ``remote``, ``name``, ``device``, ``dtype``, ``max_batch``, ``clip_shape``, ``warm_up``, ``stage``, ``run`` and
         ``infer``."""
         engine = cls.__new__(cls)
         engine._wire(runner, max_wait_ms, on_result, on_batch)
@@ -185,9 +185,6 @@ class Engine:
         """``Runner.warm_up``: compile (if asked) and run every batch size once (CUDA or compile only)."""
         self.runner.warm_up()
 
-    def pick_attention(self) -> str | None:
-        return self.runner.pick_attention()
-
     def stop(self) -> None:
         """Ask the thread to finish its current batch and exit; pending clips are dropped."""
         self.batcher.stop()
@@ -259,7 +256,7 @@ class Engine:
             "last_batch_s": self.last_batch_s,
             "last_batch_size": self.last_batch_size,
             "busy_s": self.busy_s,
-            **({"remote": runner.stats()} if hasattr(runner, "stats") else {}),
+            **({"remote": runner.stats()} if runner.remote else {}),
         }
 
     def infer(self, frames: np.ndarray) -> np.ndarray:
@@ -421,8 +418,7 @@ class EnginePool:
     @property
     def remote_model_id(self) -> str | None:
         """The model id a remote server reported (None for local engines, or before it answered)."""
-        return next((getattr(e.runner, "model_id", None) for e in self.engines if hasattr(e.runner, "model_id")),
-                    None)  # fmt: skip
+        return next((e.runner.model_id for e in self.engines if e.runner.remote), None)
 
     @property
     def devices(self) -> list[str]:

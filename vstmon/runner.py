@@ -49,6 +49,7 @@ __all__ = [
     "Runner",
     "attention_context",
     "auto_half_dtype",
+    "copy_clips",
     "is_out_of_memory",
     "resolve_devices",
     "resolve_dtype",
@@ -127,8 +128,20 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
+def copy_clips(clips: Sequence[Clip], buffer: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Copy each clip's frames into the rows of ``buffer`` (the staging of a runner), checking their shape."""
+    for i, clip in enumerate(clips):
+        if tuple(clip.frames.shape) != shape:
+            raise ValueError(
+                f"stream {clip.stream}: clip shape {tuple(clip.frames.shape)} differs from {shape}"
+            )
+        np.copyto(buffer[i], clip.frames)
+
+
 class Runner:
     """One model on one device (see the module docstring). Not thread-safe: one thread runs it."""
+
+    remote = False  # the model runs in this process (``triton_runner.TritonRunner``: on a server)
 
     def __init__(
         self,
@@ -268,12 +281,7 @@ class Runner:
             self.clip_shape = shape
             self._allocate_staging(shape)
         assert self._host_np is not None
-        for i, clip in enumerate(clips):
-            if tuple(clip.frames.shape) != shape:
-                raise ValueError(
-                    f"stream {clip.stream}: clip shape {tuple(clip.frames.shape)} differs from {shape}"
-                )
-            np.copyto(self._host_np[i], clip.frames)
+        copy_clips(clips, self._host_np, shape)
         return self.host[: len(clips)]
 
     def run(self, host: torch.Tensor) -> np.ndarray | None:

@@ -20,6 +20,7 @@ labels say which model produced them.
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import signal
 import sysconfig
@@ -122,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     shape = (clip.frames, clip.size_px, clip.size_px, 3)
     instances = []
     for i in range(s.instances):
-        model = loaded.model if i == 0 else _copy(loaded.model)
+        model = loaded.model if i == 0 else copy.deepcopy(loaded.model)
         runner = Runner(model, config.model.device, config.model.precision, s.max_batch, clip_shape=shape)
         runner.warm_up()
         instances.append(_Model(runner, loaded.model_id))
@@ -170,9 +171,3 @@ def run(args: argparse.Namespace) -> int:
                 return 1
         _log.info("stopping", batches=sum(m.batches for m in instances))
     return 0
-
-
-def _copy(model: Any) -> Any:
-    import copy
-
-    return copy.deepcopy(model)

@@ -28,6 +28,7 @@ import torch
 from vstmon.config import TritonServerConfig
 from vstmon.errors import ConfigError
 from vstmon.log import get_logger
+from vstmon.runner import copy_clips
 from vstmon.types import Clip
 
 __all__ = ["TritonRunner", "import_client"]
@@ -52,6 +53,8 @@ def import_client() -> Any:
 
 class TritonRunner:
     """A runner whose forward is a request to a Triton server (see the module docstring)."""
+
+    remote = True
 
     def __init__(
         self,
@@ -111,12 +114,7 @@ class TritonRunner:
 
     def stage(self, clips: Sequence[Clip]) -> np.ndarray:
         """Copy the clips' frames into the staging buffer; returns its view of ``len(clips)`` rows."""
-        for i, clip in enumerate(clips):
-            if tuple(clip.frames.shape) != self.clip_shape:
-                raise ValueError(
-                    f"stream {clip.stream}: clip shape {tuple(clip.frames.shape)} differs from {self.clip_shape}"
-                )
-            np.copyto(self.host[i], clip.frames)
+        copy_clips(clips, self.host, self.clip_shape)
         return self.host[: len(clips)]
 
     def run(self, host: np.ndarray) -> np.ndarray | None:
