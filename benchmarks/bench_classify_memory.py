@@ -2,7 +2,7 @@
 
 Two measurements, each run in fresh child processes (peak RSS = ``ru_maxrss`` of the child):
 
-1. growth (the default): two videos (tests/videos.py pattern, small resolution), each classified with a tiny
+1. growth (the default): two videos (tests/helpers/videos.py pattern, small resolution), each classified with a tiny
    untrained Video Swin (the model's size is irrelevant here: only growth matters); prints, per video, the
    peak RSS, the RSS sampled while it ran, clips, frames and wall time.
 2. ``--batches 1,8``: one short video classified by the real ``vstmon classify`` command once per batch size,
@@ -47,8 +47,8 @@ def child(video: Path, hop_s: float, batch: int) -> None:
     import cv2
     import torch
 
-    from vstmon.classify import classify_video
     from vstmon.model import SwinConfig, build_untrained_model
+    from vstmon.offline.classify import classify_video
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -84,7 +84,7 @@ def child(video: Path, hop_s: float, batch: int) -> None:
 
 
 def growth(args: argparse.Namespace) -> None:
-    from tests.videos import make_video
+    from tests.helpers.videos import make_video
 
     width, height = (int(v) for v in args.size.split("x"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -158,7 +158,7 @@ def _classify_process(video: Path, config: Path, out: Path, batch: str) -> dict[
 def batches(args: argparse.Namespace) -> None:
     import torch
 
-    from tests.videos import make_video
+    from tests.helpers.videos import make_video
     from vstmon.model import SwinConfig, build_untrained_model
 
     width, height = (int(v) for v in args.size.split("x"))

@@ -22,11 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_pipeline import untrained_model
-from tests.videos import make_two_scene_video
-from vstmon.client import Subscriber
+from tests.helpers.videos import make_two_scene_video
 from vstmon.config import parse_config
-from vstmon.daemon import Daemon
 from vstmon.model.bundle import LoadedModel
+from vstmon.service.daemon import Daemon
+from vstmon.wire.client import Subscriber
 
 __all__ = ["main"]
 

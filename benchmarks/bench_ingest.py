@@ -7,7 +7,7 @@
    the model crop) on the same file in the same run, alternated; frames/s, the ratio (target >= 0.9), process
    CPU time per frame (decoder threads included).
 2. Memory per stream: the ring's ``nbytes`` (fixed, whatever the source resolution).
-3. End-to-end latency from the RTSP server's clock to the ring: tests/rtsp_server.py ``--mode clock`` encodes
+3. End-to-end latency from the RTSP server's clock to the ring: tests/helpers/rtsp_server.py ``--mode clock`` encodes
    the server's ``time.time()`` (ms) into each frame; the Source reads the stream into a ring while a slow
    consumer (2 s of "work" per wake-up, longer than the 32-slot ring holds: the ring drops) reads what is left; latency = capture wall time - encoded time,
    p50/p99 for the first and last thirds of the run (target: < 200 ms and no growth).
@@ -32,7 +32,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.rtsp_fixtures import RtspServer, gst_rtsp_missing  # noqa: E402
+from tests.helpers.rtsp_fixtures import RtspServer, gst_rtsp_missing  # noqa: E402
 from vstmon.config import StreamConfig  # noqa: E402
 from vstmon.ingest.ring import RingBuffer  # noqa: E402
 from vstmon.ingest.source import Source  # noqa: E402

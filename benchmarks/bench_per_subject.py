@@ -1,7 +1,7 @@
 """Per-subject mode: clips/s and label latency with 1, 4 and 8 subject slots, on one stream and across 4 streams,
 and the fixed memory per stream at ``max_subjects`` 4 and 8.
 
-Real footage of people (opencv-doc's vtest.avi, 10 fps, 2-7 people in view; ``python -m tests.assets fetch``),
+Real footage of people (opencv-doc's vtest.avi, 10 fps, 2-7 people in view; ``python -m tests.helpers.assets fetch``),
 read as fast as the pipeline allows (lossless) by an in-process ``Daemon`` with the person detector (5/s) and a
 tiny untrained model on CPU (the model's cost is not the point here: the per-subject machinery is). Streams beyond
 the first start later in the video, so they see other people. Figures per configuration:
@@ -30,10 +30,10 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_pipeline import untrained_model
-from tests.assets import ASSETS, asset_dir
+from tests.helpers.assets import ASSETS, asset_dir
 from vstmon.config import Config, parse_config
-from vstmon.daemon import Daemon, ring_capacity_frames
 from vstmon.model import LoadedModel
+from vstmon.service.daemon import Daemon, ring_capacity_frames
 
 VTEST_FPS = 10.0
 

@@ -33,13 +33,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.videos import make_video
+from tests.helpers.videos import make_video
 from vstmon.config import parse_config
-from vstmon.daemon import Daemon
-from vstmon.engine import Engine
+from vstmon.inference.engine import Engine
 from vstmon.log import configure_logging
 from vstmon.model import LoadedModel, build_model
 from vstmon.model.presets import PRESETS, SwinConfig
+from vstmon.service.daemon import Daemon
 
 __all__ = ["main", "untrained_model"]
 

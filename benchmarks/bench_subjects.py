@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_subjects.py [--model PATH] [--frames 40] [--threads 1 2] [--paced-s 10]
                                                   [--no-detector] [--no-tracker]
 
-Frames are real footage with people (opencv-doc's vtest.avi, tests/assets.py), scaled up to 854x480 and
+Frames are real footage with people (opencv-doc's vtest.avi, tests/helpers/assets.py), scaled up to 854x480 and
 1920x1080 beforehand, as a camera would deliver them. For each input size and OpenCV thread count:
 
 1. per frame, the work the daemon does for one detection: the resize of the full frame to the network's square
@@ -16,7 +16,7 @@ Frames are real footage with people (opencv-doc's vtest.avi, tests/assets.py), s
 Tracker (``vstmon.subjects.tracker``): the detector at the daemon's score threshold (0.3) on the frames of the
 whole vtest.avi (10 fps) that a stream detecting 5/s (every 2nd frame) or 2/s (every 5th) would see, then per
 rate: ``Tracker.update`` wall ms per step (median, p90, max; detections from memory, so the tracker alone), the
-distinct confirmed ids over the video, and the six people annotated in tests/test_tracker.py: id switches, frames
+distinct confirmed ids over the video, and the six people annotated in tests/subjects/test_tracker.py: id switches, frames
 on a track, people on one id throughout.
 
 Prints figures only; asserts nothing. The machine's other load shows in the figures: run it on a quiet box.
@@ -37,8 +37,8 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.assets import ASSETS, asset_dir  # noqa: E402
-from tests.test_tracker import PEOPLE_PX, follow, switches  # noqa: E402
+from tests.helpers.assets import ASSETS, asset_dir  # noqa: E402
+from tests.helpers.tracking import PEOPLE_PX, follow, switches  # noqa: E402
 from vstmon.config import SubjectsConfig  # noqa: E402
 from vstmon.subjects.detector import PersonDetector  # noqa: E402
 from vstmon.subjects.tracker import Track, Tracker  # noqa: E402
@@ -68,7 +68,7 @@ def read_frames(count: int) -> list[np.ndarray]:
         index += 1
     capture.release()
     if not frames:
-        raise SystemExit(f"no frames from {path}: run `python -m tests.assets fetch` first")
+        raise SystemExit(f"no frames from {path}: run `python -m tests.helpers.assets fetch` first")
     return frames
 
 
@@ -142,7 +142,7 @@ def vtest_detections(detector: PersonDetector) -> tuple[dict[int, np.ndarray], f
         index += 1
     capture.release()
     if not found:
-        raise SystemExit(f"no frames from {path}: run `python -m tests.assets fetch` first")
+        raise SystemExit(f"no frames from {path}: run `python -m tests.helpers.assets fetch` first")
     return found, fps
 
 

@@ -25,14 +25,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.test_daemon import FRAMES, SIZE_PX, daemon_config, tiny_checkpoint, write_mjpg
-from tests.triton_server import Server, serve_python
+from tests.helpers.daemon import FRAMES, SIZE_PX, daemon_config, tiny_checkpoint, write_mjpg
+from tests.helpers.triton_server import Server, serve_python
 from vstmon.config import TritonServerConfig, parse_config
-from vstmon.daemon import Daemon
+from vstmon.inference.runner import Runner
+from vstmon.inference.triton import TritonRunner
 from vstmon.log import configure_logging
 from vstmon.model.bundle import load_model_and_labels
-from vstmon.runner import Runner
-from vstmon.triton_runner import TritonRunner
+from vstmon.service.daemon import Daemon
 
 __all__ = ["main"]
 

@@ -27,8 +27,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.test_daemon import daemon_config, tiny_checkpoint, write_mjpg  # noqa: E402
-from vstmon.client import Subscriber  # noqa: E402
+from tests.helpers.daemon import daemon_config, tiny_checkpoint, write_mjpg  # noqa: E402
+from vstmon.wire.client import Subscriber  # noqa: E402
 
 
 def _cpu_s(pid: int) -> float:

@@ -51,11 +51,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from vstmon.engine import Engine  # noqa: E402
+from vstmon.inference.engine import Engine  # noqa: E402
+from vstmon.inference.runner import attention_context, auto_half_dtype  # noqa: E402
 from vstmon.log import configure_logging  # noqa: E402
 from vstmon.model import LoadedModel, build_model  # noqa: E402
 from vstmon.model.presets import PRESETS, SwinConfig  # noqa: E402
-from vstmon.runner import attention_context, auto_half_dtype  # noqa: E402
 
 __all__ = ["main"]
 
@@ -425,9 +425,9 @@ def section_staging(run: Run, args: argparse.Namespace) -> None:
 
 @contextlib.contextmanager
 def _daemon(run: Run, args: argparse.Namespace, streams: int, tmp: Path, model: nn.Module) -> Any:
-    from tests.videos import make_two_scene_video
+    from tests.helpers.videos import make_two_scene_video
     from vstmon.config import parse_config
-    from vstmon.daemon import Daemon
+    from vstmon.service.daemon import Daemon
 
     width = int(args.video_height * 4 / 3) // 2 * 2
     stream_cfgs = []
@@ -564,8 +564,8 @@ class _Sampler:
 
 
 def section_constant(run: Run, args: argparse.Namespace) -> None:
-    from tests.videos import make_video
-    from vstmon.classify import classify_video
+    from tests.helpers.videos import make_video
+    from vstmon.offline.classify import classify_video
 
     rows: list[list[Any]] = []
     data: dict[str, Any] = {}

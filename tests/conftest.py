@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers.cli import REPO_ROOT
+from tests.helpers.daemon import model_files, run_daemon  # noqa: F401  (fixtures shared by several modules)
 
 
 def reference_dir() -> Path | None:
@@ -35,25 +34,6 @@ def reference() -> Path:
             pytest.fail(f"VSTMON_REQUIRE_REFERENCE=1 but {reason}")
         pytest.skip(reason)
     return path
-
-
-def vstmon_env(**extra: str) -> dict[str, str]:
-    """The environment of a ``vstmon`` subprocess: this one, with the repo importable first."""
-    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    return {**os.environ, "PYTHONPATH": path, **extra}
-
-
-def run_vstmon(*args: str, timeout_s: float = 120, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess[str]:
-    """``vstmon ARGS`` as a real process (bounded by ``timeout_s``); its output as text."""
-    return subprocess.run(
-        [sys.executable, "-m", "vstmon.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env=vstmon_env(),
-        cwd=cwd,
-        check=False,
-    )
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_vstmon
+from tests.helpers.cli import run_vstmon
 from vstmon import __version__
 from vstmon.errors import EX_CONFIG, EX_USAGE
 
@@ -104,7 +104,7 @@ def test_check_refuses_cuda_on_a_machine_without_it(tmp_path: Path) -> None:
 
 
 def test_check_prints_the_resolved_device_and_precision(tmp_path: Path) -> None:
-    from vstmon.runner import resolve_devices, resolve_dtype
+    from vstmon.inference.runner import resolve_devices, resolve_dtype
 
     path = _config(tmp_path, _STREAM + "model: {checkpoint: null, device: auto, precision: auto}\n")
     done = run_vstmon("check", "--no-model", "--config", str(path), cwd=tmp_path)

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.helpers.cli import REPO_ROOT
 from vstmon.log import configure_logging, get_logger, redact, redact_url
 
 

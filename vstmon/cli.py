@@ -24,19 +24,19 @@ _DESCRIPTION = (
 
 # name -> (module, help)
 _COMMANDS: dict[str, tuple[str, str]] = {
-    "run": ("vstmon.daemon", "run the monitor daemon (the default command)"),
-    "check": ("vstmon.check", "validate a config file (and that its checkpoint loads), then exit"),
-    "classify": ("vstmon.classify", "classify a whole video file offline into a JSON-lines timeline"),
+    "run": ("vstmon.service.run", "run the monitor daemon (the default command)"),
+    "check": ("vstmon.service.check", "validate a config file (and that its checkpoint loads), then exit"),
+    "classify": ("vstmon.offline.classify", "classify a whole video file offline into a JSON-lines timeline"),
     "train": ("vstmon.train.command", "fine-tune on your own labelled videos (one folder per class)"),
     "eval": ("vstmon.train.evaluate", "score a checkpoint on labelled videos (official multi-view test)"),
     "serve": (
-        "vstmon.serve",
+        "vstmon.inference.serve",
         "run a Triton inference server with the model, for daemons on inference.backend: triton",
     ),
     "weights": ("vstmon.model.fetch", "list or download official Video Swin checkpoints"),
-    "listen": ("vstmon.client", "subscribe to a daemon and print its messages as JSON lines"),
-    "ctl": ("vstmon.control_cli", "send a control command (reset, status) to a running daemon"),
-    "keys": ("vstmon.keys", "generate CURVE key pairs for the PUB and control sockets (publish.curve)"),
+    "listen": ("vstmon.wire.client", "subscribe to a daemon and print its messages as JSON lines"),
+    "ctl": ("vstmon.service.control_cli", "send a control command (reset, status) to a running daemon"),
+    "keys": ("vstmon.wire.keys", "generate CURVE key pairs for the PUB and control sockets (publish.curve)"),
 }
 
 

@@ -45,10 +45,10 @@ from vstmon.ingest.capture import (
     parse_source,
 )
 from vstmon.ingest.detection_frames import DetectionFrames
+from vstmon.ingest.fit import FrameFitter
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import get_logger, redact
-from vstmon.preprocess import FrameFitter
 from vstmon.types import Discontinuity, FrameMeta, StreamEvent, StreamState
 
 __all__ = ["Source"]

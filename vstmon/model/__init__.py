@@ -6,26 +6,37 @@ from a fixed seed) and
 forward maps a normalised float tensor (N, 3, T, H, W) to logits (N, classes).
 ``load_model_and_labels(config)`` loads what ``config.model`` names (checkpoint or untrained weights) with its
 labels, as the daemon, ``check`` and ``classify`` use it.
+
+The names are imported on first use (PEP 562): importing ``vstmon.model.presets``, ``labels`` or ``fetch`` (the
+``weights`` command, the config's arch check) must not import torch, which takes seconds.
 """
 
-from vstmon.model.bundle import UNTRAINED_SEED, LoadedModel, build_untrained_model, load_model_and_labels
-from vstmon.model.checkpoint import load_checkpoint_state, load_model
-from vstmon.model.labels import load_labels
-from vstmon.model.presets import PRESETS, SwinConfig, get_preset
-from vstmon.model.swin3d import SwinTransformer3D, VideoSwin, build_model
+from __future__ import annotations
 
-__all__ = [
-    "PRESETS",
-    "UNTRAINED_SEED",
-    "LoadedModel",
-    "SwinConfig",
-    "SwinTransformer3D",
-    "VideoSwin",
-    "build_model",
-    "build_untrained_model",
-    "get_preset",
-    "load_checkpoint_state",
-    "load_labels",
-    "load_model",
-    "load_model_and_labels",
-]
+import importlib
+from typing import Any
+
+_WHERE = {
+    "UNTRAINED_SEED": "bundle",
+    "LoadedModel": "bundle",
+    "build_untrained_model": "bundle",
+    "load_model_and_labels": "bundle",
+    "load_checkpoint_state": "checkpoint",
+    "load_model": "checkpoint",
+    "load_labels": "labels",
+    "PRESETS": "presets",
+    "SwinConfig": "presets",
+    "get_preset": "presets",
+    "SwinTransformer3D": "swin3d",
+    "VideoSwin": "swin3d",
+    "build_model": "swin3d",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

@@ -44,7 +44,7 @@ track coasts its height velocity is zeroed (as in ByteTrack), so an unseen box k
 
 Defaults, checked on opencv-doc's vtest.avi (10 fps campus walkway, 2-7 people 60-120 px tall) with the
 person-only SSDLite detector at score >= 0.3, detecting at 5 and at 2 frames a second, against six people
-annotated by hand (tests/test_tracker.py): ByteTrack's thresholds (``high_score`` 0.5, ``new_track_score`` 0.6,
+annotated by hand (tests/subjects/test_tracker.py): ByteTrack's thresholds (``high_score`` 0.5, ``new_track_score`` 0.6,
 ``match_iou`` 0.2, ``low_match_iou`` 0.5), ``min_hits`` 2 and ``buffer_s`` 2.0 did as well as or better than the
 alternatives tried (high 0.4-0.6, new 0.5-0.7, match 0.1-0.3, low 0.3-0.5, min_hits 1-3, buffer 1-4 s: a longer
 buffer gives fewer ids but more switches between people, 1 s many more ids); the noise and margin constants below

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
 
-from vstmon.preprocess import FrameFitter, fitted_size
+from vstmon.ingest.fit import FrameFitter, fitted_size
 from vstmon.train.data import Video
 
 __all__ = [

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vstmon.errors import ConfigError
+from vstmon.inference.runner import resolve_dtype
 from vstmon.model import build_model
 from vstmon.model.checkpoint import load_model
+from vstmon.model.normalize import normalize_clips
 from vstmon.model.presets import PRESETS, SwinConfig, get_preset
 from vstmon.model.swin3d import DropPath, I3DHead, VideoSwin
-from vstmon.preprocess import normalize_clips
-from vstmon.runner import resolve_dtype
 from vstmon.train.config import TrainConfig
 
 __all__ = [

@@ -1,0 +1,366 @@
+"""The runner: one model on one device, and everything torch about running a batch on it.
+
+It owns the device, the precision, the host staging buffer, compilation, the attention kernel and the
+out-of-memory handling; it knows nothing of streams, slots or fairness (``batcher.Batcher``) nor of threads
+(``engine.Engine`` drives it). A remote inference backend replaces this part.
+
+``run`` takes uint8 clips (N, T, H, W, 3) staged in the host buffer, copies them to the device, normalises them
+there, runs the model under ``torch.inference_mode()`` and autocast, and returns every clip's fp32 softmax
+probabilities.
+
+Staging: one host buffer (pinned on CUDA), allocated once (at construction when ``clip_shape`` is given). The copy
+to the device is not overlapped with the previous batch's forward: measured on an H100 (docs/benchmarks.md, the
+"staging" table), the copy of a 16-clip batch of 32 x 224 x 224 clips is 1.4 ms, 3.7 % of its 39 ms forward, so
+double buffering was left out on purpose.
+
+Start-up (``warm_up``, before the daemon says READY): with ``clip_shape`` known, on CUDA or with ``compile``,
+every batch size up to ``max_batch`` is run once. With ``compile``, that is where ``torch.compile`` really
+compiles (it is lazy): the model's per-shape constants are prepared first (``VideoSwin.prepare``), the batch
+dimension is marked dynamic (one graph for batch 1, one for 2..max), and a compile failure falls back to eager
+with one clear log line, at start or on any later batch. An out-of-memory error during warm-up lowers
+``max_batch`` before the first real clip arrives.
+
+Attention kernel (CUDA): the model's attention takes a float mask (relative-position bias, plus the shift mask),
+which FlashAttention does not take; of the kernels that do (cuDNN, memory-efficient, math), warm-up runs one
+batch-1 forward with each, and keeps the one with the lowest peak memory, or a faster one whose peak is within
+10 % of it (``pick_attention``; the kit's "attention" table shows the figures per kernel).
+
+Out of memory: the batch is split in halves and ``max_batch`` lowered below the size that failed; the retry
+happens after the ``except`` block is left (its traceback holds the failed attempt's tensors), and after
+``_GROW_AFTER`` batches in a row that fit, ``max_batch`` grows back by one, up to the configured value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vstmon.log import get_logger
+from vstmon.types import Clip
+
+__all__ = [
+    "Runner",
+    "attention_context",
+    "auto_half_dtype",
+    "copy_clips",
+    "is_out_of_memory",
+    "resolve_devices",
+    "resolve_dtype",
+    "sdpa_backend",
+]
+
+_log = get_logger("runner")
+
+_GROW_AFTER = 50  # batches in a row without out-of-memory before max_batch grows back by one
+_ATTENTION_KERNELS = ("cudnn", "efficient", "math")  # SDPA kernels that take a float attention mask
+_ATTENTION_MEMORY_SLACK = 1.10  # a kernel within this factor of the lowest peak memory may win on speed
+
+_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_devices(spec: str | Sequence[str]) -> list[torch.device]:
+    """``auto`` -> cuda if available else cpu; ``cuda`` -> cuda:0; a list -> each of them (order kept)."""
+    items = [spec] if isinstance(spec, str) else list(spec)
+    devices: list[torch.device] = []
+    for item in items:
+        if item == "auto":
+            device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+        elif item == "cuda":
+            device = torch.device("cuda:0")
+        else:
+            device = torch.device(item)
+        if device not in devices:
+            devices.append(device)
+    return devices
+
+
+def auto_half_dtype(capability: tuple[int, int]) -> torch.dtype:
+    """The half precision a GPU of this compute capability runs natively: bf16 from 8.0 (Ampere, Jetson Orin),
+    fp16 before (T4, V100, Jetson Xavier; their bf16 is emulated and slow)."""
+    return torch.bfloat16 if capability >= (8, 0) else torch.float16
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """``auto`` = on CUDA, bf16 or fp16 by the capability of ``device`` itself (``auto_half_dtype``; not
+    ``torch.cuda.is_bf16_supported()``, which counts emulation and asks the current device); fp32 elsewhere."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return auto_half_dtype(torch.cuda.get_device_capability(device))
+        return torch.float32
+    try:
+        return _DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"unknown precision {precision!r} (auto, fp32, fp16 or bf16)") from None
+
+
+def sdpa_backend(name: str) -> Any:
+    """The ``torch.nn.attention.SDPBackend`` of a kernel name: flash, cudnn, efficient or math."""
+    from torch.nn.attention import SDPBackend
+
+    return {
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "math": SDPBackend.MATH,
+    }[name]
+
+
+def attention_context(name: str | None) -> Any:
+    """A context that runs ``scaled_dot_product_attention`` with kernel ``name`` only (None: torch's choice)."""
+    if name is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import sdpa_kernel
+
+    return sdpa_kernel([sdpa_backend(name)])
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom_type is not None and isinstance(error, oom_type):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def copy_clips(clips: Sequence[Clip], buffer: np.ndarray, shape: tuple[int, ...]) -> None:
+    """Copy each clip's frames into the rows of ``buffer`` (the staging of a runner), checking their shape."""
+    for i, clip in enumerate(clips):
+        if tuple(clip.frames.shape) != shape:
+            raise ValueError(
+                f"stream {clip.stream}: clip shape {tuple(clip.frames.shape)} differs from {shape}"
+            )
+        np.copyto(buffer[i], clip.frames)
+
+
+class Runner:
+    """One model on one device (see the module docstring). Not thread-safe: one thread runs it."""
+
+    remote = False  # the model runs in this process (``triton_runner.TritonRunner``: on a server)
+
+    def __init__(
+        self,
+        model: nn.Module,
+        device: str | torch.device,
+        precision: str,
+        max_batch: int,
+        gpu_memory_fraction: float | None = None,
+        compile: bool = False,
+        normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        name: str | None = None,
+        clip_shape: Sequence[int] | None = None,
+        compile_backend: Any = "inductor",
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        self.device = resolve_devices(str(device))[0] if isinstance(device, str) else device
+        self.dtype = resolve_dtype(precision, self.device)
+        self.name = name or str(self.device)
+        if normalize is None:
+            from vstmon.model.normalize import normalize_clips
+
+            normalize = normalize_clips
+        self._normalize = normalize
+        self.max_batch = int(max_batch)
+        self._configured_max_batch = self.max_batch  # what max_batch grows back to after out-of-memory splits
+        self._fits_in_a_row = 0
+        if self.device.type == "cuda" and gpu_memory_fraction is not None:
+            torch.cuda.set_per_process_memory_fraction(float(gpu_memory_fraction), self.device)
+        self.model = model.to(self.device).eval()
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
+        self._compile_backend = compile_backend if compile else None  # compiled in warm_up
+        self.compiled = False  # the forward in use is the compiled one
+        self.attention: str | None = None  # the SDPA kernel forwards run with (CUDA, picked at warm-up)
+        self.attention_figures: dict[str, dict[str, float]] = {}  # kernel -> peak MiB and ms (warm-up)
+        self._autocast = self.dtype != torch.float32
+        self.oom_splits = 0
+        self.oom_dropped_batches = 0  # batches of one clip that did not fit even alone
+        self.host: torch.Tensor | None = None  # (max_batch, T, H, W, 3) uint8, pinned on CUDA
+        self._host_np: np.ndarray | None = None  # numpy view of host
+        self.clip_shape: tuple[int, ...] | None = None
+        if clip_shape is not None:
+            shape = tuple(int(n) for n in clip_shape)
+            if len(shape) != 4 or shape[-1] != 3 or min(shape) < 1:
+                raise ValueError(f"clip_shape must be (T, H, W, 3), got {shape}")
+            self.clip_shape = shape
+            self._allocate_staging(shape)
+
+    def warm_up(self) -> None:
+        """Compile (if asked) and run every batch size once, on CUDA or when compiling; a no-op otherwise or
+        without a known clip shape. Blocks; the engine calls it in ``start``, before its thread runs."""
+        if self.host is None or (self.device.type != "cuda" and self._compile_backend is None):
+            return
+        start_s = time.monotonic()
+        if self.device.type == "cuda":
+            self.attention = self.pick_attention()
+        if self._compile_backend is not None:
+            prepare = getattr(self.model, "prepare", None)
+            t, h, w, _ = self.host.shape[1:]
+            try:
+                if prepare is not None:
+                    prepare((t, h, w), self.device)
+                self._forward = torch.compile(self.model, backend=self._compile_backend)  # type: ignore[assignment]
+                self.compiled = True
+            except Exception as error:  # an optional speed-up must never stop the daemon
+                self._fall_back_to_eager(error)
+        self.host.zero_()
+        size = 1
+        while size <= self.max_batch:  # an out-of-memory error lowers max_batch and ends the loop
+            if self.run(self.host[:size]) is None:
+                break
+            size += 1
+            if self.device.type == "cuda":  # each size's cached blocks go back before the next size: kept,
+                torch.cuda.empty_cache()  # they added up to 10.4 GiB reserved for Swin-T sizes 1-16 on an H100
+        _log.info(
+            "runner warmed up",
+            device=self.name,
+            dtype=str(self.dtype).removeprefix("torch."),
+            compiled=self.compiled,
+            attention=self.attention,
+            max_batch=self.max_batch,
+            seconds=round(time.monotonic() - start_s, 2),
+        )
+
+    def pick_attention(self) -> str | None:
+        """Run one batch-1 forward with each attention kernel that takes a float mask; return the one with the
+        lowest peak memory, or a faster one within ``_ATTENTION_MEMORY_SLACK`` of it (None: none ran, leave it to
+        torch). CUDA only; uses the staging buffer's first clip."""
+        assert self.host is not None
+        figures: dict[str, dict[str, float]] = {}
+        for name in _ATTENTION_KERNELS:
+            self.attention = name
+            try:
+                self._infer(self.host[:1])  # first run: kernel selection, workspace, cuDNN plans
+                torch.cuda.synchronize(self.device)
+                base = torch.cuda.memory_allocated(self.device)
+                torch.cuda.reset_peak_memory_stats(self.device)
+                begin_s = time.perf_counter()
+                self._infer(self.host[:1])
+                torch.cuda.synchronize(self.device)
+                elapsed_ms = (time.perf_counter() - begin_s) * 1000.0
+                peak_mib = (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
+            except Exception as error:  # not supported for this shape, dtype or GPU
+                _log.info("attention kernel unusable", device=self.name, kernel=name, error=str(error)[:200])
+                continue
+            figures[name] = {"peak_mib": round(peak_mib, 1), "ms": round(elapsed_ms, 2)}
+        self.attention_figures = figures
+        if not figures:
+            return None
+        lowest = min(f["peak_mib"] for f in figures.values())
+        eligible = [n for n, f in figures.items() if f["peak_mib"] <= lowest * _ATTENTION_MEMORY_SLACK]
+        chosen = min(eligible, key=lambda n: figures[n]["ms"])
+        _log.info("attention kernel chosen", device=self.name, kernel=chosen, figures=figures)
+        return chosen
+
+    def _fall_back_to_eager(self, error: BaseException) -> None:
+        _log.error(
+            "torch.compile failed; running eager from now on",
+            device=self.name,
+            backend=self._compile_backend,
+            error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        )
+        self._forward = self.model
+        self.compiled = False
+
+    def _allocate_staging(self, shape: tuple[int, ...]) -> None:
+        pin = self.device.type == "cuda"
+        self.host = torch.zeros((self._configured_max_batch, *shape), dtype=torch.uint8, pin_memory=pin)
+        self._host_np = self.host.numpy()
+        _log.debug("staging buffer allocated", device=self.name, shape=list(self.host.shape), pinned=pin)
+
+    def stage(self, clips: Sequence[Clip]) -> torch.Tensor:
+        """Copy the clips' frames into the host buffer (allocated at the first call without ``clip_shape``);
+        returns its view of ``len(clips)`` rows."""
+        shape = self.clip_shape or tuple(clips[0].frames.shape)
+        if self.host is None:
+            self.clip_shape = shape
+            self._allocate_staging(shape)
+        assert self._host_np is not None
+        copy_clips(clips, self._host_np, shape)
+        return self.host[: len(clips)]
+
+    def run(self, host: torch.Tensor) -> np.ndarray | None:
+        """Run ``host`` (n clips); on out-of-memory lower ``max_batch`` and run the halves. Rows of clips that do
+        not fit even alone are NaN (dropped by the caller); None when none fitted.
+
+        The retry happens after the ``except`` block is left: the exception's traceback holds the failed
+        attempt's frames (staged input, normalised tensor, activations), and retrying under it would need that
+        memory twice. After ``_GROW_AFTER`` batches in a row without an out-of-memory error, ``max_batch`` grows
+        back by one, up to the configured value.
+        """
+        out_of_memory = False
+        failed_compiled: BaseException | None = None
+        try:
+            probs = self._infer(host)
+        except Exception as error:
+            if not is_out_of_memory(error):
+                if not self.compiled:
+                    raise
+                failed_compiled = error
+            out_of_memory = failed_compiled is None
+        if failed_compiled is not None:  # outside the except: the failed attempt's memory is released
+            self._fall_back_to_eager(failed_compiled)
+            del failed_compiled
+            return self.run(host)
+        if not out_of_memory:
+            self._grow_back()
+            return probs
+        gc.collect()  # frames of the failed attempt can sit in reference cycles
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        n = host.shape[0]
+        self._fits_in_a_row = 0
+        if n <= 1:
+            _log.error("out of memory on a single clip; clip dropped", device=self.name)
+            self.oom_dropped_batches += 1
+            return None
+        self.max_batch = max(1, min(self.max_batch, n - 1))  # below the smallest size that failed
+        self.oom_splits += 1
+        _log.warning(
+            "out of memory: batch split, max_batch lowered",
+            device=self.name,
+            batch=n,
+            max_batch=self.max_batch,
+        )
+        halves = [self.run(host[: n // 2]), self.run(host[n // 2 :])]
+        if all(h is None for h in halves):
+            return None
+        width = next(h.shape[1] for h in halves if h is not None)
+        return np.concatenate(
+            [h if h is not None else np.full((len(part), width), np.nan, np.float32)
+             for h, part in zip(halves, (host[: n // 2], host[n // 2 :]), strict=True)],
+            axis=0,
+        )  # fmt: skip
+
+    def _grow_back(self) -> None:
+        self._fits_in_a_row += 1
+        if self.max_batch < self._configured_max_batch and self._fits_in_a_row >= _GROW_AFTER:
+            self.max_batch += 1
+            self._fits_in_a_row = 0
+            _log.info(
+                "max_batch raised again after batches that fitted", device=self.name, max_batch=self.max_batch
+            )
+
+    def _infer(self, host: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            frames = host.to(self.device, non_blocking=True)  # (N, T, H, W, 3) uint8
+            x = self._normalize(frames)  # (N, 3, T, H, W) float
+            if self.compiled and x.shape[0] > 1:
+                torch._dynamo.mark_dynamic(x, 0)  # one graph for every batch size from 2 up (1 has its own)
+            with (
+                torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast),
+                attention_context(self.attention),
+            ):
+                logits = self._forward(x)  # (N, C)
+            probs = torch.softmax(logits.float(), dim=-1)  # (N, C) fp32
+            return probs.cpu().numpy()
+
+    def infer(self, frames: np.ndarray) -> np.ndarray:
+        """Run uint8 clips (N, T, H, W, 3) synchronously, the same way as a batch (copy, normalise, autocast
+        forward, fp32 softmax) -> probabilities (N, C). For benchmarks and tools."""
+        return self._infer(torch.from_numpy(np.ascontiguousarray(frames)))
