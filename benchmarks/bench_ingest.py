@@ -37,7 +37,7 @@ from vstmon.config import StreamConfig  # noqa: E402
 from vstmon.ingest.ring import RingBuffer  # noqa: E402
 from vstmon.ingest.source import Source  # noqa: E402
 from vstmon.log import configure_logging  # noqa: E402
-from vstmon.types import StreamEvent, StreamState  # noqa: E402
+from vstmon.types import SourceState, StreamEvent  # noqa: E402
 
 FFMPEG = "/usr/bin/ffmpeg"
 SIZE_PX = 224
@@ -77,7 +77,7 @@ def source_read(path: Path) -> tuple[int, float, float, int]:
     done = threading.Event()
 
     def on_event(event: StreamEvent) -> None:
-        if event.state in (StreamState.ENDED, StreamState.FAILED):
+        if event.state in (SourceState.ENDED, SourceState.FAILED):
             done.set()
 
     cfg = StreamConfig(name="bench", url=str(path), realtime=False)

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace, streams: int, slots: int, files: list[Path], m
                 if done or time.perf_counter() - start > 3600:
                     break
                 for s in daemon.streams.values():
-                    subjects = s.worker.subjects if s.worker is not None else None
+                    subjects = s.pipeline.subjects if s.pipeline is not None else None
                     if subjects is not None and subjects.slots is not None:
                         held_sum += sum(x is not None for x in subjects.slots.subjects)
                         waiting_sum += subjects.slots.waiting
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, streams: int, slots: int, files: list[Path], m
             clips = sum(s.subject_clips for s in daemon.streams.values())
             latency = daemon.latency_percentiles_s()
             per_stream = [
-                s.worker.per_subject.nbytes for s in daemon.streams.values() if s.worker.per_subject
+                s.pipeline.per_subject.nbytes for s in daemon.streams.values() if s.pipeline.per_subject
             ]
         finally:
             daemon.stop()

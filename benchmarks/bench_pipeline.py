@@ -139,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
             batch_sizes = dict(sorted(daemon.batch_sizes.items()))
             engine = daemon.pool.engines[0] if daemon.pool is not None else None
             busy_s = sum(e.busy_s for e in daemon.pool.engines) if daemon.pool is not None else 0.0
-            trackers = [s.worker.subjects for s in daemon.streams.values() if s.worker and s.worker.subjects]
+            trackers = [
+                s.pipeline.subjects for s in daemon.streams.values() if s.worker and s.pipeline.subjects
+            ]
             detections = sum(t.detections for t in trackers)
             detect_s = sum(t.detect_s for t in trackers)
         finally:

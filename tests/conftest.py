@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.cli import REPO_ROOT
-from tests.helpers.daemon import model_files, run_daemon  # noqa: F401  (fixtures shared by several modules)
+
+# fixtures shared across the suite (real videos and detector weights, RTSP servers, vstmon processes, tiny daemons)
+pytest_plugins = [
+    "tests.helpers.assets",
+    "tests.helpers.rtsp_fixtures",
+    "tests.helpers.process",
+    "tests.helpers.daemon",
+]
 
 
 def reference_dir() -> Path | None:

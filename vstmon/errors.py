@@ -8,7 +8,10 @@ config is not restarted every few seconds); command-line misuse and other failur
 from __future__ import annotations
 
 __all__ = [
+    "EX_CANTCREAT",
     "EX_CONFIG",
+    "EX_DATAERR",
+    "EX_UNAVAILABLE",
     "EX_USAGE",
     "CheckpointError",
     "ConfigError",
@@ -21,6 +24,11 @@ __all__ = [
 
 
 EX_USAGE = 2  # command-line misuse (argparse's code) and failures that are not the configuration's
+EX_DATAERR = (
+    65  # sysexits.h: input data was wrong (a download whose SHA-256 does not match, a broken archive)
+)
+EX_UNAVAILABLE = 69  # sysexits.h: a service is unavailable (a download failed: network, DNS, HTTP errors)
+EX_CANTCREAT = 73  # sysexits.h: an output file cannot be created
 EX_CONFIG = 78  # sysexits.h: configuration error; the systemd unit does not restart on it
 
 
@@ -59,7 +67,15 @@ class DetectorError(VstmonError):
 
 
 class FetchError(VstmonError):
-    """Downloading or verifying an official checkpoint failed."""
+    """Downloading or verifying weights failed. Exits 69 (EX_UNAVAILABLE: network, DNS, HTTP) unless the
+    download arrived but is wrong (65, EX_DATAERR: SHA-256 mismatch, broken archive) or cannot be written (73,
+    EX_CANTCREAT); misuse (an unknown name, a bad ``--sha256``) is a plain ``VstmonError`` (2)."""
+
+    exit_code = EX_UNAVAILABLE
+
+    def __init__(self, message: str, exit_code: int = EX_UNAVAILABLE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class SourceError(VstmonError):

@@ -10,13 +10,22 @@ from enum import StrEnum
 
 import numpy as np
 
-__all__ = ["Box", "Clip", "ClipResult", "Discontinuity", "FrameMeta", "StreamEvent", "StreamState"]
+__all__ = [
+    "Box",
+    "Clip",
+    "ClipResult",
+    "Discontinuity",
+    "FrameMeta",
+    "ResetReason",
+    "SourceState",
+    "StreamEvent",
+]
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 normalised to 0..1 of the (whole) source frame
 
 
-class StreamState(StrEnum):
-    """Life cycle of one source (reported in ``status`` messages)."""
+class SourceState(StrEnum):
+    """Life cycle of one source (reported as ``state`` in ``status.<stream>`` messages)."""
 
     CONNECTING = "connecting"
     STREAMING = "streaming"
@@ -34,6 +43,47 @@ class Discontinuity(StrEnum):
     TIME_JUMP = "time_jump"  # the stream clock jumped (backwards, or forwards beyond ``max_time_jump_s``)
 
 
+class ResetReason(StrEnum):
+    """Why a segment ended and the next one began (``reason`` in ``reset.<stream>`` messages)."""
+
+    START = "start"  # the stream (or a person, per subject) started: the first segment, announced
+    CONTROL = "control"  # an operator asked (control socket)
+    SCENE_CHANGE = "scene_change"  # the scene detector saw a hard cut
+    IDLE = "idle"  # no motion for ``reset.idle_s``
+    SUBJECT_CHANGE = "subject_change"  # another person became the subject (or the first one entered)
+    ABSENT = "absent"  # the subject left and nobody took over
+    RECONNECT = "reconnect"  # a live source was lost and reopened
+    LOOP = "loop"  # a looping file started over
+    TIME_JUMP = "time_jump"  # the stream clock jumped
+    END = "end"  # end of input
+    WORKER_RESTART = "worker_restart"  # the process hosting the stream died and was restarted
+
+    @property
+    def automatic(self) -> bool:
+        """The stream decided it by itself from what it saw (not an operator, not the start or the end).
+
+        In a file read losslessly, the clips cut before such a reset are published before it."""
+        return self in _AUTOMATIC
+
+    @property
+    def new_place(self) -> bool:
+        """After it the picture may show other people in another place (people are tracked afresh)."""
+        return self in (ResetReason.LOOP, ResetReason.TIME_JUMP)
+
+
+_AUTOMATIC = frozenset(
+    {
+        ResetReason.SCENE_CHANGE,
+        ResetReason.IDLE,
+        ResetReason.SUBJECT_CHANGE,
+        ResetReason.ABSENT,
+        ResetReason.RECONNECT,
+        ResetReason.LOOP,
+        ResetReason.TIME_JUMP,
+    }
+)
+
+
 @dataclass(slots=True)
 class FrameMeta:
     """Metadata stored beside each ring-buffer slot."""
@@ -49,7 +99,7 @@ class StreamEvent:
     """A state transition of a source, reported to its owner (the daemon)."""
 
     stream: str
-    state: StreamState
+    state: SourceState
     reason: str  # human-readable; never contains credentials
     discontinuity: Discontinuity | None = None  # set when clip timing must restart, and why
     wall_s: float = 0.0

@@ -18,14 +18,19 @@ import yaml
 import zmq
 
 from tests.helpers.cli import vstmon_env
-from tests.helpers.rtsp_fixtures import rtsp_servers  # noqa: F401 (fixture)
 
 
 class Vstmon:
     """A ``python -m vstmon`` subprocess with its config file; its publish and control addresses (ports the OS
     chose, so no other process can take them first) are read from its "vstmon running" log line."""
 
-    def __init__(self, tmp_path: Path, data: dict[str, Any], extra_env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        data: dict[str, Any],
+        extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = (),
+    ) -> None:
         data = {**data, "log": {"level": "info", "format": "json"}}
         data["publish"] = {**data["publish"], "endpoints": ["tcp://127.0.0.1:*"]}
         if data["publish"].get("control") is not None:
@@ -38,7 +43,7 @@ class Vstmon:
         self._log = self.log_path.open("wb")
         env = vstmon_env(OMP_NUM_THREADS="1", **(extra_env or {}))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "vstmon", "--config", str(self.config_path)],
+            [sys.executable, "-m", "vstmon", "--config", str(self.config_path), *args],
             cwd=tmp_path,
             env=env,
             stdout=self._log,
@@ -102,8 +107,10 @@ class Vstmon:
 def vstmon_process(tmp_path: Path) -> Iterator[Any]:
     started: list[Vstmon] = []
 
-    def start(data: dict[str, Any], extra_env: dict[str, str] | None = None) -> Vstmon:
-        process = Vstmon(tmp_path, data, extra_env)
+    def start(
+        data: dict[str, Any], extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> Vstmon:
+        process = Vstmon(tmp_path, data, extra_env, args)
         started.append(process)
         return process
 

@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from vstmon.config import StreamConfig
-from vstmon.types import StreamEvent, StreamState
+from vstmon.types import SourceState, StreamEvent
 
 __all__ = [
     "SYSTEM_PYTHON",
@@ -184,7 +184,7 @@ class EventLog:
             self.events.append(event)
             self._cond.notify_all()
 
-    def states(self) -> list[StreamState]:
+    def states(self) -> list[SourceState]:
         with self._cond:
             return [event.state for event in self.events]
 
@@ -203,7 +203,7 @@ class EventLog:
                     return None
                 self._cond.wait(left_s)
 
-    def wait_state(self, state: StreamState, timeout_s: float, after: int = 0) -> StreamEvent | None:
+    def wait_state(self, state: SourceState, timeout_s: float, after: int = 0) -> StreamEvent | None:
         return self.wait_for(lambda event: event.state == state, timeout_s, after)
 
     def __len__(self) -> int:

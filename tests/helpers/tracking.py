@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 
-from tests.helpers.assets import carphone_mp4, pedestrian_pb, tree_avi, vtest_avi  # noqa: F401 (fixtures)
 from vstmon.subjects.tracker import Track
 
 # person -> {vtest.avi frame index: (x0, y0, x1, y1) in pixels}, every 10 frames (1 s)

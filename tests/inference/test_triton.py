@@ -22,8 +22,6 @@ from tests.helpers.daemon import (
     collect,
     daemon_config,
     ended,
-    model_files,
-    run_daemon,
     write_mjpg,
 )
 from tests.helpers.triton_server import Server, serve_python
@@ -31,7 +29,6 @@ from vstmon.config import TritonServerConfig, parse_config
 from vstmon.errors import ConfigError
 
 pytestmark = pytest.mark.slow
-__all__ = ["model_files", "run_daemon"]  # fixtures used here
 
 
 def _require_serve_environment() -> None:

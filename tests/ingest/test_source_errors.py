@@ -12,13 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.rtsp_fixtures import EventLog, silent_server, stream_config
+from tests.helpers.rtsp_fixtures import EventLog, stream_config
 from tests.helpers.videos import make_not_a_video, make_video
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.source import Source
-from vstmon.types import StreamEvent, StreamState
-
-__all__ = ["silent_server"]  # the fixture, re-exported so pytest finds it here
+from vstmon.types import SourceState, StreamEvent
 
 SIZE_PX = 32
 
@@ -27,7 +25,7 @@ def _run_until_final(url: str, timeout_s: float = 20.0, **overrides: object) -> 
     events = EventLog()
     source = Source(stream_config(url, **overrides), RingBuffer(4, SIZE_PX, SIZE_PX), SIZE_PX, events)
     source.start()
-    final = events.wait_for(lambda e: e.state in (StreamState.FAILED, StreamState.ENDED), timeout_s)
+    final = events.wait_for(lambda e: e.state in (SourceState.FAILED, SourceState.ENDED), timeout_s)
     source.stop()
     assert source.join(10.0), "the reader thread did not end"
     assert final is not None, f"no final state; events: {events.events}"
@@ -36,23 +34,23 @@ def _run_until_final(url: str, timeout_s: float = 20.0, **overrides: object) -> 
 
 def test_unsupported_scheme_fails_at_once_with_the_scheme_named() -> None:
     source, events = _run_until_final("ftp://user:secret@127.0.0.1/video.mp4")
-    assert events.states() == [StreamState.CONNECTING, StreamState.FAILED]
+    assert events.states() == [SourceState.CONNECTING, SourceState.FAILED]
     reason = events.events[-1].reason
     assert "unsupported URL scheme 'ftp'" in reason and "rtsp://" in reason
     assert "secret" not in reason and "user:***@" in reason
-    assert source.state == StreamState.FAILED and source.stats()["state"] == "failed"
+    assert source.state == SourceState.FAILED and source.stats()["state"] == "failed"
 
 
 def test_missing_file_fails(tmp_path: Path) -> None:
     _, events = _run_until_final(str(tmp_path / "nope.mp4"))
-    assert events.states()[-1] == StreamState.FAILED
+    assert events.states()[-1] == SourceState.FAILED
     assert "does not exist" in events.events[-1].reason and "nope.mp4" in events.events[-1].reason
 
 
 def test_not_a_video_file_fails_with_a_clear_reason(tmp_path: Path) -> None:
     path = make_not_a_video(tmp_path / "fake.mp4")
     _, events = _run_until_final(str(path))
-    assert events.states() == [StreamState.CONNECTING, StreamState.FAILED]
+    assert events.states() == [SourceState.CONNECTING, SourceState.FAILED]
     assert "fake.mp4 is not a video" in events.events[-1].reason
 
 
@@ -61,8 +59,8 @@ def test_refused_port_is_retried_with_growing_backoff_then_fails_after_max_attem
     reconnect = {"initial_delay_s": 0.1, "max_delay_s": 0.4, "jitter": 0.0, "max_attempts": 4}
     source, events = _run_until_final(url, reconnect=reconnect)
     states = events.states()
-    assert states[0] == StreamState.CONNECTING and states[-1] == StreamState.FAILED
-    retries = [e for e in events.events if e.state == StreamState.RECONNECTING]
+    assert states[0] == SourceState.CONNECTING and states[-1] == SourceState.FAILED
+    retries = [e for e in events.events if e.state == SourceState.RECONNECTING]
     assert [r.reason.rsplit("; ", 1)[1] for r in retries] == [
         "retry 1 in 0.1 s",
         "retry 2 in 0.2 s",
@@ -84,12 +82,12 @@ def test_unreachable_host_keeps_retrying_while_unlimited(closed_port: int) -> No
             lambda e: e.reason.endswith("retry 3 in 0.4 s") or "retry 3" in e.reason, 20.0
         )
         assert third is not None, events.events
-        assert third.state == StreamState.RECONNECTING and "cannot open http stream" in third.reason
+        assert third.state == SourceState.RECONNECTING and "cannot open http stream" in third.reason
         assert source.alive
     finally:
         source.stop()
         assert source.join(10.0)
-    assert StreamState.FAILED not in events.states()
+    assert SourceState.FAILED not in events.states()
 
 
 @pytest.mark.parametrize("scheme", ["rtsp", "http"])
@@ -100,7 +98,7 @@ def test_port_that_never_answers_times_out_on_open(silent_server: int, scheme: s
     started_s = time.monotonic()
     source.start()
     try:
-        event = events.wait_state(StreamState.RECONNECTING, 15.0)
+        event = events.wait_state(SourceState.RECONNECTING, 15.0)
         took_s = time.monotonic() - started_s
     finally:
         source.stop()
@@ -115,14 +113,14 @@ def test_missing_webcam_is_a_clear_failure(url: str) -> None:
     _, events = _run_until_final(
         url, reconnect={"initial_delay_s": 0.1, "max_delay_s": 0.1, "max_attempts": 1}
     )
-    assert events.states()[-2:] == [StreamState.RECONNECTING, StreamState.FAILED]
+    assert events.states()[-2:] == [SourceState.RECONNECTING, SourceState.FAILED]
     assert f"cannot open webcam {url} (V4L2)" in events.events[-1].reason
 
 
 @pytest.mark.parametrize("url", ["testsrc://?width=abc", "testsrc://?width=4&height=4"])
 def test_bad_testsrc_parameters_fail(url: str) -> None:
     _, events = _run_until_final(url)
-    assert events.states()[-1] == StreamState.FAILED and "testsrc" in events.events[-1].reason
+    assert events.states()[-1] == SourceState.FAILED and "testsrc" in events.events[-1].reason
 
 
 def test_a_raising_event_callback_does_not_kill_the_reader() -> None:
@@ -136,7 +134,7 @@ def test_a_raising_event_callback_does_not_kill_the_reader() -> None:
     source = Source(stream_config("testsrc://?width=32&height=32&fps=200&frames=30"), ring, SIZE_PX, explode)
     source.start()
     assert source.join(10.0)
-    assert [e.state for e in seen] == [StreamState.CONNECTING, StreamState.STREAMING, StreamState.ENDED]
+    assert [e.state for e in seen] == [SourceState.CONNECTING, SourceState.STREAMING, SourceState.ENDED]
     assert source.stats()["frames_read"] == 30
 
 
@@ -169,7 +167,7 @@ def test_a_hung_camera_open_does_not_hold_up_another_streams_opens(
             after = len(file_events)
             assert file_events.wait_for(lambda e: e.looped, 15.0, after=after) is not None, file_events.events
             loops = sum(e.looped for e in file_events.events)
-        assert hung_events.states() == [StreamState.CONNECTING], hung_events.events
+        assert hung_events.states() == [SourceState.CONNECTING], hung_events.events
     finally:
         hung.stop()
         looping.stop()

@@ -14,7 +14,7 @@ from tests.helpers.rtsp_fixtures import EventLog, stream_config, wait_until
 from tests.helpers.videos import FFMPEG, decode_index, make_video
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.source import Source
-from vstmon.types import Discontinuity, StreamState
+from vstmon.types import Discontinuity, SourceState
 
 SIZE_PX = 64
 FPS = 25.0
@@ -58,9 +58,9 @@ def test_lossless_file_delivers_every_frame_in_order_with_exact_timestamps(
     assert [g[1] for g in got] == pytest.approx([i / FPS for i in range(n_frames)], abs=1e-6)
     assert [g[3] for g in got] == list(range(n_frames))  # ring seqs without a gap
     assert ring.frames_dropped == 0
-    assert events.states() == [StreamState.CONNECTING, StreamState.STREAMING, StreamState.ENDED]
+    assert events.states() == [SourceState.CONNECTING, SourceState.STREAMING, SourceState.ENDED]
     assert "40 frames" in events.events[-1].reason
-    assert source.state == StreamState.ENDED
+    assert source.state == SourceState.ENDED
     stats = source.stats()
     assert stats["frames_read"] == n_frames and stats["frames_dropped"] == 0 and stats["reconnects"] == 0
     assert stats["state"] == "ended" and stats["ring_nbytes"] == ring.nbytes
@@ -80,9 +80,9 @@ def test_loop_starts_a_new_epoch_reports_where_and_restarts_indices(tmp_path: Pa
         source.stop()
         assert source.join(5.0)
     looped = [e for e in events.events if e.discontinuity]
-    assert all(e.state == StreamState.STREAMING and e.looped and "looping" in e.reason for e in looped)
+    assert all(e.state == SourceState.STREAMING and e.looped and "looping" in e.reason for e in looped)
     assert [e.at_seq for e in looped[:2]] == [n_frames, 2 * n_frames]  # where each pass starts in the ring
-    assert StreamState.ENDED not in events.states()
+    assert SourceState.ENDED not in events.states()
     # nothing is dropped: each pass is one epoch, its indices restart at 0 and match the pixels
     for number, start in enumerate((0, n_frames)):
         seqs = range(start, start + n_frames)
@@ -98,7 +98,7 @@ def test_end_of_file_without_loop_ends_and_keeps_the_last_frames(tmp_path: Path)
     events = EventLog()
     source = Source(stream_config(str(path)), ring, SIZE_PX, events)
     source.start()
-    assert events.wait_state(StreamState.ENDED, 15.0) is not None
+    assert events.wait_state(SourceState.ENDED, 15.0) is not None
     assert source.join(5.0)
     assert not events.events[-1].discontinuity
     assert ring.head_seq - ring.oldest_seq == 10  # not cleared: the consumer may still cut them
@@ -111,7 +111,7 @@ def test_realtime_file_is_paced_at_about_its_fps(tmp_path: Path) -> None:
     source = Source(stream_config(str(path), realtime=True), ring, SIZE_PX, events)
     started_s = time.monotonic()
     source.start()
-    assert events.wait_state(StreamState.ENDED, 30.0) is not None
+    assert events.wait_state(SourceState.ENDED, 30.0) is not None
     took_s = time.monotonic() - started_s
     assert took_s > 1.0  # not read as fast as possible (that takes a few ms here)
     assert source.join(5.0)
@@ -129,7 +129,7 @@ def test_testsrc_is_deterministic_and_ends_after_the_requested_frames() -> None:
         events = EventLog()
         source = Source(stream_config(url, name="synthetic"), ring, SIZE_PX, events)
         source.start()
-        assert events.wait_state(StreamState.ENDED, 15.0) is not None
+        assert events.wait_state(SourceState.ENDED, 15.0) is not None
         assert source.join(5.0)
         metas = [ring.meta(seq) for seq in range(ring.oldest_seq, ring.head_seq)]
         assert [m.index for m in metas] == list(range(20))
@@ -147,7 +147,7 @@ def test_testsrc_streams_until_stopped_and_reports_fps() -> None:
     try:
         assert wait_until(lambda: source.stats()["frames_read"] >= 30, 10.0)
         assert 20.0 < source.stats()["fps_in"] < 80.0  # loose: paced at 50 fps
-        assert source.state == StreamState.STREAMING
+        assert source.state == SourceState.STREAMING
     finally:
         source.stop()
         assert source.join(5.0)
@@ -223,8 +223,8 @@ def test_a_timestamp_jump_is_a_discontinuity_with_a_rebased_clock(
     assert source.join(5.0)
     jumped = [e for e in events.events if e.discontinuity == Discontinuity.TIME_JUMP]
     assert len(jumped) == jumps, events.events
-    assert all(e.state == StreamState.STREAMING and "clock re-based" in e.reason for e in jumped)
-    assert events.states()[-1] == StreamState.ENDED and ring.epoch == jumps  # a new epoch at each jump
+    assert all(e.state == SourceState.STREAMING and "clock re-based" in e.reason for e in jumped)
+    assert events.states()[-1] == SourceState.ENDED and ring.epoch == jumps  # a new epoch at each jump
     assert len(times) == 80  # every frame of both recordings was read (none lost after the jump)
     steps = np.diff(times)
     assert steps.min() > 0 and steps.max() < 0.05  # the re-based clock goes on at the frame rate
@@ -237,7 +237,7 @@ def test_a_forward_jump_does_not_freeze_a_realtime_file(jumpy_files: dict[str, P
     started_s = time.monotonic()
     source.start()
     # 80 frames at 25 fps: 3.2 s; paced on the raw clock it would wait 26.5 hours at the jump
-    assert events.wait_state(StreamState.ENDED, 30.0) is not None, events.events
+    assert events.wait_state(SourceState.ENDED, 30.0) is not None, events.events
     assert time.monotonic() - started_s < 20.0
     assert source.join(5.0)
     assert sum(e.discontinuity == Discontinuity.TIME_JUMP for e in events.events) == 2

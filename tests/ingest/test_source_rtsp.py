@@ -17,16 +17,12 @@ from tests.helpers.cli import REPO_ROOT
 from tests.helpers.rtsp_fixtures import (
     EventLog,
     RtspServer,
-    rtsp_servers,
-    silent_server,
     stream_config,
     wait_until,
 )
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.source import Source
-from vstmon.types import Discontinuity, StreamState
-
-__all__ = ["rtsp_servers", "silent_server"]  # fixtures, re-exported so pytest finds them here
+from vstmon.types import Discontinuity, SourceState
 
 pytestmark = pytest.mark.rtsp
 
@@ -59,7 +55,7 @@ def test_frames_arrive_from_an_rtsp_server(rtsp_servers: Callable[..., RtspServe
     source.start()
     try:
         assert wait_until(lambda: _frames(source) >= 25, 20.0), events.events
-        assert events.states()[:2] == [StreamState.CONNECTING, StreamState.STREAMING]
+        assert events.states()[:2] == [SourceState.CONNECTING, SourceState.STREAMING]
         stats = source.stats()
         assert 10.0 < stats["fps_in"] < 40.0  # loose: the server sends 25 fps
         last = ring.meta(ring.head_seq - 1)
@@ -94,13 +90,13 @@ def test_killed_server_reconnects_after_restart_and_other_stream_is_unaffected(
         epoch = ring.epoch
         mark = len(events)
         _keeps_receiving(other, server.kill)
-        lost = events.wait_state(StreamState.RECONNECTING, 10.0, after=mark)
+        lost = events.wait_state(SourceState.RECONNECTING, 10.0, after=mark)
         assert lost is not None and lost.discontinuity == Discontinuity.RECONNECT, events.events[mark:]
         assert ring.epoch == epoch + 1 and lost.at_seq == ring.head_seq  # frames after it: a new epoch
         _keeps_receiving(other, lambda: None)  # during the reconnect attempts
         server.restart()  # same port
         restarted_s = time.monotonic()
-        back = events.wait_state(StreamState.STREAMING, 30.0, after=mark)
+        back = events.wait_state(SourceState.STREAMING, 30.0, after=mark)
         assert back is not None, events.events[mark:]
         # bound: one backoff delay (max 1.0 s + 20 % jitter) + one open + the first frame
         assert time.monotonic() - restarted_s < 1.2 + OPEN_S + 2.0
@@ -110,7 +106,7 @@ def test_killed_server_reconnects_after_restart_and_other_stream_is_unaffected(
         held = [seq for seq in range(ring.oldest_seq, ring.head_seq) if ring.epoch_of(seq) == epoch + 1]
         assert held and all(ring.meta(seq).index == seq - lost.at_seq for seq in held)
         _keeps_receiving(other, lambda: None)
-        assert StreamState.RECONNECTING not in other_events.states()
+        assert SourceState.RECONNECTING not in other_events.states()
     finally:
         source.stop()
         other.stop()
@@ -133,7 +129,7 @@ def test_frozen_server_is_detected_as_a_stall_and_recovers_after_thaw(
         mark = len(events)
         frozen_s = time.monotonic()
         _keeps_receiving(other, server.freeze)
-        stalled = events.wait_state(StreamState.RECONNECTING, 10.0, after=mark)
+        stalled = events.wait_state(SourceState.RECONNECTING, 10.0, after=mark)
         detected_s = time.monotonic() - frozen_s
         assert stalled is not None and stalled.discontinuity == Discontinuity.RECONNECT
         assert "stalled" in stalled.reason, stalled.reason
@@ -144,7 +140,7 @@ def test_frozen_server_is_detected_as_a_stall_and_recovers_after_thaw(
         _keeps_receiving(other, lambda: None)
         mark = len(events)
         server.thaw()
-        assert events.wait_state(StreamState.STREAMING, 30.0, after=mark) is not None, events.events[mark:]
+        assert events.wait_state(SourceState.STREAMING, 30.0, after=mark) is not None, events.events[mark:]
         assert wait_until(lambda: ring.head_seq - ring.oldest_seq >= 5, 10.0)
     finally:
         if server.frozen:
@@ -233,11 +229,11 @@ def test_a_hung_open_does_not_delay_another_streams_connect(
     started_s = time.monotonic()
     good.start()
     try:
-        assert good_events.wait_state(StreamState.STREAMING, 10.0) is not None
+        assert good_events.wait_state(SourceState.STREAMING, 10.0) is not None
         # OpenCV serialises FFmpeg opens unless OPENCV_FFMPEG_IS_THREAD_SAFE=1 (set by vstmon): without it
         # the good stream would wait for the hung open's 6 s timeout
         assert time.monotonic() - started_s < 4.0
-        assert hung.state == StreamState.CONNECTING
+        assert hung.state == SourceState.CONNECTING
     finally:
         good.stop()
         hung.stop()
@@ -249,9 +245,9 @@ def test_a_camera_stuck_on_one_picture_is_a_stall(rtsp_servers: Callable[..., Rt
     source, _, events = _source(server.url, frozen_timeout_s=1.5, stall_timeout_s=5.0)
     source.start()
     try:
-        streaming = events.wait_state(StreamState.STREAMING, 20.0)
+        streaming = events.wait_state(SourceState.STREAMING, 20.0)
         assert streaming is not None, events.events
-        lost = events.wait_state(StreamState.RECONNECTING, 15.0)
+        lost = events.wait_state(SourceState.RECONNECTING, 15.0)
         assert lost is not None and lost.discontinuity == Discontinuity.RECONNECT, events.events
         assert "frozen picture" in lost.reason and "1.5 s" in lost.reason, lost.reason
         assert _frames(source) >= 25  # frames kept arriving: this was not a stall of the transport
@@ -266,7 +262,7 @@ def test_a_moving_picture_is_not_taken_for_a_frozen_camera(rtsp_servers: Callabl
     source.start()
     try:
         assert wait_until(lambda: _frames(source) >= 75, 30.0), events.events  # 3 s of frames, 6 x the limit
-        assert StreamState.RECONNECTING not in events.states(), events.events
+        assert SourceState.RECONNECTING not in events.states(), events.events
     finally:
         source.stop()
         assert source.join(10.0)
@@ -286,8 +282,8 @@ def test_a_gap_in_a_live_stream_is_a_clock_jump_not_a_stall(rtsp_servers: Callab
         server.thaw()
         jumped = events.wait_for(lambda e: e.discontinuity == Discontinuity.TIME_JUMP, 15.0, after=mark)
         assert jumped is not None, events.events[mark:]
-        assert jumped.state == StreamState.STREAMING and "clock re-based" in jumped.reason
-        assert StreamState.RECONNECTING not in [e.state for e in events.events[mark:]]
+        assert jumped.state == SourceState.STREAMING and "clock re-based" in jumped.reason
+        assert SourceState.RECONNECTING not in [e.state for e in events.events[mark:]]
         assert ring.epoch == 1  # frames after the gap start a new epoch: no clip spans the hiccup
     finally:
         if server.frozen:

@@ -16,9 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers.assets import pedestrian_pb  # noqa: F401 (fixture)
 from vstmon.cli import main
-from vstmon.errors import FetchError
+from vstmon.errors import FetchError, VstmonError
 from vstmon.model import build_model, load_model
 from vstmon.model.fetch import (
     CATALOGUE,
@@ -266,12 +265,13 @@ def test_existing_file_is_checked_not_downloaded_again(tmp_path: Path, server: _
     result = fetch(NAME, tmp_path, base_url=server.base_url, sha256=DIGEST, **FAST)
     assert not result.downloaded and result.verified
     assert server.requests == []
-    with pytest.raises(FetchError, match="already exists but its SHA-256"):
+    with pytest.raises(FetchError, match="already exists but its SHA-256") as info:
         fetch(NAME, tmp_path, base_url=server.base_url, sha256="0" * 64, **FAST)
+    assert info.value.exit_code == 65  # EX_DATAERR: the file is there but wrong
 
 
 def test_bad_digest_argument(tmp_path: Path) -> None:
-    with pytest.raises(FetchError, match="not a SHA-256 hex digest"):
+    with pytest.raises(VstmonError, match="not a SHA-256 hex digest"):
         download("http://127.0.0.1:9/x.pth", tmp_path / "x.pth", sha256="abc")
 
 
@@ -281,8 +281,11 @@ def test_catalogue_names_and_aliases() -> None:
     assert resolve_name("swin_t").file_name == FILE_NAME
     assert resolve_name(FILE_NAME).preset == "swin_t"
     assert resolve_name("swin_b_sthv2").labels == "sthv2"
-    with pytest.raises(FetchError, match=r"unknown checkpoint 'swin_huge'.*ssdlite_mobilenet_v2_pedestrian"):
+    with pytest.raises(
+        VstmonError, match=r"unknown checkpoint 'swin_huge'.*ssdlite_mobilenet_v2_pedestrian"
+    ) as info:
         resolve_name("swin_huge")
+    assert info.value.exit_code == 2  # misuse, not a failed download
     assert set(DETECTORS) == {"ssdlite_mobilenet_v2_coco", "ssdlite_mobilenet_v2_pedestrian"}
     assert all(d.person_class_id == 1 for d in DETECTORS.values())
 
@@ -305,7 +308,7 @@ def test_cli_fetch_error_is_one_line(
 ) -> None:
     server.files.clear()
     argv = ["weights", "fetch", "swin_t", "--dest", str(tmp_path), "--base-url", server.base_url]
-    assert main([*argv, "--retry-delay-s", "0.01"]) == 2
+    assert main([*argv, "--retry-delay-s", "0.01"]) == 69  # EX_UNAVAILABLE: not 2, which means misuse
     err = capsys.readouterr().err
     assert err.startswith("vstmon: error:") and "HTTP 404" in err
     assert "Traceback" not in err
@@ -333,7 +336,7 @@ def test_cli_unresolvable_host_is_one_line_with_next_steps(
         "--base-url",
         "http://mirror.vstmon.invalid/",
     ]
-    assert main([*argv, "--retry-delay-s", "5"]) == 2
+    assert main([*argv, "--retry-delay-s", "5"]) == 69  # EX_UNAVAILABLE
     err = capsys.readouterr().err
     assert err.startswith("vstmon: error:") and err.count("\n") == 1
     assert "cannot resolve the host mirror.vstmon.invalid" in err and "model.checkpoint: null" in err
@@ -434,7 +437,7 @@ def test_detector_unresolvable_origin_says_what_to_do(tmp_path: Path, no_proxy: 
 def test_cli_fetches_the_real_pedestrian_graph_and_it_runs(
     tmp_path: Path,
     server: _Server,
-    pedestrian_pb: Path,  # noqa: F811
+    pedestrian_pb: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from vstmon.subjects.detector import PersonDetector

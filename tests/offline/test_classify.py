@@ -24,7 +24,6 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers.assets import carphone_mp4, pedestrian_pb, vtest_avi
 from tests.helpers.cli import REPO_ROOT
 from tests.helpers.daemon import tiny_checkpoint
 from tests.helpers.footage import lossless_from
@@ -36,7 +35,6 @@ from vstmon.model.normalize import normalize_clips
 if TYPE_CHECKING:
     from vstmon.model import SwinConfig
 
-__all__ = ["carphone_mp4", "pedestrian_pb", "vtest_avi"]  # fixtures
 
 torch.set_num_threads(1)
 cv2.setNumThreads(1)

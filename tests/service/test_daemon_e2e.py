@@ -15,7 +15,6 @@ import yaml
 from tests.helpers.cli import vstmon_env
 from tests.helpers.daemon import collect, daemon_config, tiny_checkpoint, write_mjpg
 from tests.helpers.notify_listener import NotifyListener
-from tests.helpers.rtsp_fixtures import rtsp_servers  # noqa: F401 (fixture)
 from vstmon.wire.client import Subscriber
 
 pytestmark = pytest.mark.slow
@@ -105,7 +104,7 @@ def test_vstmon_process_with_an_rtsp_stream_and_a_file(
     tmp_path: Path,
     model_files: tuple[Path, Path],
     vstmon_process,
-    rtsp_servers,  # noqa: F811
+    rtsp_servers,
 ) -> None:
     checkpoint, labels = model_files
     server = rtsp_servers(mode="testsrc", fps=16)
@@ -159,7 +158,7 @@ def test_check_command_accepts_a_good_config_and_explains_a_bad_one(
 
 def test_an_rtsp_reconnect_resets_the_segment_and_keeps_the_subject(
     model_files: tuple[Path, Path],
-    rtsp_servers,  # noqa: F811
+    rtsp_servers,
 ) -> None:
     from tests.helpers.daemon import join_subscriber
     from vstmon.config import parse_config

@@ -18,15 +18,12 @@ import torch
 import yaml
 from torch import nn
 
-from tests.helpers.daemon import collect, daemon_config, model_files, run_daemon, write_mjpg
+from tests.helpers.daemon import collect, daemon_config, write_mjpg
 from tests.helpers.notify_listener import NotifyListener, received_within
-from tests.helpers.process import Vstmon, vstmon_process
-from tests.helpers.rtsp_fixtures import silent_server
+from tests.helpers.process import Vstmon
 from vstmon.model import LoadedModel
 from vstmon.service.health import DropLog, Throughput, stalled, status_line
 from vstmon.wire.client import Subscriber
-
-__all__ = ["model_files", "run_daemon", "silent_server", "vstmon_process"]
 
 pytestmark = pytest.mark.slow
 

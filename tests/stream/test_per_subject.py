@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers.assets import pedestrian_pb, vtest_avi
-from tests.helpers.daemon import FRAMES, SIZE_PX, collect, daemon_config, ended, model_files, run_daemon
+from tests.helpers.daemon import FRAMES, SIZE_PX, collect, daemon_config, ended
 from tests.helpers.footage import lossless_from
 from vstmon.ingest.crops import CropFitter, square_crop_px
 from vstmon.model.normalize import normalize_clips
@@ -18,8 +17,6 @@ from vstmon.service.daemon import Daemon
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Track
 from vstmon.types import Clip, ClipResult
-
-__all__ = ["model_files", "pedestrian_pb", "run_daemon", "vtest_avi"]
 
 
 # -- crops ----------------------------------------------------------------------------------------------------------
@@ -201,7 +198,7 @@ def test_memory_is_fixed_and_people_coming_and_going_leave_nothing_behind(
     streams = [{"name": "walk", "url": str(video), "loop": True}]
     data = per_subject_config(checkpoint, labels, streams, pedestrian_pb, max_subjects=2)
     daemon, sub = run_daemon(data)
-    per_subject = daemon.streams["walk"].worker.per_subject
+    per_subject = daemon.streams["walk"].pipeline.per_subject
     assert per_subject is not None
     ring = daemon.streams["walk"].ring
     # the stated bound: max_subjects x (ring slots x size_px^2 x 3 + metadata) + max_subjects x 2 clips

@@ -1,4 +1,4 @@
-"""StreamState: label messages, smoothing over the current segment only, and the reset protocol."""
+"""SegmentState: label messages, smoothing over the current segment only, and the reset protocol."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vstmon.config import SmoothingConfig
-from vstmon.stream.state import StreamState, daemon_status_payload, stream_status_payload
+from vstmon.stream.state import SegmentState, daemon_status_payload, stream_status_payload
 from vstmon.types import Clip, ClipResult
 
 LABELS = ["walk", "run", "jump", "sit"]
@@ -61,7 +61,7 @@ def probs(*values: float) -> np.ndarray:
 
 def make_state(method: str = "mean", window: int = 3, untrained: bool = False, top_k: int = 3, **kw: Any):
     rec, clock = Recorder(), Clock()
-    state = StreamState(
+    state = SegmentState(
         "cam1",
         SmoothingConfig(method=method, window_clips=window, ema_alpha=0.5),
         LABELS,
@@ -76,7 +76,7 @@ def make_state(method: str = "mean", window: int = 3, untrained: bool = False, t
     return state, rec, clock
 
 
-def feed(state: StreamState, n: int, p: np.ndarray, **clip_kw: Any) -> bool:
+def feed(state: SegmentState, n: int, p: np.ndarray, **clip_kw: Any) -> bool:
     clip = make_clip(n, **clip_kw)
     assert state.accept_clip(clip)
     return state.on_result(ClipResult(clip, p))

@@ -13,7 +13,6 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers.assets import carphone_mp4, pedestrian_pb, tree_avi, vtest_avi  # noqa: F401 (fixtures)
 from vstmon.errors import DetectorError
 from vstmon.subjects.detector import PersonDetector
 from vstmon.subjects.ssd_graph import describe_ssd, load_ssd_description, parse_graph_def
@@ -84,12 +83,12 @@ def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def detector(pedestrian_pb: Path, cache: Path) -> PersonDetector:  # noqa: F811
+def detector(pedestrian_pb: Path, cache: Path) -> PersonDetector:
     return PersonDetector(pedestrian_pb, score_threshold=0.3, cache_dir=cache)
 
 
 @pytest.fixture(scope="module")
-def annotated(vtest_avi: Path) -> dict[int, np.ndarray]:  # noqa: F811
+def annotated(vtest_avi: Path) -> dict[int, np.ndarray]:
     frames = read_frames(vtest_avi, set(PEOPLE_PX))
     assert set(frames) == set(PEOPLE_PX)
     assert frames[40].shape == (576, 768, 3)
@@ -118,7 +117,7 @@ def test_recall_and_precision_on_annotated_vtest_frames(
 
 
 def test_default_threshold_keeps_precision(
-    pedestrian_pb: Path,  # noqa: F811
+    pedestrian_pb: Path,
     cache: Path,
     annotated: dict[int, np.ndarray],
 ) -> None:
@@ -129,7 +128,7 @@ def test_default_threshold_keeps_precision(
     assert recall >= 0.4, detail
 
 
-def test_a_video_without_people_gives_no_detection(detector: PersonDetector, tree_avi: Path) -> None:  # noqa: F811
+def test_a_video_without_people_gives_no_detection(detector: PersonDetector, tree_avi: Path) -> None:
     frames = read_frames(tree_avi, every=2)  # a tree in the wind, 68 frames
     found = {index: detector.detect(frame) for index, frame in frames.items()}
     assert {index: len(boxes) for index, boxes in found.items() if len(boxes)} == {}
@@ -143,7 +142,7 @@ def test_a_frame_without_people_gives_no_detection(detector: PersonDetector) -> 
     assert detector.detect(grey).shape == (0, 5)
 
 
-def test_carphone_gives_one_person_in_every_frame(detector: PersonDetector, carphone_mp4: Path) -> None:  # noqa: F811
+def test_carphone_gives_one_person_in_every_frame(detector: PersonDetector, carphone_mp4: Path) -> None:
     frames = read_frames(carphone_mp4, every=4)  # 176x144, one man talking in a car
     for index, frame in frames.items():
         boxes = detector.detect(frame)
@@ -193,7 +192,7 @@ def test_a_bad_image_is_refused(detector: PersonDetector) -> None:
 
 
 # -- the graph and its description -------------------------------------------------------------------------------
-def test_the_pedestrian_graph_describes_itself(pedestrian_pb: Path) -> None:  # noqa: F811
+def test_the_pedestrian_graph_describes_itself(pedestrian_pb: Path) -> None:
     spec = describe_ssd(parse_graph_def(pedestrian_pb.read_bytes()))
     assert spec.num_classes == 1  # person only: class 1
     assert spec.input_size_px == (300, 300) and spec.input_name == "image_tensor"
@@ -208,7 +207,7 @@ def test_the_pedestrian_graph_describes_itself(pedestrian_pb: Path) -> None:  # 
     assert spec.anchor_widths[5][5] == pytest.approx((0.95 * 1.0) ** 0.5, rel=1e-5)
 
 
-def test_without_the_anchor_generator_the_documented_defaults_are_used(pedestrian_pb: Path) -> None:  # noqa: F811
+def test_without_the_anchor_generator_the_documented_defaults_are_used(pedestrian_pb: Path) -> None:
     nodes = parse_graph_def(pedestrian_pb.read_bytes())
     from_graph = describe_ssd(nodes)
     stripped = describe_ssd([n for n in nodes if not n.name.startswith("MultipleGridAnchorGenerator/")])
@@ -217,7 +216,7 @@ def test_without_the_anchor_generator_the_documented_defaults_are_used(pedestria
         assert ours == pytest.approx(theirs, rel=2e-4)  # the graph stores 1/3 as 0.3333
 
 
-def test_the_description_is_cached_and_reused(pedestrian_pb: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_the_description_is_cached_and_reused(pedestrian_pb: Path, tmp_path: Path) -> None:
     first = load_ssd_description(pedestrian_pb, nms_iou=0.45, confidence_threshold=0.5, cache_dir=tmp_path)
     assert not first.from_cache and first.cache_path is not None and first.cache_path.is_file()
     assert first.cache_path.parent == tmp_path / "detector"
@@ -231,14 +230,14 @@ def test_the_description_is_cached_and_reused(pedestrian_pb: Path, tmp_path: Pat
     assert not third.from_cache and third.text == first.text
 
 
-def test_an_unwritable_cache_only_costs_the_generation(pedestrian_pb: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_an_unwritable_cache_only_costs_the_generation(pedestrian_pb: Path, tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     detector = PersonDetector(pedestrian_pb, cache_dir=blocker)
     assert detector.detect(np.zeros((300, 300, 3), dtype=np.uint8)).shape == (0, 5)
 
 
-def test_threads_sets_the_opencv_thread_count(pedestrian_pb: Path, cache: Path) -> None:  # noqa: F811
+def test_threads_sets_the_opencv_thread_count(pedestrian_pb: Path, cache: Path) -> None:
     before = cv2.getNumThreads()
     try:
         PersonDetector(pedestrian_pb, threads=1, cache_dir=cache)
@@ -281,7 +280,7 @@ def test_a_bad_model_file_gives_a_clear_error(tmp_path: Path, content: bytes, me
     assert "\n" not in str(info.value)
 
 
-def test_a_truncated_graph_gives_a_clear_error(pedestrian_pb: Path, tmp_path: Path) -> None:  # noqa: F811
+def test_a_truncated_graph_gives_a_clear_error(pedestrian_pb: Path, tmp_path: Path) -> None:
     path = tmp_path / "truncated.pb"
     path.write_bytes(pedestrian_pb.read_bytes()[:5_000_000])
     with pytest.raises(DetectorError, match=r"truncated\.pb: not a TensorFlow frozen graph"):
@@ -294,7 +293,7 @@ def test_a_missing_model_file_is_named(tmp_path: Path) -> None:
         PersonDetector(path, cache_dir=tmp_path)
 
 
-def test_a_person_class_the_graph_does_not_have(pedestrian_pb: Path, cache: Path) -> None:  # noqa: F811
+def test_a_person_class_the_graph_does_not_have(pedestrian_pb: Path, cache: Path) -> None:
     with pytest.raises(DetectorError, match=r"person class 2 is not one of its classes 1\.\.1"):
         PersonDetector(pedestrian_pb, person_class_id=2, cache_dir=cache)
 

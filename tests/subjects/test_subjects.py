@@ -11,22 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers.assets import carphone_mp4, pedestrian_pb, tree_avi, vtest_avi
-from tests.helpers.daemon import collect, daemon_config, ended, model_files, run_daemon
+from tests.helpers.daemon import collect, daemon_config, ended
 from tests.helpers.footage import VTEST_FPS, lossless_from
-from tests.helpers.process import vstmon_process
 from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.wire.client import Subscriber
-
-__all__ = [
-    "carphone_mp4",
-    "model_files",
-    "pedestrian_pb",
-    "run_daemon",
-    "tree_avi",
-    "vstmon_process",
-    "vtest_avi",
-]
 
 
 def subjects_config(detector: Path, **overrides: Any) -> dict[str, Any]:
@@ -70,7 +58,7 @@ def test_no_subject_where_there_is_nobody(
     assert of_topic(messages, "subject") == []
     assert [m["reason"] for m in of_topic(messages, "reset")] == ["start", "end"]
     assert all(m["subject"] is None and m["box"] is None for m in of_topic(messages, "label"))
-    subjects = daemon.streams["tree"].worker.subjects
+    subjects = daemon.streams["tree"].pipeline.subjects
     # its 68 frames are ~0.4 s apart (4.5 s at 15 fps says the header; 27 s by the timestamps), slower than 5
     # detections/s: every frame was kept for the detector, and the worker used every one (lossless file)
     assert subjects.detections == subjects.frames.frames_written == 68

@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers.assets import carphone_mp4, pedestrian_pb, tree_avi, vtest_avi  # noqa: F401 (fixtures)
 from tests.helpers.tracking import PEOPLE_PX, VTEST_FPS, follow, switches
 from vstmon.subjects.detector import PersonDetector
 from vstmon.subjects.tracker import Track, Tracker
@@ -324,14 +323,14 @@ def confirmed_ids(steps: dict[int, tuple[list[Track], list[Track]]]) -> set[int]
 
 
 @pytest.fixture(scope="module")
-def detector(pedestrian_pb: Path, tmp_path_factory: pytest.TempPathFactory) -> PersonDetector:  # noqa: F811
+def detector(pedestrian_pb: Path, tmp_path_factory: pytest.TempPathFactory) -> PersonDetector:
     return PersonDetector(
         pedestrian_pb, score_threshold=0.3, cache_dir=tmp_path_factory.mktemp("detector-cache")
     )
 
 
 @pytest.fixture(scope="module")
-def vtest_found(detector: PersonDetector, vtest_avi: Path) -> dict[int, np.ndarray]:  # noqa: F811
+def vtest_found(detector: PersonDetector, vtest_avi: Path) -> dict[int, np.ndarray]:
     capture = cv2.VideoCapture(str(vtest_avi))
     fps = capture.get(cv2.CAP_PROP_FPS)
     capture.release()
@@ -388,7 +387,7 @@ def test_whole_vtest_ids_and_annotated_people(vtest_found: dict[int, np.ndarray]
 @pytest.mark.parametrize("every", [6, 15], ids=["5/s", "2/s"])
 def test_carphone_one_person_gets_exactly_one_confirmed_id(
     detector: PersonDetector,
-    carphone_mp4: Path,  # noqa: F811
+    carphone_mp4: Path,
     every: int,
 ) -> None:
     capture = cv2.VideoCapture(str(carphone_mp4))
@@ -401,7 +400,7 @@ def test_carphone_one_person_gets_exactly_one_confirmed_id(
     assert [visible[0].confirmed for visible, _ in steps.values()][:2] == [False, True]
 
 
-def test_tree_in_the_wind_gives_no_confirmed_track(detector: PersonDetector, tree_avi: Path) -> None:  # noqa: F811
+def test_tree_in_the_wind_gives_no_confirmed_track(detector: PersonDetector, tree_avi: Path) -> None:
     found = detect_video(detector, tree_avi, lambda index: index % 3 == 0)  # 15 fps: 5 detections/s
     steps = run_tracker(found, 3, 15.0)
     assert confirmed_ids(steps) == set()

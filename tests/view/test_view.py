@@ -19,14 +19,12 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers.assets import carphone_mp4, pedestrian_pb
 from tests.helpers.daemon import daemon_config, tiny_checkpoint, write_mjpg
 from tests.helpers.process import Vstmon
 from vstmon.view.server import box_in_crop
 from vstmon.wire.client import Subscriber
 
 pytestmark = pytest.mark.slow
-__all__ = ["carphone_mp4", "pedestrian_pb"]  # fixtures
 STREAMS = ("cam_a", "cam_b")
 
 
@@ -198,7 +196,9 @@ def test_the_page_in_headless_chromium_shows_a_tile_per_stream_with_live_labels(
     image = cv2.imread(str(shot))
     assert image is not None and image.shape[:2] == (700, 1100)
     assert image.reshape(-1, 3).std(axis=0).max() > 20  # not blank: tiles, pictures, text
-    if os.environ.get("VSTMON_SCREENSHOTS"):  # docs: VSTMON_SCREENSHOTS=docs/images pytest tests/view/test_view.py
+    if os.environ.get(
+        "VSTMON_SCREENSHOTS"
+    ):  # docs: VSTMON_SCREENSHOTS=docs/images pytest tests/view/test_view.py
         shutil.copy(shot, Path(os.environ["VSTMON_SCREENSHOTS"]) / "live-page.png")
 
 

@@ -15,7 +15,7 @@ import pytest
 from tests.helpers.cli import REPO_ROOT, run_vstmon
 from vstmon.config import PublishConfig, SmoothingConfig
 from vstmon.errors import VstmonError
-from vstmon.stream.state import StreamState, daemon_status_payload, stream_status_payload
+from vstmon.stream.state import SegmentState, daemon_status_payload, stream_status_payload
 from vstmon.types import Clip, ClipResult
 from vstmon.wire.client import (
     DaemonStatus,
@@ -32,7 +32,7 @@ from vstmon.wire.publish import Publisher
 
 
 def _capture_real_messages() -> list[tuple[str, dict]]:
-    """Messages exactly as the real StreamState + Publisher envelope produce them (no sockets needed)."""
+    """Messages exactly as the real SegmentState + Publisher envelope produce them (no sockets needed)."""
     out: list[tuple[str, dict]] = []
     seqs: dict[str, int] = {}
 
@@ -44,7 +44,7 @@ def _capture_real_messages() -> list[tuple[str, dict]]:
             body.update(stream=stream, seq=seqs[stream])
         out.append((topic, json.loads(json.dumps(body))))
 
-    state = StreamState("cam1", SmoothingConfig(), ["a", "b", "c"], 2, "m1", untrained=True, publish=publish)
+    state = SegmentState("cam1", SmoothingConfig(), ["a", "b", "c"], 2, "m1", untrained=True, publish=publish)
     clip = Clip("cam1", 0, np.zeros((4, 8, 8, 3), np.uint8), 0, 6, 1.0, 2.0, 0.0, 1.0, 0.0)
     state.accept_clip(clip)
     state.on_result(ClipResult(clip, np.array([0.2, 0.7, 0.1], np.float32)))
@@ -76,7 +76,7 @@ def test_subject_messages_and_subject_fields_parse() -> None:
             )
         )
 
-    state = StreamState("cam1", SmoothingConfig(), ["a", "b"], 2, "m1", publish=publish)
+    state = SegmentState("cam1", SmoothingConfig(), ["a", "b"], 2, "m1", publish=publish)
     clip = Clip("cam1", 0, np.zeros((4, 8, 8, 3), np.uint8), 0, 6, 1.0, 2.0, 0.0, 1.0, 0.0)
     clip.box = (0.1, 0.2, 0.30001, 1.2)  # rounded to 4 decimals and clipped to the frame
     state.accept_clip(clip)

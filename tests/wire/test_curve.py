@@ -23,15 +23,12 @@ import zmq.auth
 from structlog.testing import capture_logs
 
 from tests.helpers.cli import REPO_ROOT, run_vstmon, vstmon_env
-from tests.helpers.process import vstmon_process
 from vstmon.config import CurveConfig, PublishConfig, load_config
 from vstmon.errors import ConfigError, VstmonError
 from vstmon.service.control_cli import request
 from vstmon.wire.client import Subscriber
 from vstmon.wire.keys import generate_certificates
 from vstmon.wire.publish import ControlServer, Publisher
-
-__all__ = ["vstmon_process"]  # a fixture, imported to be used here
 
 DEADLINE_S = 30.0  # generous: CI is a loaded 2-core box; every wait ends as soon as its condition holds
 WANTED = 40  # messages the allowed subscriber must get (the positive control)

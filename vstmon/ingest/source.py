@@ -49,7 +49,7 @@ from vstmon.ingest.fit import FrameFitter
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import get_logger, redact
-from vstmon.types import Discontinuity, FrameMeta, StreamEvent, StreamState
+from vstmon.types import Discontinuity, FrameMeta, SourceState, StreamEvent
 
 __all__ = ["Source"]
 
@@ -95,7 +95,7 @@ class Source:
             cfg.reconnect.jitter,
             cfg.reconnect.max_attempts,
         )
-        self.state = StreamState.CONNECTING
+        self.state = SourceState.CONNECTING
         self.reason = "not started"
         self._frames_read = 0
         self._frame_shape: tuple[int, ...] = (0, 0, 3)  # (height, width, 3) of the newest decoded frame
@@ -153,14 +153,14 @@ class Source:
     # -- reader thread ----------------------------------------------------------------------------------
     def _emit(
         self,
-        state: StreamState,
+        state: SourceState,
         reason: str,
         discontinuity: Discontinuity | None = None,
         at_seq: int | None = None,
     ) -> None:
         reason = redact(reason)
         self.state, self.reason = state, reason
-        log = self._log.warning if state in (StreamState.RECONNECTING, StreamState.FAILED) else self._log.info
+        log = self._log.warning if state in (SourceState.RECONNECTING, SourceState.FAILED) else self._log.info
         log("stream state", state=str(state), reason=reason, discontinuity=discontinuity)
         try:
             self._on_event(StreamEvent(self.name, state, reason, discontinuity, time.time(), at_seq))
@@ -172,13 +172,13 @@ class Source:
             self._run_states()
         except Exception as error:  # last resort: never raise out of the thread
             self._log.exception("reader crashed")
-            self._emit(StreamState.FAILED, f"internal error in reader: {type(error).__name__}: {error}")
+            self._emit(SourceState.FAILED, f"internal error in reader: {type(error).__name__}: {error}")
 
     def _retry_or_fail(self, reason: str, discontinuity: Discontinuity | None, at_seq: int | None) -> bool:
         """Report the failure, wait out the backoff; False when the source gives up or is stopped."""
         if self._backoff.exhausted:
             self._emit(
-                StreamState.FAILED,
+                SourceState.FAILED,
                 f"{reason}; gave up after {self._backoff.attempts} attempts",
                 discontinuity,
                 at_seq,
@@ -187,16 +187,16 @@ class Source:
         delay_s = self._backoff.next_delay_s()
         attempt = self._backoff.attempts
         self._emit(
-            StreamState.RECONNECTING, f"{reason}; retry {attempt} in {delay_s:.1f} s", discontinuity, at_seq
+            SourceState.RECONNECTING, f"{reason}; retry {attempt} in {delay_s:.1f} s", discontinuity, at_seq
         )
         return not self._stop.wait(delay_s)
 
     def _run_states(self) -> None:
-        self._emit(StreamState.CONNECTING, "opening")
+        self._emit(SourceState.CONNECTING, "opening")
         try:
             spec = parse_source(self.cfg.url)
         except CaptureError as error:
-            self._emit(StreamState.FAILED, str(error))
+            self._emit(SourceState.FAILED, str(error))
             return
         while not self._stop.is_set():
             opened_mono_s = time.monotonic()
@@ -206,7 +206,7 @@ class Source:
                 if self._stop.is_set():
                     return
                 if error.permanent:
-                    self._emit(StreamState.FAILED, str(error))
+                    self._emit(SourceState.FAILED, str(error))
                     return
                 if not self._retry_or_fail(str(error), None, None):
                     return
@@ -225,9 +225,9 @@ class Source:
                     wait_s = _MIN_LOOP_INTERVAL_S - (time.monotonic() - opened_mono_s)
                     if wait_s > 0 and self._stop.wait(wait_s):
                         return
-                    self._emit(StreamState.STREAMING, f"{reason}; looping", Discontinuity.LOOP, at_seq)
+                    self._emit(SourceState.STREAMING, f"{reason}; looping", Discontinuity.LOOP, at_seq)
                     continue
-                self._emit(StreamState.ENDED, reason)
+                self._emit(SourceState.ENDED, reason)
                 return
             # LOST: a live stream dropped, stalled or froze; frames before and after must not share a clip
             lost, at_seq = None, None
@@ -235,7 +235,7 @@ class Source:
                 lost, at_seq = Discontinuity.RECONNECT, self.ring.begin_epoch()
                 self._reconnects += 1
             if not spec.live:  # a file that cannot be read on is over
-                self._emit(StreamState.FAILED, reason, lost, at_seq)
+                self._emit(SourceState.FAILED, reason, lost, at_seq)
                 return
             if not self._retry_or_fail(reason, lost, at_seq):
                 return
@@ -284,7 +284,7 @@ class Source:
                 # two recordings concatenated, a PTS wrap, a capture gap: frames before and after must not
                 # share a clip; the clock goes on from where it was (so realtime pacing does not freeze)
                 self._emit(
-                    StreamState.STREAMING,
+                    SourceState.STREAMING,
                     f"the stream clock jumped {jump_s:+.3f} s after frame {index - 1}; clock re-based",
                     Discontinuity.TIME_JUMP,
                     self.ring.begin_epoch(),
@@ -336,7 +336,7 @@ class Source:
             self._frames_read += 1
             if index == 0:
                 self._backoff.reset()
-                self._emit(StreamState.STREAMING, f"receiving {spec.kind} frames")
+                self._emit(SourceState.STREAMING, f"receiving {spec.kind} frames")
             index += 1
         return _Outcome.STOPPED, "stopped", index > 0
 

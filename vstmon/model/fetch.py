@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from vstmon.errors import FetchError
+from vstmon.errors import EX_CANTCREAT, EX_DATAERR, FetchError, VstmonError
 from vstmon.log import redact_url
 
 __all__ = [
@@ -168,7 +168,7 @@ def resolve_name(name: str) -> OfficialCheckpoint:
     try:
         return CATALOGUE[key]
     except KeyError:
-        raise FetchError(
+        raise VstmonError(
             f"unknown checkpoint {name!r}; choose one of: {', '.join(CATALOGUE)} "
             f"(or a short name: {', '.join(ALIASES)}), or a person detector: {', '.join(DETECTORS)}; "
             "`vstmon weights list` describes them"
@@ -309,7 +309,7 @@ def _attempt(url: str, part: Path, timeout_s: float, progress: _Progress, say: C
                 out.flush()
                 os.fsync(out.fileno())
         except OSError as error:  # the local disk, not the network
-            raise FetchError(f"cannot write {part}: {error.strerror or error}") from None
+            raise FetchError(f"cannot write {part}: {error.strerror or error}", EX_CANTCREAT) from None
         progress.update(done_bytes, total_bytes, force=True)
         if total_bytes is not None and done_bytes < total_bytes:
             raise _Retryable(f"connection closed after {done_bytes} of {total_bytes} bytes")
@@ -355,13 +355,13 @@ def download(
     dest = Path(dest)
     expected = sha256.lower().strip() if sha256 else None
     if expected is not None and not re.fullmatch(r"[0-9a-f]{64}", expected):
-        raise FetchError(f"--sha256 {sha256!r} is not a SHA-256 hex digest (64 hex digits)")
+        raise VstmonError(f"--sha256 {sha256!r} is not a SHA-256 hex digest (64 hex digits)")
     say = say or (lambda message: print(f"vstmon: {message}", file=sys.stderr))
     stop = stop or threading.Event()
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise FetchError(f"cannot create {dest.parent}: {error.strerror or error}") from None
+        raise FetchError(f"cannot create {dest.parent}: {error.strerror or error}", EX_CANTCREAT) from None
     part = _part_path(dest)
     shown_url = redact_url(url)
     progress = _Progress(dest.name, progress_stream)
@@ -398,7 +398,8 @@ def download(
         part.unlink(missing_ok=True)
         raise FetchError(
             f"{dest.name}: SHA-256 mismatch: expected {expected}, got {actual} ({size_bytes} bytes); "
-            "the corrupted download was deleted"
+            "the corrupted download was deleted",
+            EX_DATAERR,
         )
     os.replace(part, dest)
     return DownloadResult(dest, size_bytes, actual, expected is not None)
@@ -410,7 +411,8 @@ def _existing(dest: Path, expected: str | None) -> DownloadResult:
     if expected is not None and actual != expected.lower():
         raise FetchError(
             f"{dest} already exists but its SHA-256 is {actual}, not {expected.lower()}; "
-            "delete it or pass --force to download it again"
+            "delete it or pass --force to download it again",
+            EX_DATAERR,
         )
     return DownloadResult(dest, dest.stat().st_size, actual, expected is not None, downloaded=False)
 
@@ -461,10 +463,10 @@ def _extract(archive: Path, member: str, out: Path) -> None:
                 try:
                     info = tar.getmember(member)
                 except KeyError:
-                    raise FetchError(f"{archive} has no {member}") from None
+                    raise FetchError(f"{archive} has no {member}", EX_DATAERR) from None
                 source = tar.extractfile(info) if info.isfile() else None
                 if source is None:
-                    raise FetchError(f"{member} in {archive} is not a file")
+                    raise FetchError(f"{member} in {archive} is not a file", EX_DATAERR)
                 with source, out.open("wb") as target:
                     shutil.copyfileobj(source, target, _CHUNK_BYTES)
         else:
@@ -472,13 +474,14 @@ def _extract(archive: Path, member: str, out: Path) -> None:
                 try:
                     source_zip = zf.open(member)
                 except KeyError:
-                    raise FetchError(f"{archive} has no {member}") from None
+                    raise FetchError(f"{archive} has no {member}", EX_DATAERR) from None
                 with source_zip, out.open("wb") as target:
                     shutil.copyfileobj(source_zip, target, _CHUNK_BYTES)
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as error:
         out.unlink(missing_ok=True)
         raise FetchError(
-            f"cannot extract {member} from {archive}: {error}; delete the archive and run the command again"
+            f"cannot extract {member} from {archive}: {error}; delete the archive and run the command again",
+            EX_DATAERR,
         ) from None
 
 
@@ -516,7 +519,8 @@ def fetch_detector(
     if entry.sha256 is not None and actual != entry.sha256:
         part.unlink(missing_ok=True)
         raise FetchError(
-            f"{entry.member} extracted from {archive}: SHA-256 mismatch: expected {entry.sha256}, got {actual}"
+            f"{entry.member} extracted from {archive}: SHA-256 mismatch: expected {entry.sha256}, got {actual}",
+            EX_DATAERR,
         )
     os.replace(part, dest)
     archive.unlink(missing_ok=True)
@@ -596,7 +600,7 @@ def run(args: argparse.Namespace) -> int:
         print("usage: vstmon weights {list,fetch NAME} (see vstmon weights --help)", file=sys.stderr)
         return 2
     if args.retries < 0:
-        raise FetchError(f"--retries must be 0 or more; got {args.retries}")
+        raise VstmonError(f"--retries must be 0 or more; got {args.retries}")
     detector = _detector(args.name)
     entry = None if detector is not None else resolve_name(args.name)
     result = fetch(

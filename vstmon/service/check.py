@@ -105,7 +105,10 @@ def preflight(config: Config, source: str = "<config>") -> list[ResolvedDevice]:
             ResolvedDevice(device, _DTYPE_NAMES.get(str(dtype).removeprefix("torch."), str(dtype)))
         )
     if model.checkpoint is not None:
-        hint = " (download one with `vstmon weights fetch NAME`, or set model.checkpoint: null)"
+        hint = (
+            " (download one with `vstmon weights fetch NAME`; or set model.checkpoint: null, or run the daemon "
+            "with --allow-untrained, for untrained weights whose labels mean nothing)"
+        )
         problem = _file_problem(Path(model.checkpoint), hint)
         if problem is not None:
             problems.append(f"{source}: model.checkpoint: {problem}")

@@ -4,8 +4,8 @@
 
 - per stream: a ``RingBuffer`` (fixed memory), a ``Source`` thread (reads, fits and pushes frames), a
   ``StreamWorker`` thread (scene/idle detectors per frame, ``ClipSampler``, cuts clips into two preallocated
-  arrays, stamps their segment through ``StreamState``, submits them to the stream's engine) and a
-  ``StreamState`` (segment/subject, smoothing, label/segment/reset messages);
+  arrays, stamps their segment through ``SegmentState``, submits them to the stream's engine) and a
+  ``SegmentState`` (segment/subject, smoothing, label/segment/reset messages);
 - one ``Engine`` per device (``EnginePool``), shared by all streams assigned to it;
 - the ``Publisher`` (PUB), the ``ControlServer`` (REP, own thread), optional Prometheus metrics;
 - a tick thread: ``status.<stream>`` and daemon ``status`` every ``publish.heartbeat_s`` and systemd
@@ -39,10 +39,10 @@ from vstmon.model.bundle import LoadedModel, load_model_and_labels
 from vstmon.service.health import DropLog, Throughput, stalled, status_line
 from vstmon.service.metrics import Metrics, cuda_memory
 from vstmon.service.sdnotify import SystemdNotifier
+from vstmon.stream.pipeline import ResetRequest, StreamPipeline
 from vstmon.stream.subjects import StreamSubjects
-from vstmon.stream.worker import ResetRequest, StreamWorker
-from vstmon.types import ClipResult, Discontinuity, StreamEvent
-from vstmon.types import StreamState as SourceState
+from vstmon.stream.worker import StreamWorker
+from vstmon.types import ClipResult, ResetReason, SourceState, StreamEvent
 
 __all__ = ["Daemon", "ring_capacity_frames"]
 
@@ -89,6 +89,7 @@ class _Stream:
         self.ring: Any = None
         self.source: Any = None
         self.state: Any = None
+        self.pipeline: StreamPipeline | None = None
         self.worker: StreamWorker | None = None
         self.engine: Engine | None = None
         self.subject_clips = 0  # labels of people's own clips (per-subject mode)
@@ -236,9 +237,8 @@ class Daemon:
 
     def _build_stream(self, stream: _Stream, loaded: LoadedModel) -> None:
         from vstmon.ingest.ring import RingBuffer
-        from vstmon.ingest.sampler import ClipSampler
         from vstmon.ingest.source import Source
-        from vstmon.stream.state import StreamState
+        from vstmon.stream.state import SegmentState
 
         cfg = self.config
         scfg = stream.cfg
@@ -259,20 +259,12 @@ class Daemon:
             )
         size = cfg.clip.size_px
         stream.ring = RingBuffer(ring_capacity_frames(cfg, scfg, fps), size, size, lossless=lossless)
-        sampler = ClipSampler(
-            stream.ring,
-            stream=stream.name,
-            frames=cfg.clip.frames,
-            frame_interval=cfg.clip.frame_interval,
-            hop_s=cfg.clip.hop_s,
-            sample_fps=cfg.clip.sample_fps,
-        )
         assert self.pool is not None and self.publisher is not None
         stream.engine = self.pool.assign(stream.name)
         publisher = self.publisher
 
-        def make_state(_subject: str = "", name: str = stream.name) -> StreamState:
-            return StreamState(
+        def make_state(_subject: str = "", name: str = stream.name) -> SegmentState:
+            return SegmentState(
                 name,
                 cfg.smoothing,
                 loaded.labels,
@@ -293,19 +285,19 @@ class Daemon:
                 crops = SubjectCrops(
                     cfg.subjects.max_subjects, stream.ring.capacity_frames, size, cfg.subjects.crop_margin
                 )
-        stream.worker = StreamWorker(
+        stream.pipeline = StreamPipeline(
             stream.name,
             cfg,
             stream.ring,
-            sampler,
             stream.state,
             stream.engine,
             lossless,
-            self.metrics,
-            subjects,
+            subjects=subjects,
             subject_crops=crops,
             make_state=make_state,
+            on_reset=lambda reason, name=stream.name: self.metrics.count_reset(name, str(reason)),
         )
+        stream.worker = StreamWorker(stream.pipeline)
         stream.source = Source(
             scfg,
             stream.ring,
@@ -322,7 +314,7 @@ class Daemon:
             return
         state = stream.state
         if result.clip.key != stream.name:  # a person's clip (per-subject mode)
-            per_subject = stream.worker.per_subject if stream.worker is not None else None
+            per_subject = stream.pipeline.per_subject if stream.pipeline is not None else None
             state = per_subject.state_for(result.clip.key) if per_subject is not None else None
             if state is None:  # that person is gone: their results are not published
                 return
@@ -345,16 +337,9 @@ class Daemon:
         changed = event.state != stream.source_state or event.reason != stream.reason
         stream.source_state = event.state
         stream.reason = event.reason  # the source has logged the change; logging it again here doubled it
-        worker = stream.worker
-        if worker is not None:
-            if event.state == SourceState.ENDED:
-                worker.request_reset(ResetRequest("end", drain=True))
-            elif event.discontinuity == Discontinuity.LOOP:
-                worker.request_reset(ResetRequest("loop", at_seq=event.at_seq))
-            elif event.discontinuity == Discontinuity.TIME_JUMP:
-                worker.request_reset(ResetRequest("time_jump", keep_subject=True, at_seq=event.at_seq))
-            elif event.discontinuity == Discontinuity.RECONNECT and self.config.reset.on_reconnect:
-                worker.request_reset(ResetRequest("reconnect", keep_subject=True, at_seq=event.at_seq))
+        request = ResetRequest.for_event(event, self.config.reset.on_reconnect)
+        if stream.worker is not None and request is not None:
+            stream.worker.request_reset(request)
         if changed:
             self._publish_stream_status(stream)
 
@@ -377,11 +362,11 @@ class Daemon:
         subject = request.get("subject")
         worker = stream.worker
         if worker is not None and worker.alive:
-            segment = worker.request_reset(ResetRequest("control", subject=subject), wait_s=5.0)
+            segment = worker.request_reset(ResetRequest(ResetReason.CONTROL, subject=subject), wait_s=5.0)
             if segment is None:
                 raise VstmonError(f"stream {name!r}: reset timed out")
             return {"segment": segment}
-        segment = stream.state.reset("control", subject=subject)
+        segment = stream.state.reset(ResetReason.CONTROL, subject=subject)
         if stream.engine is not None:
             stream.engine.discard(name, segment)
         return {"segment": segment}
@@ -406,8 +391,9 @@ class Daemon:
             stream.engine.clips_dropped_for_stream(stream.name) if stream.engine is not None else 0
         )
         clips = (stream.state.clips_total if stream.state is not None else 0) + stream.subject_clips
-        per_subject = stream.worker.per_subject if stream.worker is not None else None
-        slots = stream.worker.subjects.slots if stream.worker is not None and stream.worker.subjects else None
+        per_subject = stream.pipeline.per_subject if stream.pipeline is not None else None
+        pipeline = stream.pipeline
+        slots = pipeline.subjects.slots if pipeline is not None and pipeline.subjects else None
         return stream_status_payload(
             state=str(stream.source_state),
             reason=redact_url(stream.reason),
@@ -416,7 +402,7 @@ class Daemon:
             clips_dropped=clips_dropped,
             reconnects=int(stats.get("reconnects", 0)),
             clips=clips,
-            people=stream.worker.people if stream.worker is not None else None,
+            people=pipeline.people if pipeline is not None else None,
             subject=stream.state.subject if stream.state is not None else None,
             subjects=per_subject.snapshot() if per_subject is not None else None,
             waiting=slots.waiting if slots is not None else None,
@@ -632,7 +618,7 @@ class Daemon:
     def _close_stream(self, stream: _Stream) -> None:
         """A stopped stream's last messages: its people's and its own final ``segment`` summaries, then its
         ``status`` with state ``stopped``; its clips still in the engine are never published."""
-        per_subject = stream.worker.per_subject if stream.worker is not None else None
+        per_subject = stream.pipeline.per_subject if stream.pipeline is not None else None
         if per_subject is not None:
             per_subject.end_all()
         if stream.engine is not None:

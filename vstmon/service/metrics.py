@@ -17,11 +17,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.exposition import start_http_server
 
 from vstmon.errors import VstmonError
-from vstmon.types import StreamState
+from vstmon.types import SourceState
 
 __all__ = ["CudaMemory", "Metrics", "cuda_memory"]
 
-_STATES = [state.value for state in StreamState]
+_STATES = [state.value for state in SourceState]
 
 
 class CudaMemory(TypedDict):

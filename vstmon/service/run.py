@@ -11,9 +11,10 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vstmon.config import load_config
+from vstmon.config import Config, load_config
 from vstmon.errors import VstmonError
 from vstmon.log import configure_logging, get_logger, redact_url
 from vstmon.service.check import preflight
@@ -28,6 +29,28 @@ _log = get_logger("daemon")
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", "-c", required=True, help="the YAML config file (see config.yaml)")
+    parser.add_argument(
+        "--allow-untrained",
+        action="store_true",
+        help="if model.checkpoint does not exist (yet), run with untrained weights (labels meaningless, marked "
+        "untrained) instead of exiting 78; for a first run without the weights",
+    )
+
+
+def untrained_if_missing(config: Config, source: str) -> Config:
+    """``--allow-untrained``: ``config`` with ``model.checkpoint: null`` when its file does not exist, said loudly.
+
+    Only a missing file is forgiven: a checkpoint that exists but cannot be read or does not fit still fails.
+    """
+    checkpoint = config.model.checkpoint
+    if checkpoint is None or Path(checkpoint).exists():
+        return config
+    _log.warning(
+        f"{source}: model.checkpoint {checkpoint} does not exist: running with UNTRAINED weights "
+        "(--allow-untrained). Labels are MEANINGLESS (every one carries untrained=true) until the weights are "
+        "there: `vstmon weights fetch NAME` (vstmon weights list), then restart the daemon"
+    )
+    return config.model_copy(update={"model": config.model.model_copy(update={"checkpoint": None})})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,11 +58,18 @@ def run(args: argparse.Namespace) -> int:
     reloads the config file (``ExecReload=``). Handlers only set flags and stay installed until the process exits;
     this loop does the work."""
     config = load_config(args.config)
-    preflight(config, str(args.config))  # a missing device, checkpoint or label file: one line, exit 78
     configure_logging(config.log.level, config.log.format)
-    from vstmon.service.daemon import Daemon  # torch and the pipeline: only once the config is good
+    given = config
+    if args.allow_untrained:
+        config = untrained_if_missing(config, str(args.config))
+    preflight(config, str(args.config))  # a missing device, checkpoint or label file: one line, exit 78
+    from vstmon.model.bundle import load_model_and_labels  # torch: only once the config is good
+    from vstmon.service.daemon import Daemon
 
-    daemon = Daemon(config)
+    # untrained because the checkpoint is missing: said once, loudly, above; the loader need not say it again
+    loaded = load_model_and_labels(config, warn=False) if config is not given else None
+
+    daemon = Daemon(config, loaded)
     reload_requested = threading.Event()
 
     def on_stop(signum: int, _frame: Any) -> None:
@@ -60,19 +90,21 @@ def run(args: argparse.Namespace) -> int:
         while not daemon.wait(1.0):
             if reload_requested.is_set():
                 reload_requested.clear()
-                _reload(daemon, args.config)
+                _reload(daemon, args.config, args.allow_untrained)
         _log.info("stopping")
     finally:
         daemon.stop()
     return 0
 
 
-def _reload(daemon: Daemon, path: str) -> None:
+def _reload(daemon: Daemon, path: str, allow_untrained: bool) -> None:
     """Re-read and check the config file; apply it, or keep running on the old one and say why."""
     usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
     daemon.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
     try:
         config = load_config(path)
+        if allow_untrained:
+            config = untrained_if_missing(config, str(path))
         preflight(config, str(path))
     except VstmonError as error:
         message = redact_url(str(error)).replace("\n", "; ")

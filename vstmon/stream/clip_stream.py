@@ -1,6 +1,6 @@
 """``ClipStream``: cutting one clip stream's clips and handing them to the engine.
 
-A clip stream is a ring read by a ``ClipSampler``, a ``StreamState`` that stamps each clip with its segment, and a
+A clip stream is a ring read by a ``ClipSampler``, a ``SegmentState`` that stamps each clip with its segment, and a
 key in the engine (``Clip.key``): the stream itself in whole-frame mode, one per tracked person in per-subject
 mode. Both kinds cut and submit the same way, here:
 
@@ -17,9 +17,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from vstmon.inference.engine import Engine
 from vstmon.ingest.sampler import ClipSampler
-from vstmon.stream.state import StreamState
+from vstmon.stream.sink import ClipSink
+from vstmon.stream.state import SegmentState
 from vstmon.types import Box, Clip
 
 __all__ = ["ClipStream"]
@@ -34,8 +34,8 @@ class ClipStream:
         self,
         key: str,
         sampler: ClipSampler,
-        state: StreamState,
-        engine: Engine,
+        state: SegmentState,
+        sink: ClipSink,
         size_px: int,
         lossless: bool,
         interrupted: Callable[[], bool],
@@ -44,7 +44,7 @@ class ClipStream:
         self.key = key
         self.sampler = sampler
         self.state = state
-        self.engine = engine
+        self.sink = sink
         self.lossless = lossless
         self._interrupted = interrupted
         shape = (2, sampler.frames, size_px, size_px, 3)  # (2, T, H, W, 3)
@@ -73,11 +73,11 @@ class ClipStream:
             return False
         if self.lossless:
             while not self._interrupted():
-                if self.engine.submit(clip, block=True, timeout_s=_SUBMIT_WAIT_S):
+                if self.sink.submit(clip, block=True, timeout_s=_SUBMIT_WAIT_S):
                     self._last_buf = buf
                     return True
             return False
-        if self.engine.submit(clip):
+        if self.sink.submit(clip):
             self._last_buf = buf
             return True
         return False

@@ -1,7 +1,7 @@
 """``SubjectClipStreams``: per-subject mode's clip streams of one stream (its worker thread drives them).
 
 Every slot of ``SubjectSlots`` that holds a person is a clip stream of its own: the slot's crop ring
-(``SubjectCrops``, filled by the source), a ``ClipSampler`` on it, a ``StreamState`` for the person (their own
+(``SubjectCrops``, filled by the source), a ``ClipSampler`` on it, a ``SegmentState`` for the person (their own
 segment numbering from 1, smoothing, subject id and box) and an engine key ``"<stream>/<subject>"``.
 
 - ``start``: a person took a slot: the source crops around them from the next frame; ``subject.<stream>`` ``enter``
@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 
 from vstmon.config import Config
-from vstmon.inference.engine import Engine
 from vstmon.ingest.ring import FrameGone
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.stream.clip_stream import ClipStream
-from vstmon.stream.state import StreamState
+from vstmon.stream.sink import ClipSink
+from vstmon.stream.state import SegmentState
 from vstmon.subjects.slots import SlotChange
 from vstmon.types import Box
 
@@ -59,15 +59,15 @@ class SubjectClipStreams:
         stream: str,
         config: Config,
         crops: SubjectCrops,
-        engine: Engine,
-        make_state: Callable[[str], StreamState],
+        sink: ClipSink,
+        make_state: Callable[[str], SegmentState],
         lossless: bool,
         interrupted: Callable[[], bool],
     ) -> None:
         self.stream = stream
         self.crops = crops
         self._config = config
-        self._engine = engine
+        self._sink = sink
         self._make_state = make_state
         self._lossless = lossless
         self._interrupted = interrupted
@@ -79,7 +79,7 @@ class SubjectClipStreams:
         self._slots: list[_Slot | None] = [None] * len(crops.rings)
         # each slot's two clip arrays, made once and reused by every person who holds the slot
         self._pools = np.zeros((len(crops.rings), 2, clip.frames, clip.size_px, clip.size_px, 3), np.uint8)
-        self._by_key: dict[str, StreamState] = {}  # engine key -> state, read by the engine thread
+        self._by_key: dict[str, SegmentState] = {}  # engine key -> state, read by the engine thread
         self._lock = threading.Lock()
         self.subjects_started = 0
         self.subjects_ended = 0
@@ -102,7 +102,7 @@ class SubjectClipStreams:
             key,
             sampler,
             state,
-            self._engine,
+            self._sink,
             self._config.clip.size_px,
             self._lossless,
             self._interrupted,
@@ -132,12 +132,12 @@ class SubjectClipStreams:
         key = held.clips.key
         if drain:
             self._pump_slot(held)
-            self._engine.wait_idle(key, _END_DRAIN_TIMEOUT_S)
+            self._sink.wait_idle(key, _END_DRAIN_TIMEOUT_S)
         state = held.clips.state
         state.set_box(change.box)
         state.close()  # the last segment summary; later results of this person are discarded
         state.subject_event("leave", None, change.subject, change.box, None, 0)  # people: not known here
-        self._engine.forget(key)
+        self._sink.forget(key)
         with self._lock:
             self._by_key.pop(key, None)
         ring = self._samplers[change.slot].ring
@@ -179,13 +179,13 @@ class SubjectClipStreams:
             clips = held.clips
             if wait_idle:
                 self._pump_slot(held)
-                self._engine.wait_idle(clips.key, _END_DRAIN_TIMEOUT_S)
+                self._sink.wait_idle(clips.key, _END_DRAIN_TIMEOUT_S)
             ring = clips.sampler.ring
             generation = ring.clear(ring.head_seq)
             held.next_seq = ring.head_seq
             clips.sampler.restart(held.next_seq)
             segment = clips.state.reset(reason, subject=held.subject, min_generation=generation)
-            self._engine.discard(clips.key, segment)
+            self._sink.discard(clips.key, segment)
 
     @property
     def nbytes(self) -> int:
@@ -193,7 +193,7 @@ class SubjectClipStreams:
         return self.crops.nbytes + int(self._pools.nbytes)
 
     # -- other threads ----------------------------------------------------------------------------------------
-    def state_for(self, key: str) -> StreamState | None:
+    def state_for(self, key: str) -> SegmentState | None:
         """The state a result of engine key ``key`` goes to (None: that person is gone)."""
         with self._lock:
             return self._by_key.get(key)

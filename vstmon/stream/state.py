@@ -1,6 +1,6 @@
 """Per-stream state: segment and subject, smoothing, the reset protocol, and the messages they produce.
 
-One ``StreamState`` per stream. Results come in from the engine thread while resets come from the control
+One ``SegmentState`` per stream. Results come in from the engine thread while resets come from the control
 thread or the stream's worker, so every public method takes the instance lock; messages are published while the
 lock is held, so a stream's ``label``/``segment``/``reset`` messages always leave in a consistent order (the
 publisher never blocks, so holding the lock there is cheap).
@@ -23,7 +23,7 @@ from vstmon.types import Clip, ClipResult
 
 __all__ = [
     "RESET_REASONS",
-    "StreamState",
+    "SegmentState",
     "daemon_status_payload",
     "stream_status_payload",
 ]
@@ -44,7 +44,7 @@ RESET_REASONS = (
 _log = get_logger("state")
 
 
-class StreamState:
+class SegmentState:
     """Segment/subject state of one stream; turns ``ClipResult``s into ``label`` messages and performs resets.
 
     - ``segment`` starts at 1 and is +1 on every ``reset``; ``subject`` is an optional string id.
@@ -373,7 +373,7 @@ def stream_status_payload(
     waiting: int | None = None,
     inference: str | None = None,
 ) -> dict[str, Any]:
-    """Payload of ``status.<stream>`` (``state`` is a ``types.StreamState`` value; ``people`` is None when the
+    """Payload of ``status.<stream>`` (``state`` is a ``types.SegmentState`` value; ``people`` is None when the
     stream does not track subjects; ``subjects`` and ``waiting`` only in per-subject mode; ``inference`` only
     when a server runs the model: ``up``, ``down`` or ``unknown``)."""
     payload: dict[str, Any] = {
