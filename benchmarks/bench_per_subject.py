@@ -33,7 +33,8 @@ from benchmarks.bench_pipeline import untrained_model
 from tests.helpers.assets import ASSETS, asset_dir
 from vstmon.config import Config, parse_config
 from vstmon.model import LoadedModel
-from vstmon.service.daemon import Daemon, ring_capacity_frames
+from vstmon.service.daemon import Daemon
+from vstmon.stream.build import ring_capacity_frames
 
 VTEST_FPS = 10.0
 

@@ -72,6 +72,25 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+def _classify_in_process(
+    video: Path, model: torch.nn.Module, write_line, *, batch: int, config_text: str = "", **kwargs
+):
+    """``classify_file`` on ``video`` with the tiny clip settings of this module and ``model``."""
+    from vstmon.config import parse_config
+    from vstmon.model.bundle import LoadedModel
+    from vstmon.offline.classify import classify_file
+
+    config = parse_config(
+        yaml.safe_load(
+            f"clip: {{frames: {FRAMES}, frame_interval: {INTERVAL}, size_px: {SIZE}, hop_s: {HOP_S}}}\n"
+            "publish: {top_k: 3}\n" + config_text
+        ),
+        require_streams=False,
+    )
+    loaded = LoadedModel(model.eval(), [f"action {i}" for i in range(CLASSES)], "tiny", False)
+    return classify_file(video, config, loaded, write_line, batch=batch, **kwargs)
+
+
 def _classify(files: dict[str, Path], *extra: str, out_name: str = "timeline.jsonl") -> list[dict]:
     out = files["root"] / out_name
     code = main(
@@ -150,16 +169,13 @@ def test_hop_and_batch_flags_override_the_config(files: dict[str, Path]) -> None
 
 def test_ring_memory_does_not_depend_on_the_video_length(files: dict[str, Path]) -> None:
     from vstmon.model import build_model
-    from vstmon.offline.classify import classify_video
 
     model = build_model(_tiny_config())
-    labels = [f"action {i}" for i in range(CLASSES)]
     long_video = make_video(files["root"] / "long.mp4", 4 * N_FRAMES, FPS, size=(96, 64))
     results = [
-        classify_video(path, model, labels, lambda _line: None, frames=FRAMES, frame_interval=INTERVAL,
-                       size_px=SIZE, hop_s=HOP_S, batch=2)
+        _classify_in_process(path, model, lambda _line: None, batch=2)
         for path in (files["video.mp4"], long_video)
-    ]  # fmt: skip
+    ]
     assert results[0].clips == 4 and results[1].clips == 1 + int((239 / FPS - 0.56) / HOP_S + 1e-6)
     assert results[0].ring_nbytes == results[1].ring_nbytes
     assert results[0].frames_read == N_FRAMES and results[1].frames_read == 4 * N_FRAMES
@@ -318,7 +334,7 @@ def test_each_line_is_in_the_file_when_its_batch_is_done_and_the_target_appears_
     files: dict[str, Path],
 ) -> None:
     from vstmon.model import build_model
-    from vstmon.offline.classify import TimelineOutput, classify_video
+    from vstmon.offline.classify import TimelineOutput
 
     class SeesTheFile(torch.nn.Module):
         """The real model; before each forward pass it reads what a second reader of the output sees."""
@@ -333,11 +349,9 @@ def test_each_line_is_in_the_file_when_its_batch_is_done_and_the_target_appears_
             return self.model(x)
 
     out = files["root"] / "streamed.jsonl"
-    labels = [f"action {i}" for i in range(CLASSES)]
     with TimelineOutput(out) as output:
         model = SeesTheFile(build_model(_tiny_config()), output)
-        classify_video(files["video.mp4"], model, labels, output.write_line, frames=FRAMES,
-                       frame_interval=INTERVAL, size_px=SIZE, hop_s=HOP_S, batch=1)  # fmt: skip
+        _classify_in_process(files["video.mp4"], model, output.write_line, batch=1)
         output.commit()
     assert model.seen == [0, 1, 2, 3]
     assert len(out.read_text().splitlines()) == 4 and _part_files(files["root"]) == []
@@ -582,7 +596,7 @@ def test_a_subject_clip_scores_equal_the_model_alone_on_that_subjects_crops(
     from vstmon.config import load_config
     from vstmon.ingest.crops import CropFitter, square_crop_px
     from vstmon.model import load_model_and_labels
-    from vstmon.offline.classify import classify_subjects
+    from vstmon.offline.classify import classify_file
 
     config = load_config(subject_files["per_subject.yaml"], require_streams=False)
     loaded = load_model_and_labels(config, warn=False)
@@ -594,9 +608,8 @@ def test_a_subject_clip_scores_equal_the_model_alone_on_that_subjects_crops(
         crops[subject, index] = box
 
     written: list[str] = []
-    result = classify_subjects(subject_files["walkway"], loaded.model, loaded.labels, written.append,
-                               config.subjects, frames=SUBJECT_FRAMES, frame_interval=1, size_px=SIZE,
-                               hop_s=SUBJECT_HOP_S, batch=3, top_k=classes, on_crop=on_crop)  # fmt: skip
+    config = config.model_copy(update={"publish": config.publish.model_copy(update={"top_k": classes})})
+    result = classify_file(subject_files["walkway"], config, loaded, written.append, batch=3, on_crop=on_crop)
     lines = [json.loads(line) for line in written]
     subjects = {line["subject"] for line in lines}
     assert result.clips == len(lines) and result.subjects >= len(subjects) > config.subjects.max_subjects
@@ -681,31 +694,41 @@ def test_a_per_subject_config_without_a_detector_names_the_keys(
     ]
 
 
-def test_whole_frame_mode_ignores_a_configured_detector(subject_files: dict[str, Path]) -> None:
+def test_whole_frame_mode_tracks_the_subject_as_the_daemon_does(subject_files: dict[str, Path]) -> None:
     out = subject_files["root"] / "walkway_frames.jsonl"
     code = main(["classify", str(subject_files["walkway"]), "--config", str(subject_files["frame_detector.yaml"]),
                  "--out", str(out)])  # fmt: skip
     assert code == 0
     lines = _lines(out)
-    # the same clips and fields as ever: one clip stream for the whole frame, first clip at frame 7, then every 0.5 s
-    assert [line["last_frame"] for line in lines] == list(range(7, WALK_FRAMES, 5))
+    # one clip stream for the whole frame; the subject entering starts segment 2 (reset subject_change), as live
     assert all(
-        list(line) == ["clip", "start_s", "end_s", "first_frame", "last_frame", "frames", "top"]
+        list(line) == ["clip", "subject", "box", "segment", "start_s", "end_s", "first_frame", "last_frame",
+                       "frames", "top"]
         for line in lines
-    )
+    )  # fmt: skip
+    assert [line["segment"] for line in lines] == sorted(line["segment"] for line in lines)
+    tracked = [line for line in lines if line["subject"] is not None]
+    assert tracked and all(line["subject"].startswith("walkway-") for line in tracked)
+    for line in tracked:
+        _check_box(line["box"])
+    first = tracked[0]
+    assert first["segment"] >= 2 and first["first_frame"] >= lines[0]["first_frame"]
 
 
-def test_whole_frame_mode_does_not_need_the_configured_detector_to_be_there(
+def test_a_configured_detector_that_is_missing_is_one_config_error_line(
     subject_files: dict[str, Path],
 ) -> None:
-    """The shipped config names a detector that a new user may not have fetched yet."""
+    """As for the daemon: a named detector must be there (`vstmon weights fetch` or subjects.detector: null)."""
     config = yaml.safe_load(subject_files["frame_detector.yaml"].read_text())
     config["subjects"]["detector"] = str(subject_files["root"] / "not_fetched_yet.pb")
     path = subject_files["root"] / "frame_missing_detector.yaml"
     path.write_text(yaml.safe_dump(config))
     out = subject_files["root"] / "walkway_frames_2.jsonl"
-    assert main(["classify", str(subject_files["walkway"]), "--config", str(path), "--out", str(out)]) == 0
-    assert [line["last_frame"] for line in _lines(out)] == list(range(7, WALK_FRAMES, 5))
+    done = _vstmon("classify", str(subject_files["walkway"]), "--config", str(path), "--out", str(out),
+                   cwd=subject_files["root"])  # fmt: skip
+    assert done.returncode == 78, done.stderr
+    assert len(done.stderr.splitlines()) == 1 and "subjects.detector" in done.stderr
+    assert "vstmon weights fetch ssdlite_mobilenet_v2_pedestrian" in done.stderr and not out.exists()
 
 
 def _mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -31,9 +31,10 @@ from tests.helpers.notify_listener import received_within
 from tests.helpers.videos import FFMPEG, make_video
 from vstmon.config import parse_config
 from vstmon.ingest.capture import file_info, parse_source
-from vstmon.service.daemon import Daemon, ring_capacity_frames
+from vstmon.service.daemon import Daemon
 from vstmon.service.metrics import Metrics
 from vstmon.service.sdnotify import SystemdNotifier
+from vstmon.stream.build import ring_capacity_frames
 from vstmon.wire.client import Subscriber
 
 torch.set_num_threads(1)

@@ -276,13 +276,24 @@ class Runner:
     def stage(self, clips: Sequence[Clip]) -> torch.Tensor:
         """Copy the clips' frames into the host buffer (allocated at the first call without ``clip_shape``);
         returns its view of ``len(clips)`` rows."""
-        shape = self.clip_shape or tuple(clips[0].frames.shape)
-        if self.host is None:
-            self.clip_shape = shape
-            self._allocate_staging(shape)
+        copy_clips(clips, self._staging(clips[0]), self.clip_shape or ())
+        return self.staged(len(clips))
+
+    def stage_row(self, row: int, clip: Clip) -> None:
+        """Copy one clip's frames into row ``row`` of the host buffer (a caller that fills it clip by clip)."""
+        copy_clips([clip], self._staging(clip)[row : row + 1], self.clip_shape or ())
+
+    def staged(self, n: int) -> torch.Tensor:
+        """The first ``n`` rows of the host buffer, as ``run`` takes them."""
+        assert self.host is not None
+        return self.host[:n]
+
+    def _staging(self, clip: Clip) -> np.ndarray:
+        if self.host is None:  # no clip_shape given: the first clip's
+            self.clip_shape = tuple(clip.frames.shape)
+            self._allocate_staging(self.clip_shape)
         assert self._host_np is not None
-        copy_clips(clips, self._host_np, shape)
-        return self.host[: len(clips)]
+        return self._host_np
 
     def run(self, host: torch.Tensor) -> np.ndarray | None:
         """Run ``host`` (n clips); on out-of-memory lower ``max_batch`` and run the halves. Rows of clips that do

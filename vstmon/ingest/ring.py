@@ -235,6 +235,14 @@ class RingBuffer:
                 self._released = min(before_seq, self._head)  # unwritten frames cannot be released
                 self._cond.notify_all()
 
+    def wait_stepped(self, seq: int, timeout_s: float | None) -> bool:
+        """Writer: True once the reader is done with frame ``seq`` (released or cleared past it); False on
+        timeout or close. For a reader that releases every frame as it steps it (per-subject mode)."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: self._released > seq or self._oldest > seq or self._closed, timeout_s
+            ) and (self._released > seq or self._oldest > seq)
+
     # -- both -------------------------------------------------------------------------------------------------
 
     def begin_epoch(self) -> int:

@@ -44,8 +44,9 @@ from vstmon.ingest.capture import (
     open_reader,
     parse_source,
 )
+from vstmon.ingest.clock import StreamClock
 from vstmon.ingest.detection_frames import DetectionFrames
-from vstmon.ingest.fit import FrameFitter
+from vstmon.ingest.intake import FrameIntake
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import get_logger, redact
@@ -54,10 +55,8 @@ from vstmon.types import Discontinuity, FrameMeta, SourceState, StreamEvent
 __all__ = ["Source"]
 
 _FPS_WINDOW = 32  # frames in the rolling fps estimate
-_SLOT_WAIT_S = 0.1  # lossless rings: how often a waiting writer checks the stop event
 _RESYNC_BEHIND_S = 1.0  # realtime pacing: further behind than this, restart the pacing clock
 _MIN_LOOP_INTERVAL_S = 1.0  # loop: true: a file starts over at most this often (a short file cannot spin)
-_MIN_STEP_S = 1e-3  # stream clock: a zero or tiny backward step becomes this much forward
 
 
 class _Outcome:
@@ -80,12 +79,13 @@ class Source:
     ) -> None:
         self.cfg = cfg
         self._detection_frames = detection_frames  # whole frames for the person detector, a few per second
-        self._subject_crops = subject_crops  # per-subject mode: crops around each tracked person, every frame
         self.name = cfg.name
         self.ring = ring
         self.size_px = size_px
         self._on_event = on_event
-        self._fitter = FrameFitter(size_px)
+        # lossless per subject: crops wait for the pipeline's boxes (ingest/intake.py), as offline
+        lockstep = ring.lossless and subject_crops is not None
+        self._intake = FrameIntake(ring, size_px, detection_frames, subject_crops, lockstep)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._log = get_logger("ingest").bind(stream=cfg.name)
@@ -251,7 +251,8 @@ class Source:
         frozen_s = cfg.frozen_timeout_s if live else None
         if frozen_s is not None and self._previous is None:
             self._previous = np.empty((self.size_px, self.size_px, 3), np.uint8)  # last fitted frame
-        clock = _StreamClock(cfg.max_time_jump_s, reader.fps)
+        clock = StreamClock(cfg.max_time_jump_s, reader.fps)
+        intake = self._intake
         if self._detection_frames is not None:
             self._detection_frames.restart()  # a new open: the stream clock starts again
         index = 0
@@ -299,13 +300,11 @@ class Source:
                     now_mono_s, now_wall_s = time.monotonic(), time.time()
                 elif now_mono_s - due_s > _RESYNC_BEHIND_S:
                     pace_origin_s = now_mono_s - stream_ts_s
-            slot = self.ring.write_slot(timeout_s=_SLOT_WAIT_S)
-            while slot is None:  # lossless ring full (or closed): wait for the consumer or stop
-                if self._stop.is_set() or self.ring.closed:
-                    return _Outcome.STOPPED, "stopped", index > 0
-                slot = self.ring.write_slot(timeout_s=_SLOT_WAIT_S)
+            slot = intake.slot(self._stop.is_set)
+            if slot is None:  # stopped while a lossless ring was full
+                return _Outcome.STOPPED, "stopped", index > 0
             try:
-                self._fitter.fit(frame, slot)
+                intake.fit(frame, slot)
                 self._frame_shape = frame.shape  # a reference to the array's own tuple: nothing allocated
             except ValueError as error:
                 return _Outcome.LOST, f"undecodable frame {index}: {error}", index > 0
@@ -320,18 +319,11 @@ class Source:
                         f"after {index} frames",
                         index > 0,
                     )
-            if self._detection_frames is not None:  # before the commit: the worker may take the frame at once
-                seq = self.ring.head_seq
-                while self._detection_frames.offer(frame, seq, stream_ts_s, _SLOT_WAIT_S) is None:
-                    if (
-                        self._stop.is_set() or self.ring.closed
-                    ):  # lossless: waiting for the worker to catch up
-                        return _Outcome.STOPPED, "stopped", index > 0
             meta.index, meta.capture_mono_s, meta.capture_wall_s = index, now_mono_s, now_wall_s
             meta.stream_ts_s = stream_ts_s
-            self.ring.commit(meta)
-            if self._subject_crops is not None:
-                self._subject_crops.write(frame, meta)
+            seq = intake.commit(frame, meta, self._stop.is_set)
+            if seq is None or not intake.crop(frame, meta, seq, self._stop.is_set):
+                return _Outcome.STOPPED, "stopped", index > 0
             self._fps_times[self._frames_read % _FPS_WINDOW] = now_mono_s
             self._frames_read += 1
             if index == 0:
@@ -343,34 +335,3 @@ class Source:
     def _lost_reason(self, waited_s: float, frames: int) -> str:
         what = "stalled" if waited_s >= self.cfg.stall_timeout_s * 0.9 else "lost"
         return f"stream {what}: no frame for {waited_s:.1f} s after {frames} frames"
-
-
-class _StreamClock:
-    """A source's stream clock, re-based across discontinuities so that it only ever moves forward.
-
-    ``update(source_ts_s) -> (stream_ts_s, jump_s)``: ``jump_s`` is the raw step when it was a discontinuity
-    (backwards by more than half a frame, or forwards by more than ``max_jump_s``), else None. After a jump the
-    clock goes on one frame period after the last frame. Smaller backward or zero steps (timestamp noise) are
-    clamped to a millisecond after the last frame.
-    """
-
-    def __init__(self, max_jump_s: float, fps: float) -> None:
-        self.max_jump_s = max_jump_s
-        self.frame_s = 1.0 / fps if fps > 0 else 1.0 / 25.0
-        self._offset_s = 0.0
-        self._last_s: float | None = None
-
-    def update(self, source_ts_s: float) -> tuple[float, float | None]:
-        ts_s = source_ts_s + self._offset_s
-        last_s = self._last_s
-        jump_s = None
-        if last_s is not None:
-            step_s = ts_s - last_s
-            if step_s > self.max_jump_s or step_s < -0.5 * self.frame_s:
-                jump_s = step_s
-                self._offset_s += last_s + self.frame_s - ts_s
-                ts_s = last_s + self.frame_s
-            elif step_s <= 0:
-                ts_s = last_s + _MIN_STEP_S
-        self._last_s = ts_s
-        return ts_s, jump_s

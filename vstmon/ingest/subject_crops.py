@@ -46,6 +46,11 @@ class SubjectCrops:
         self.crops_written = 0
 
     @property
+    def cropped(self) -> list[Box | None]:
+        """The boxes the last ``write`` cut around, per slot (None: the slot was idle). The writer's thread."""
+        return self._plan
+
+    @property
     def nbytes(self) -> int:
         """Fixed memory of every slot's ring."""
         return sum(ring.nbytes for ring in self.rings)

@@ -1,47 +1,29 @@
-"""``vstmon classify VIDEO``: classify a whole video file offline into a JSON-lines timeline.
+"""``vstmon classify VIDEO``: a whole video file, offline, into a JSON-lines timeline.
 
-The offline pipeline reuses the daemon's parts, single-threaded and lossless:
-sequential ``cv2.VideoCapture`` read -> ``FrameFitter`` into a ``RingBuffer`` slot -> ``ClipSampler`` (the same
-stream-clock clip rules as live streams) -> batches of ``--batch`` clips -> ``normalize_clips`` on the device ->
-model under ``torch.inference_mode`` -> softmax -> one JSON line per clip, written as soon as its batch is done::
+The video goes through the daemon's own stream pipeline (``offline.run.OfflineStream``: the same ring, clip
+sampler, scene and idle detectors, people in view and resets, on the file's own clock) and the daemon's own
+``Runner`` (precision, staging, attention kernel, out-of-memory split), run synchronously: a file gives the same
+clips and scores here as in the daemon (tested). One JSON line per clip, written as soon as its batch is done::
 
-    {"clip": 0, "start_s": 0.0, "end_s": 2.48, "first_frame": 0, "last_frame": 62, "frames": 32,
+    {"clip": 0, "segment": 1, "start_s": 0.0, "end_s": 2.48, "first_frame": 0, "last_frame": 62, "frames": 32,
      "top": [{"label": "juggling balls", "index": 166, "score": 0.91}, ...]}
 
 ``start_s``/``end_s`` are the stream times of the clip's first and last frames; ``first_frame``/``last_frame``
-their 0-based indices in the file; ``frames`` the clip length T. Lines of an untrained model carry
-``"untrained": true``.
+their 0-based indices in the file; ``frames`` the clip length T; ``segment`` the segment it belongs to (a new one
+after a scene cut, an idle spell, a subject change or a jump of the clock, as in the daemon). With people tracked
+(``subjects.detector`` set) lines carry ``subject`` and ``box`` (the subject's box at the clip's last frame,
+0..1 of the frame, 4 decimals); per subject (``--subjects`` or ``subjects.mode: per_subject``) every person who
+counts has clips of their own, ``subject`` = ``<file stem>-<track id>`` (the stem plays the daemon's stream
+name). Lines of an untrained model carry ``"untrained": true``.
 
 The model comes from ``load_model_and_labels``, as in the daemon: the same config gives the same model
 (``checkpoint: null`` -> untrained, seeded weights; ``arch: auto`` -> swin_t then). Flags override the config.
-The video is opened and its first frame decoded before the model is loaded, so a bad input fails at once.
+The video is opened (and its first frame checked) before the model is loaded, so a bad input fails at once.
 ``--out FILE`` is written through a temporary file beside it (``FILE.<random>.part``, one line per clip as its
 batch is done) that replaces FILE only when the whole video is classified: FILE is never left partial or empty.
 
-Memory is constant whatever the video's length: a ring of one clip span (+2) frames at the crop size, one
-(batch, T, S, S, 3) uint8 host buffer, nothing kept per clip (lines are streamed to the output). Batching
-gains almost no speed on a CPU and multiplies the forward pass's activation memory, so ``--batch`` defaults
-to 1 there and to ``inference.max_batch`` on CUDA (``default_batch``).
-Stream clock: ``CAP_PROP_POS_MSEC`` while it is sane (finite and increasing), otherwise index / fps.
-
-Per-subject mode (``--subjects``, or ``subjects.mode: per_subject`` in the config; ``classify_subjects``) gives
-every tracked person who counts a timeline of their own, as the daemon's per-subject mode does. The video is
-still read once: on the stream-clock grid of ``subjects.detect_fps`` the whole frame, squeezed to the detector's
-300x300 input (``DetectionFrames``, as the daemon's source), goes to the ``PersonDetector``, the ``Tracker`` and
-``SubjectSlots`` (a person counts once tracked for ``confirm_s``; at most ``max_subjects`` at a time, largest
-boxes first). Every frame is then cropped around each slot's box (held between detections; ``crop_margin``, made
-square, clamped to the frame, cut from the frame at its own resolution) into that slot's ring, and each slot's
-``ClipSampler`` cuts clips from its crops with the same rules as for whole frames; a slot whose person ends and
-goes to someone else restarts its sampler on an empty ring, so a clip never mixes two people. Clips of all
-people share the batches. One line per subject clip, in the order clips complete, with the whole-frame fields
-plus the subject and their box at the clip's last frame (normalised to the frame, 4 decimals)::
-
-    {"clip": 7, "subject": "walkway-3", "box": [0.4123, 0.2051, 0.4870, 0.5112], "start_s": 1.2, ...}
-
-Subject ids are ``<video file stem>-<track id>`` (the stem plays the daemon's stream name: ``walkway.mp4`` gives
-``walkway-3``; ``video-3`` when the name has no stem); track ids count from 1 in the order people are first
-tracked. Memory is constant whatever the video's length: ``max_subjects`` rings of one clip span (+2) crops,
-one detection frame, the host batch buffer, and tracks only for the people in view.
+Memory is constant whatever the video's length: the stream's ring (one clip span and a second), per subject the
+crop rings, the runner's staging buffer of ``--batch`` clips; nothing is kept per clip (lines are streamed out).
 """
 
 from __future__ import annotations
@@ -54,94 +36,42 @@ import secrets
 import signal
 import stat
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
 from pydantic import ValidationError
-from torch import nn
 from tqdm import tqdm
 
-import vstmon.ingest.capture  # noqa: F401  (imported for its process-wide FFmpeg/OpenCV log settings)
-from vstmon.config import Config, ModelConfig, SubjectsConfig, load_config
+from vstmon.config import Config, ModelConfig, StreamConfig, SubjectsConfig, load_config
 from vstmon.errors import ConfigError, SourceError, VstmonError
-from vstmon.inference.runner import resolve_dtype
-from vstmon.ingest.crops import CropFitter, square_crop_px
-from vstmon.ingest.detection_frames import DetectionFrames
-from vstmon.ingest.fit import FrameFitter
-from vstmon.ingest.ring import RingBuffer
-from vstmon.ingest.sampler import ClipSampler
+from vstmon.ingest.capture import CaptureError, file_info, parse_source
 from vstmon.log import configure_logging, get_logger
-from vstmon.model.bundle import load_model_and_labels
-from vstmon.model.normalize import normalize_clips
+from vstmon.model.bundle import LoadedModel, load_model_and_labels
 from vstmon.offline.annotate import Marks, draw_timeline, write_annotated_video
+from vstmon.offline.run import FileRun, OfflineStream
 from vstmon.service.check import preflight
+from vstmon.stream.state import SegmentState
 from vstmon.subjects.detector import PersonDetector
-from vstmon.subjects.slots import SubjectSlots
-from vstmon.subjects.tracker import Tracker
-from vstmon.types import Box, Clip, FrameMeta
+from vstmon.types import Box, ClipResult
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
-    "ClassifyResult",
     "TimelineOutput",
-    "VideoFile",
     "add_arguments",
     "build_detector",
-    "classify_subjects",
-    "classify_video",
+    "classify_file",
     "default_batch",
-    "open_video",
     "run",
     "subject_prefix",
 ]
 
 _log = get_logger(__name__)
-_DEFAULT_FPS = 25.0  # when the container reports none
 _MODEL_FLAGS = ("checkpoint", "arch", "labels", "device", "precision")  # flags that override config.model
-
-
-@dataclass(slots=True)
-class ClassifyResult:
-    """What a ``classify_video`` run did."""
-
-    clips: int
-    frames_read: int
-    seconds: float
-    cpu_s: float  # CPU time of the whole process (all threads) during the run
-    ring_nbytes: int  # the fixed memory of the clip ring(s): one per subject slot in per-subject mode
-    clips_skipped: int
-    subjects: int = 0  # per-subject mode: people who got clips of their own
-    detections: int = 0  # per-subject mode: frames the person detector ran on
-
-
-@dataclass(slots=True)
-class VideoFile:
-    """An open video file whose first frame is decoded (``first_frame``, at ``first_msec`` on its clock).
-
-    ``capture`` is positioned after the first frame. Close it with ``close()`` (or use it in ``with``).
-    """
-
-    path: Path
-    capture: cv2.VideoCapture
-    fps: float
-    frame_count: int  # 0 when the container does not say
-    first_frame: np.ndarray
-    first_msec: float
-
-    def close(self) -> None:
-        self.capture.release()
-
-    def __enter__(self) -> VideoFile:
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -224,240 +154,112 @@ def _check_options(batch: int, top_k: int, hop_s: float) -> None:
         raise VstmonError(f"--hop-s must be > 0, got {hop_s}")
 
 
-def open_video(path: Path) -> VideoFile:
-    """Open a video file for sequential reading and decode its first frame; clear ``SourceError``s."""
-    path = Path(path)
-    if not path.exists():
-        raise SourceError(f"video file {path} does not exist")
-    if not path.is_file():
-        raise SourceError(f"{path} is not a file")
+def check_video(path: Path) -> None:
+    """One-line ``SourceError``s, before any model is loaded, unless ``path`` is a file OpenCV/FFmpeg opens and
+    decodes a first frame of."""
     try:
-        with path.open("rb") as handle:
+        spec = parse_source(str(path))
+    except CaptureError as error:
+        raise SourceError(str(error)) from None
+    if spec.kind != "file":
+        raise SourceError(f"{spec.display} is not a video file")
+    try:
+        with open(spec.target, "rb") as handle:
             handle.read(1)
     except OSError as error:
-        raise SourceError(f"cannot read video file {path}: {error.strerror}") from None
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    if not capture.isOpened():
+        raise SourceError(f"cannot read video file {spec.display}: {error.strerror}") from None
+    capture = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG)
+    try:
+        if not capture.isOpened():
+            raise SourceError(f"{spec.display} is not a video OpenCV/FFmpeg can open")
+        ok, frame = capture.read()
+        if not ok or frame is None:
+            raise SourceError(f"{spec.display}: no frame could be decoded (not a video, or an empty one)")
+    finally:
         capture.release()
-        raise SourceError(f"{path} is not a video OpenCV/FFmpeg can open")
-    ok, frame = capture.read()
-    if not ok or frame is None:
-        capture.release()
-        raise SourceError(f"{path}: no frame could be decoded (not a video, or an empty one)")
-    first_msec = capture.get(cv2.CAP_PROP_POS_MSEC)
-    fps = capture.get(cv2.CAP_PROP_FPS)
-    if not (math.isfinite(fps) and 0.1 <= fps <= 1000):
-        _log.warning(
-            "video reports no usable frame rate; assuming default", video=str(path), fps=_DEFAULT_FPS
-        )
-        fps = _DEFAULT_FPS
-    count = capture.get(cv2.CAP_PROP_FRAME_COUNT)
-    frame_count = int(count) if math.isfinite(count) and count > 0 else 0
-    return VideoFile(path, capture, float(fps), frame_count, frame, first_msec)
 
 
-def _ring_capacity(frames: int, frame_interval: int, sample_fps: float | None, fps: float) -> int:
-    """Frames a lossless clip ring needs: one clip span + 2 (the sampler releases everything older)."""
-    if sample_fps is None:
-        return (frames - 1) * frame_interval + 3
-    # time mode: a clip covers (frames - 1) / sample_fps seconds of the source's frames
-    return math.ceil((frames - 1) / sample_fps * fps * 1.25) + 8
+def classify_file(
+    video: Path,
+    config: Config,
+    loaded: LoadedModel,
+    write_line: Any,
+    *,
+    batch: int,
+    device: str = "cpu",
+    progress: bool = False,
+    on_crop: Any = None,
+) -> FileRun:
+    """Classify ``video`` with ``config`` (clip, reset, subjects, smoothing, ``publish.top_k``, ``model``'s
+    precision) and the loaded model; ``write_line`` gets one JSON line (no newline) per published clip, in order.
 
-
-def _read_frames(video: VideoFile) -> Iterator[tuple[int, float, np.ndarray]]:
-    """(index, stream time in s, BGR frame) of every frame, from the first one ``open_video`` decoded.
-
-    The frame's array is reused for the next frame (decoded into it when the size matches): use it before
-    asking for the next one. The stream time is ``CAP_PROP_POS_MSEC`` while it is sane (finite, >= 0 and
-    increasing), otherwise index / fps (nudged forward by a frame when that would not increase).
+    ``device`` runs the model; ``on_crop(subject, frame_index, box)`` sees every crop cut per subject.
     """
-    capture, fps = video.capture, video.fps
-    index = 0
-    last_ts = -math.inf
-    frame: np.ndarray | None = video.first_frame
-    msec = video.first_msec
-    while frame is not None:
-        ts = msec / 1000.0 if math.isfinite(msec) and msec / 1000.0 > last_ts and msec >= 0 else None
-        if ts is None:
-            ts = index / fps if index / fps > last_ts else last_ts + 1.0 / fps
-        last_ts = ts
-        yield index, ts, frame
-        index += 1
-        ok, frame = capture.read(frame)  # decodes into the previous frame's array when the size matches
-        if not ok:
-            frame = None
-        msec = capture.get(cv2.CAP_PROP_POS_MSEC)
+    from vstmon.inference.runner import Runner  # torch
 
+    clip = config.clip
+    top_k = max(1, min(config.publish.top_k, len(loaded.labels)))
+    name = subject_prefix(video)
+    stream = StreamConfig(name=name, url=str(video))
+    runner = Runner(loaded.model, device, config.model.precision, batch,
+                    clip_shape=(clip.frames, clip.size_px, clip.size_px, 3))  # fmt: skip
+    runner.warm_up()
+    tracking = config.subjects.detector is not None
+    lines = 0
 
-def _progress_bar(video: VideoFile, progress: bool) -> Any:
-    """A tqdm bar of frames on stderr (disabled unless ``progress``).
+    def make_state(_subject: str = "") -> SegmentState:
+        return SegmentState(name, config.smoothing, loaded.labels, top_k, loaded.model_id, loaded.untrained)
 
-    The rate is the mean since the start (smoothing=0): frames arrive in bursts (decoding is fast, then a batch
-    waits for the model), so a moving average would swing with every batch and so would the ETA.
-    """
-    return tqdm(
-        total=video.frame_count or None,
+    def on_label(result: ClipResult, state: SegmentState) -> None:
+        nonlocal lines
+        write_line(json.dumps(_line(lines, result, state, loaded, top_k, tracking)))
+        lines += 1
+        bar.set_postfix_str(f"{lines} clips", refresh=False)
+
+    detector = build_detector(config.subjects) if tracking else None
+    offline = OfflineStream(
+        str(video), stream, config, runner, batch, make_state, on_label, detector=detector
+    )
+    info = file_info(offline.spec)
+    bar = tqdm(
+        total=(info.frames if info is not None and info.frames else None),
         unit="frame",
         file=sys.stderr,
         disable=not progress,
-        smoothing=0,
+        smoothing=0,  # frames come in bursts (decoding, then a batch waits): a mean since the start is steadier
         dynamic_ncols=True,
         mininterval=0.5,
     )
+    with bar:
+        return offline.run(on_frame=lambda: bar.update(1), on_crop=on_crop)
 
 
-class _Batches:
-    """Clips waiting for the model in one preallocated (batch, T, S, S, 3) uint8 host buffer.
-
-    ``buffer()`` is where the next clip is cut into; ``add(clip, fields)`` queues it (a full batch runs at once);
-    ``flush()`` runs the model on the queued clips and writes one JSON line per clip, in the order they were
-    added: ``clip`` (the line's number), then ``fields`` (per-subject mode: subject and box), then the clip's
-    times, frames and top labels (and ``untrained``).
-    """
-
-    def __init__(
-        self,
-        model: nn.Module,
-        labels: list[str],
-        write_line: Callable[[str], Any],
-        bar: Any,
-        *,
-        batch: int,
-        frames: int,
-        size_px: int,
-        top_k: int,
-        device: torch.device,
-        dtype: torch.dtype,
-        untrained: bool,
-    ) -> None:
-        self._model, self._labels, self._write_line, self._bar = model, labels, write_line, bar
-        self._batch, self._frames, self._device, self._dtype = batch, frames, device, dtype
-        self._top_k = min(top_k, len(labels))
-        self._untrained = untrained
-        shape = (batch, frames, size_px, size_px, 3)
-        # (B, T, H, W, 3) uint8, pinned on CUDA for asynchronous copies
-        self._host = torch.empty(shape, dtype=torch.uint8, pin_memory=device.type == "cuda")
-        self._host_np = self._host.numpy()
-        self._pending: list[tuple[Clip, dict[str, Any] | None]] = []
-        self.clips = 0  # lines written
-
-    def buffer(self) -> np.ndarray:
-        """The (T, S, S, 3) view of the host buffer where the next clip goes."""
-        return self._host_np[len(self._pending)]
-
-    def add(self, clip: Clip, fields: dict[str, Any] | None = None) -> None:
-        """Queue ``clip`` (cut into ``buffer()``); its line gets ``fields`` after ``clip``."""
-        self._pending.append((clip, fields))
-        if len(self._pending) == self._batch:
-            self.flush()
-
-    def flush(self) -> None:
-        n = len(self._pending)
-        if n == 0:
-            return
-        device, dtype = self._device, self._dtype
-        with torch.inference_mode():
-            x = normalize_clips(self._host[:n].to(device, non_blocking=True))  # (n, 3, T, H, W) float32
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                logits = self._model(x)
-            probs = torch.softmax(logits.float(), dim=-1)  # (n, classes)
-            scores, indices = probs.topk(self._top_k, dim=-1)
-        scores_list, indices_list = scores.cpu().tolist(), indices.cpu().tolist()
-        labels = self._labels
-        for (clip, fields), row_scores, row_indices in zip(
-            self._pending, scores_list, indices_list, strict=True
-        ):
-            record: dict[str, Any] = {"clip": self.clips}
-            if fields:
-                record.update(fields)
-            record.update(
-                start_s=round(clip.start_stream_s, 6),
-                end_s=round(clip.end_stream_s, 6),
-                first_frame=clip.first_frame,
-                last_frame=clip.last_frame,
-                frames=self._frames,
-                top=[
-                    {"label": labels[i], "index": i, "score": s}
-                    for s, i in zip(row_scores, row_indices, strict=True)
-                ],
-            )
-            if self._untrained:
-                record["untrained"] = True
-            self._write_line(json.dumps(record))
-            self.clips += 1
-        self._pending.clear()
-        self._bar.set_postfix_str(f"{self.clips} clips", refresh=False)
-
-
-def classify_video(
-    video: Path | VideoFile,
-    model: nn.Module,
-    labels: list[str],
-    write_line: Callable[[str], Any],
-    *,
-    frames: int = 32,
-    frame_interval: int = 2,
-    sample_fps: float | None = None,
-    size_px: int = 224,
-    hop_s: float = 1.0,
-    batch: int = 1,
-    top_k: int = 5,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    untrained: bool = False,
-    progress: bool = False,
-) -> ClassifyResult:
-    """Classify ``video`` clip by clip; ``write_line`` gets one JSON line (no newline) per clip, in order.
-
-    ``video``: a path (opened and closed here) or a ``VideoFile`` from ``open_video`` (read to its end; the
-    caller closes it). ``dtype`` other than fp32 runs the forward pass under autocast; probabilities are
-    always fp32. ``progress`` draws a progress bar (frames, rate, ETA) on stderr.
-    """
-    _check_options(batch, top_k, hop_s)
-    device = torch.device(device)
-    owned = not isinstance(video, VideoFile)
-    opened = open_video(Path(video)) if owned else video
-    bar: Any = None
-    started, cpu_started = time.monotonic(), time.process_time()
-    try:
-        path = opened.path
-        capacity = _ring_capacity(frames, frame_interval, sample_fps, opened.fps)
-        ring = RingBuffer(capacity, size_px, size_px, lossless=True)
-        sampler = ClipSampler(ring, "file", frames, frame_interval, hop_s, sample_fps)
-        fitter = FrameFitter(size_px)
-        bar = _progress_bar(opened, progress)
-        batches = _Batches(model, labels, write_line, bar, batch=batch, frames=frames, size_px=size_px,
-                           top_k=top_k, device=device, dtype=dtype, untrained=untrained)  # fmt: skip
-        frames_read = 0
-        meta = FrameMeta()  # refilled per frame (the ring copies the values)
-        for index, ts, frame in _read_frames(opened):
-            slot = ring.write_slot(timeout_s=0)
-            if slot is None:  # cannot happen while the sampler releases what it no longer needs
-                raise VstmonError(f"{path}: internal error, the clip ring buffer is full at frame {index}")
-            try:
-                fitter.fit(frame, slot)
-            except ValueError as error:
-                raise SourceError(f"{path}: frame {index}: {error}") from None
-            meta.index, meta.capture_mono_s, meta.stream_ts_s = index, time.monotonic(), ts
-            seq = ring.commit(meta)
-            frames_read = index + 1
-            if sampler.on_frame(seq):
-                batches.add(sampler.cut(batches.buffer()))  # the clip's frames are a view of the host buffer
-            bar.update(1)
-        batches.flush()
-    finally:
-        if bar is not None:
-            bar.close()
-        if owned:
-            opened.close()
-    return ClassifyResult(
-        clips=batches.clips,
-        frames_read=frames_read,
-        seconds=time.monotonic() - started,
-        cpu_s=time.process_time() - cpu_started,
-        ring_nbytes=ring.nbytes,
-        clips_skipped=sampler.clips_skipped,
+def _line(
+    number: int, result: ClipResult, state: SegmentState, loaded: LoadedModel, top_k: int, tracking: bool
+) -> dict[str, Any]:
+    """One timeline line (module docstring)."""
+    clip = result.clip
+    record: dict[str, Any] = {"clip": number}
+    if tracking:
+        record["subject"] = state.subject
+        record["box"] = _rounded(clip.box)
+    order = np.argsort(-result.probs, kind="stable")[:top_k]
+    record.update(
+        segment=clip.segment,
+        start_s=round(clip.start_stream_s, 6),
+        end_s=round(clip.end_stream_s, 6),
+        first_frame=clip.first_frame,
+        last_frame=clip.last_frame,
+        frames=int(clip.frames.shape[0]),
+        top=[{"label": loaded.labels[i], "index": int(i), "score": float(result.probs[i])} for i in order],
     )
+    if loaded.untrained:
+        record["untrained"] = True
+    return record
+
+
+def _rounded(box: Box | None) -> list[float] | None:
+    return None if box is None else [round(float(v), 4) for v in box]
 
 
 def subject_prefix(path: Path) -> str:
@@ -472,113 +274,6 @@ def build_detector(subjects: SubjectsConfig) -> PersonDetector:
         raise ConfigError("per-subject mode needs a person detector: subjects.detector is not set")
     return PersonDetector(
         Path(subjects.detector), subjects.score_threshold, subjects.person_class_id, threads=subjects.threads
-    )
-
-
-def classify_subjects(
-    video: Path | VideoFile,
-    model: nn.Module,
-    labels: list[str],
-    write_line: Callable[[str], Any],
-    subjects: SubjectsConfig,
-    *,
-    detector: PersonDetector | None = None,
-    frames: int = 32,
-    frame_interval: int = 2,
-    sample_fps: float | None = None,
-    size_px: int = 224,
-    hop_s: float = 1.0,
-    batch: int = 1,
-    top_k: int = 5,
-    device: torch.device | str = "cpu",
-    dtype: torch.dtype = torch.float32,
-    untrained: bool = False,
-    progress: bool = False,
-    on_crop: Callable[[str, int, Box], Any] | None = None,
-) -> ClassifyResult:
-    """Per-subject mode (module docstring): ``write_line`` gets one JSON line per subject clip, in the order the
-    clips complete, each with ``subject`` and ``box``.
-
-    ``subjects`` gives the detection grid (``detect_fps``), the tracker (``track_buffer_s``), who counts
-    (``confirm_s``), ``max_subjects`` and ``crop_margin``; its ``mode`` is not looked at. ``detector``: the
-    person detector (default: ``build_detector(subjects)``). ``on_crop(subject, frame_index, box)`` is called for
-    every crop taken, before a clip ending with it is cut (a hook for tests and tools: the crop is
-    ``square_crop_px(box, width_px, height_px, subjects.crop_margin)`` of that frame, resized to ``size_px``).
-    Other arguments as for ``classify_video``.
-    """
-    _check_options(batch, top_k, hop_s)
-    device = torch.device(device)
-    if detector is None:
-        detector = build_detector(subjects)
-    owned = not isinstance(video, VideoFile)
-    opened = open_video(Path(video)) if owned else video
-    bar: Any = None
-    started, cpu_started = time.monotonic(), time.process_time()
-    try:
-        stream = subject_prefix(opened.path)
-        capacity = _ring_capacity(frames, frame_interval, sample_fps, opened.fps)
-        rings = [RingBuffer(capacity, size_px, size_px, lossless=True) for _ in range(subjects.max_subjects)]
-        samplers = [ClipSampler(ring, stream, frames, frame_interval, hop_s, sample_fps) for ring in rings]
-        # the whole frame squeezed to the detector's square input on the stream-clock grid, as the daemon's source
-        detection = DetectionFrames(detector.input_size_px, 1.0 / subjects.detect_fps, slots=1)
-        image = np.zeros((detector.input_size_px, detector.input_size_px, 3), np.uint8)  # (300, 300, 3) BGR
-        tracker = Tracker(buffer_s=subjects.track_buffer_s)
-        slots = SubjectSlots(stream, subjects.max_subjects, subjects.confirm_s)
-        fitter = CropFitter(size_px)
-        margin = subjects.crop_margin
-        bar = _progress_bar(opened, progress)
-        batches = _Batches(model, labels, write_line, bar, batch=batch, frames=frames, size_px=size_px,
-                           top_k=top_k, device=device, dtype=dtype, untrained=untrained)  # fmt: skip
-        frames_read = detections = people = 0
-        meta = FrameMeta()  # refilled per frame (the rings copy the values)
-        for index, ts, frame in _read_frames(opened):
-            if detection.offer(frame, index, ts) and detection.take(index, image):
-                visible = tracker.update(detector.detect(image), ts)
-                detections += 1
-                for change in slots.update(visible, tracker.tracks, ts):
-                    ring = rings[change.slot]
-                    if change.kind == "end":  # the track ended: nothing of this person is used again
-                        ring.clear()
-                    else:  # a person took the slot: their clips start at their first crop
-                        samplers[change.slot].restart(ring.head_seq)
-                        people += 1
-            height_px, width_px = frame.shape[:2]
-            meta.index, meta.capture_mono_s, meta.stream_ts_s = index, time.monotonic(), ts
-            for slot, box in enumerate(slots.boxes):  # each held between detections
-                if box is None:
-                    continue
-                subject = slots.subjects[slot]
-                assert subject is not None  # a slot with a box has a subject
-                ring, sampler = rings[slot], samplers[slot]
-                out = ring.write_slot(timeout_s=0)
-                if out is None:  # cannot happen while the sampler releases what it no longer needs
-                    raise VstmonError(
-                        f"{opened.path}: internal error, the crop ring of {subject} is full at frame {index}"
-                    )
-                fitter.fit(frame, square_crop_px(box, width_px, height_px, margin), out)
-                seq = ring.commit(meta)
-                if on_crop is not None:
-                    on_crop(subject, index, box)
-                if sampler.on_frame(seq):
-                    clip = sampler.cut(batches.buffer())  # the clip's frames are a view of the host buffer
-                    batches.add(clip, {"subject": subject, "box": [round(float(v), 4) for v in box]})
-            frames_read = index + 1
-            bar.update(1)
-        batches.flush()
-    finally:
-        if bar is not None:
-            bar.close()
-        if owned:
-            opened.close()
-    return ClassifyResult(
-        clips=batches.clips,
-        frames_read=frames_read,
-        seconds=time.monotonic() - started,
-        cpu_s=time.process_time() - cpu_started,
-        ring_nbytes=sum(ring.nbytes for ring in rings),
-        clips_skipped=sum(sampler.clips_skipped for sampler in samplers),
-        subjects=people,
-        detections=detections,
     )
 
 
@@ -692,45 +387,21 @@ def _per_subject(config: Config, args: argparse.Namespace, source: str) -> Confi
 
 
 def _classify_to_output(
-    args: argparse.Namespace,
-    config: Config,
-    device: torch.device,
-    dtype: torch.dtype,
-    batch: int,
-    top_k: int,
-    hop_s: float,
-    per_subject: bool,
-) -> tuple[ClassifyResult, VideoFile]:
-    """Open the video and the output (before the models load: a bad input fails at once), load the person
-    detector (per-subject mode) and the model as the daemon does, classify, and put the timeline in place."""
-    clip_cfg = config.clip
-    with open_video(Path(args.video)) as video, TimelineOutput(args.out) as timeline:
-        detector = build_detector(config.subjects) if per_subject else None
+    args: argparse.Namespace, config: Config, device: str, batch: int, per_subject: bool
+) -> FileRun:
+    """Open the output (before the models load: a bad target fails at once), load the model as the daemon does,
+    classify, and put the timeline (and its pictures) in place."""
+    with TimelineOutput(args.out) as timeline:
         loaded = load_model_and_labels(config)  # warns (once) about untrained weights
-        model = loaded.model.to(device).eval()
         _log.info(
             "classifying",
-            video=str(video.path),
-            frames=video.frame_count or None,
+            video=str(args.video),
             model=loaded.model_id,
-            device=str(device),
+            device=device,
             batch=batch,
             mode="per_subject" if per_subject else "frame",
             writing=str(timeline.part or args.out or "stdout"),
         )
-        options: dict[str, Any] = {
-            "frames": clip_cfg.frames,
-            "frame_interval": clip_cfg.frame_interval,
-            "sample_fps": clip_cfg.sample_fps,
-            "size_px": clip_cfg.size_px,
-            "hop_s": hop_s,
-            "batch": batch,
-            "top_k": top_k,
-            "device": device,
-            "dtype": dtype,
-            "untrained": loaded.untrained,
-            "progress": sys.stderr.isatty(),
-        }
         marks = Marks() if args.video_out or args.plot else None
 
         def write_line(line: str) -> None:
@@ -738,28 +409,20 @@ def _classify_to_output(
             if marks is not None:
                 marks.add_line(line)
 
-        if detector is not None:
-            result = classify_subjects(
-                video,
-                model,
-                loaded.labels,
-                write_line,
-                config.subjects,
-                detector=detector,
-                **options,
-            )
-        else:
-            result = classify_video(video, model, loaded.labels, write_line, **options)
+        result = classify_file(
+            Path(args.video), config, loaded, write_line, batch=batch, device=device,
+            progress=sys.stderr.isatty(),
+        )  # fmt: skip
         timeline.commit()
         if marks is not None and args.plot:
-            draw_timeline(marks, args.plot, args.plot_size, f"{video.path.name}: top label per clip")
+            draw_timeline(marks, args.plot, args.plot_size, f"{Path(args.video).name}: top label per clip")
         if marks is not None and args.video_out:
-            write_annotated_video(video.path, args.video_out, marks)
-    return result, video
+            write_annotated_video(Path(args.video), args.video_out, marks)
+    return result
 
 
 def run(args: argparse.Namespace) -> int:
-    """``vstmon classify``: resolve options (flags > config file > defaults), open the video, load the model
+    """``vstmon classify``: resolve options (flags > config file > defaults), check the video, load the model
     (as the daemon does), write the timeline."""
     config = load_config(args.config, require_streams=False) if args.config else Config()
     configure_logging(config.log.level, config.log.format)  # logs go to stderr; stdout may be the timeline
@@ -768,21 +431,30 @@ def run(args: argparse.Namespace) -> int:
     subjects_config = _per_subject(config, args, source)
     per_subject = subjects_config is not None
     if subjects_config is not None:
-        config = subjects_config
-    elif config.subjects.detector is not None:  # whole-frame: the detector is not used, so need not be there
-        config = config.model_copy(update={"subjects": config.subjects.model_copy(update={"detector": None})})
+        config = subjects_config.model_copy(
+            update={"subjects": subjects_config.subjects.model_copy(update={"mode": "per_subject"})}
+        )
+    check_video(Path(args.video))
     # devices, precision, checkpoint, labels and detector files, as `vstmon check` does; one device: the first
     resolved = preflight(config, source)[0]
-    device, dtype = resolved.device, resolve_dtype(resolved.precision, resolved.device)
-    batch = args.batch if args.batch is not None else default_batch(device, config.inference.max_batch)
+    batch = (
+        args.batch if args.batch is not None else default_batch(resolved.device, config.inference.max_batch)
+    )
     top_k = args.top_k if args.top_k is not None else config.publish.top_k
     hop_s = args.hop_s if args.hop_s is not None else config.clip.hop_s
     _check_options(batch, top_k, hop_s)
+    config = config.model_copy(
+        update={
+            "clip": config.clip.model_copy(update={"hop_s": hop_s}),
+            "publish": config.publish.model_copy(update={"top_k": top_k}),
+        }
+    )
     if config.inference.threads:
-        torch.set_num_threads(config.inference.threads)
+        import torch
 
+        torch.set_num_threads(config.inference.threads)
     try:
-        result, video = _classify_to_output(args, config, device, dtype, batch, top_k, hop_s, per_subject)
+        result = _classify_to_output(args, config, str(resolved.device), batch, per_subject)
     except BrokenPipeError:  # the reader of stdout went away (`vstmon classify v.mp4 | head -3`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
         _log.info("stopped: the reader of the timeline closed it", video=str(args.video))
@@ -790,9 +462,10 @@ def run(args: argparse.Namespace) -> int:
     extra = {"subjects": result.subjects, "detections": result.detections} if per_subject else {}
     _log.info(
         "classified",
-        video=str(video.path),
+        video=str(args.video),
         clips=result.clips,
         frames=result.frames_read,
+        resets=result.resets,
         seconds=round(result.seconds, 3),
         cpu_s=round(result.cpu_s, 3),
         batch=batch,

@@ -21,7 +21,6 @@ publisher) and returns 0.
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
 from typing import Any
@@ -33,18 +32,17 @@ from vstmon.config import Config, StreamConfig
 from vstmon.errors import DetectorError, VstmonError
 from vstmon.inference.engine import Engine, EnginePool
 from vstmon.ingest.capture import CaptureError, file_info, parse_source
-from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import get_logger, redact_url
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
 from vstmon.service.health import DropLog, Throughput, stalled, status_line
 from vstmon.service.metrics import Metrics, cuda_memory
 from vstmon.service.sdnotify import SystemdNotifier
+from vstmon.stream.build import build_stream, clip_span_frames
 from vstmon.stream.pipeline import ResetRequest, StreamPipeline
-from vstmon.stream.subjects import StreamSubjects
 from vstmon.stream.worker import StreamWorker
 from vstmon.types import ClipResult, ResetReason, SourceState, StreamEvent
 
-__all__ = ["Daemon", "ring_capacity_frames"]
+__all__ = ["Daemon"]
 
 _log = get_logger("daemon")
 
@@ -61,22 +59,6 @@ _STREAM_SECTIONS = (
 # ---------------------------------------------------------------------------------------------------------
 # building
 # ---------------------------------------------------------------------------------------------------------
-def clip_span_frames(config: Config, fps: float) -> int:
-    """Source frames one clip spans (at ``fps`` when clips are sampled by time)."""
-    clip = config.clip
-    if clip.sample_fps:
-        return math.ceil((clip.frames - 1) / clip.sample_fps * fps) + 1
-    return (clip.frames - 1) * clip.frame_interval + 1
-
-
-def ring_capacity_frames(config: Config, stream: StreamConfig, fps: float | None) -> int:
-    """One clip span + about one second (or ``stream.buffer_s``), in source frames."""
-    fps = fps or stream.fps or 30.0
-    if stream.buffer_s is not None:
-        return max(math.ceil(stream.buffer_s * fps), config.clip.frames + 1)
-    return clip_span_frames(config, fps) + math.ceil(fps) + 2
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the daemon
 # ---------------------------------------------------------------------------------------------------------
@@ -236,7 +218,6 @@ class Daemon:
         return stream
 
     def _build_stream(self, stream: _Stream, loaded: LoadedModel) -> None:
-        from vstmon.ingest.ring import RingBuffer
         from vstmon.ingest.source import Source
         from vstmon.stream.state import SegmentState
 
@@ -257,8 +238,6 @@ class Daemon:
                 frames=info.frames,
                 clip_frames=clip_span_frames(cfg, fps or 30.0),
             )
-        size = cfg.clip.size_px
-        stream.ring = RingBuffer(ring_capacity_frames(cfg, scfg, fps), size, size, lossless=lossless)
         assert self.pool is not None and self.publisher is not None
         stream.engine = self.pool.assign(stream.name)
         publisher = self.publisher
@@ -274,37 +253,24 @@ class Daemon:
                 publish=publisher.publish,
             )
 
-        stream.state = make_state()
-        subjects = None
-        crops = None
-        if cfg.subjects.detector is not None and scfg.subjects:
-            subjects = StreamSubjects.build(
-                stream.name, cfg.subjects, stream.ring.capacity_frames, fps or scfg.fps or 30.0, lossless
-            )
-            if cfg.subjects.mode == "per_subject":
-                crops = SubjectCrops(
-                    cfg.subjects.max_subjects, stream.ring.capacity_frames, size, cfg.subjects.crop_margin
-                )
-        stream.pipeline = StreamPipeline(
-            stream.name,
+        parts = build_stream(
             cfg,
-            stream.ring,
-            stream.state,
-            stream.engine,
+            scfg,
+            fps,
             lossless,
-            subjects=subjects,
-            subject_crops=crops,
-            make_state=make_state,
+            stream.engine,
+            make_state,
             on_reset=lambda reason, name=stream.name: self.metrics.count_reset(name, str(reason)),
         )
-        stream.worker = StreamWorker(stream.pipeline)
+        stream.ring, stream.state, stream.pipeline = parts.ring, parts.state, parts.pipeline
+        stream.worker = StreamWorker(parts.pipeline)
         stream.source = Source(
             scfg,
             stream.ring,
-            size,
+            cfg.clip.size_px,
             lambda event, s=stream: self._on_event(s, event),
-            detection_frames=subjects.frames if subjects is not None else None,
-            subject_crops=crops,
+            detection_frames=parts.detection_frames,
+            subject_crops=parts.crops,
         )
 
     # -- callbacks (other threads) ----------------------------------------------------------------------------
@@ -312,12 +278,9 @@ class Daemon:
         stream = self.streams.get(result.clip.stream)
         if stream is None or stream.state is None:
             return
-        state = stream.state
-        if result.clip.key != stream.name:  # a person's clip (per-subject mode)
-            per_subject = stream.pipeline.per_subject if stream.pipeline is not None else None
-            state = per_subject.state_for(result.clip.key) if per_subject is not None else None
-            if state is None:  # that person is gone: their results are not published
-                return
+        state = stream.pipeline.state_for(result.clip.key) if stream.pipeline is not None else None
+        if state is None:  # that person is gone: their results are not published
+            return
         if state.on_result(result):
             if state is not stream.state:
                 stream.subject_clips += 1

@@ -150,6 +150,16 @@ class SubjectClipStreams:
             if held is not None:
                 self.end(SlotChange(slot, "end", held.subject, held.box), drain=drain)
 
+    def subject_in(self, slot: int) -> str | None:
+        """The subject holding ``slot`` (None: free)."""
+        held = self._slots[slot]
+        return held.subject if held is not None else None
+
+    @property
+    def clips_skipped(self) -> int:
+        """Clips the slots' samplers skipped (see ``ClipSampler``), every person so far."""
+        return sum(sampler.clips_skipped for sampler in self._samplers)
+
     # -- the flow -----------------------------------------------------------------------------------------
     def pump(self) -> None:
         """Feed every held slot's new crops to its sampler; cut and submit the clips that are due."""

@@ -174,6 +174,12 @@ class StreamPipeline:
         # end of input: use the frames still in the ring first
         return not (request.drain and self.next_seq < ring.head_seq and ring.generation == self._generation)
 
+    def state_for(self, key: str) -> SegmentState | None:
+        """The state a result of clip stream ``key`` goes to (None: that person is gone)."""
+        if key == self.name:
+            return self.state
+        return self.per_subject.state_for(key) if self.per_subject is not None else None
+
     @property
     def people(self) -> int | None:
         """People in view at the last detection (None when the stream does not track subjects)."""
@@ -223,10 +229,12 @@ class StreamPipeline:
                 self._idle_fired = True
                 self.reset(ResetRequest(ResetReason.IDLE), keep_from_seq=seq, reset_motion=False)
         if self.per_subject is not None:
+            # the crops cut so far (up to the previous frame) were cut around the boxes as they are now: their
+            # clips are cut before this frame's detection moves the boxes, so a clip's box is its last crop's
+            self.per_subject.pump()
             self._subjects_per_slot(seq, meta.stream_ts_s)
             self.next_seq = seq + 1
             ring.release(seq + 1)  # no whole-frame clips in this mode: the frame is done with
-            self.per_subject.pump()
             return True
         if self.subjects is not None:
             event = self.subjects.step(seq, meta.stream_ts_s)

@@ -58,19 +58,27 @@ class StreamSubjects:
 
     @classmethod
     def build(
-        cls, stream: str, cfg: SubjectsConfig, ring_frames: int, fps: float, lossless: bool
+        cls,
+        stream: str,
+        cfg: SubjectsConfig,
+        ring_frames: int,
+        fps: float,
+        lossless: bool,
+        detector: PersonDetector | None = None,
     ) -> StreamSubjects:
-        """A detector (its own network: not thread-safe) and the detection frames the source fills for it.
+        """A detector (its own network: not thread-safe; ``detector`` or one loaded from ``cfg.detector``) and the
+        detection frames the source fills for it.
 
         Live, the source may run up to ``ring_frames`` frames ahead of the worker before the worker loses frames
         anyway: there are slots for the detection frames of that span (at ``fps``). Lossless, the source waits for
         the worker, and the same number of slots keeps it from waiting often.
         """
-        if cfg.detector is None:
-            raise ValueError("subjects.detector is not set")
-        detector = PersonDetector(
-            Path(cfg.detector), cfg.score_threshold, cfg.person_class_id, threads=cfg.threads
-        )
+        if detector is None:
+            if cfg.detector is None:
+                raise ValueError("subjects.detector is not set")
+            detector = PersonDetector(
+                Path(cfg.detector), cfg.score_threshold, cfg.person_class_id, threads=cfg.threads
+            )
         frames_per_detection = max(1, math.floor(fps / cfg.detect_fps))
         slots = math.ceil(ring_frames / frames_per_detection) + 1
         frames = DetectionFrames(detector.input_size_px, 1.0 / cfg.detect_fps, slots=slots, lossless=lossless)

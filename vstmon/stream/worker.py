@@ -94,10 +94,14 @@ class StreamWorker:
                 if request is not None:
                     pipeline.reset(request)
                     continue
-                if not ring.wait_for(pipeline.next_seq, _WAIT_S):
-                    self._progress_mono_s = time.monotonic()  # nothing to do is not being stuck
-                    if ring.closed:  # shutting down: wait for the stop event, do not spin
-                        self._stop.wait(_WAIT_S)
+                if not pipeline.pending:
+                    if not ring.wait_for(pipeline.next_seq, _WAIT_S):
+                        self._progress_mono_s = time.monotonic()  # nothing to do is not being stuck
+                        if ring.closed:  # shutting down: wait for the stop event, do not spin
+                            self._stop.wait(_WAIT_S)
+                    # a frame came, or not: look at the mailbox first either way. A source reports a
+                    # discontinuity before it commits the frame after it, so its reset is performed before
+                    # that frame is stepped, whatever the threads' timing (as offline)
                     continue
                 self._progress_mono_s = time.monotonic()
                 pipeline.step()
