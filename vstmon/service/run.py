@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     reloads the config file (``ExecReload=``). Handlers only set flags and stay installed until the process exits;
     this loop does the work."""
     config = load_config(args.config)
-    preflight(config, str(args.config))  # a missing device, checkpoint or label file: one line, exit 78
+    preflight(config)  # a missing device, checkpoint or label file: one line, exit 78
     configure_logging(config.log.level, config.log.format)
     from vstmon.service.daemon import Daemon  # torch and the pipeline: only once the config is good
 
@@ -73,7 +73,7 @@ def _reload(daemon: Daemon, path: str) -> None:
     daemon.notifier.notify(f"RELOADING=1\nMONOTONIC_USEC={usec}")
     try:
         config = load_config(path)
-        preflight(config, str(path))
+        preflight(config)
     except VstmonError as error:
         message = redact_url(str(error)).replace("\n", "; ")
         _log.error("reload refused: the config has errors; still running on the previous one", error=message)
