@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
-from tests.helpers.cli import run_vstmon
+from tests.helpers.cli import run_vstmon, vstmon_env
 from vstmon.errors import EX_CONFIG
 
 
@@ -47,3 +49,17 @@ def test_check_accepts_the_same_streams_once_they_are_fixed(tmp_path: Path) -> N
     done = run_vstmon("check", "--no-model", "--config", str(config), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert f"config {config}: ok" in done.stdout
+
+
+def test_the_url_check_needs_no_opencv() -> None:
+    code = (
+        "import sys\n"
+        "from vstmon.config import parse_config\n"
+        "from vstmon.config.files import stream_url_problems\n"
+        "config = parse_config({'streams': [{'name': 'a', 'url': 'rtps://x'}]})\n"
+        "print(len(stream_url_problems(config.streams)), 'cv2' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=vstmon_env(), timeout=60, check=True
+    )
+    assert done.stdout.split() == ["1", "False"], done.stdout

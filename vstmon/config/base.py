@@ -2,7 +2,7 @@
 key locations.
 
 ``StrictModel`` rejects unknown keys, is frozen, validates defaults and refuses NaN and infinities. A
-``LocatedModel`` is the root of one file (``config.yaml``, ``serve.yaml``, ``train.yaml``): the loader gives it
+``LocatedModel`` is the root of one file (``config.yaml``, ``serve.yaml``): the loader gives it
 the file's name and the line of every key path, so an error found after loading (a port in use, a checkpoint
 that does not fit) can still say ``config.yaml: publish.endpoints[0]: ... (line 12)``, as a schema error does.
 """
