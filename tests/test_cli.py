@@ -156,9 +156,11 @@ def test_the_daemon_exits_78_when_its_endpoint_cannot_bind(tmp_path: Path) -> No
         )
         done = run_vstmon("--config", str(path), cwd=tmp_path)
     assert done.returncode == EX_CONFIG, done.stderr
-    assert done.stderr.splitlines()[-1].startswith(
-        f"vstmon: error: publish.endpoints: cannot bind tcp://127.0.0.1:{port}"
+    last = done.stderr.splitlines()[-1]  # the file, the key and its line, as a schema error gives them
+    assert last.startswith(
+        f"vstmon: error: {path}: publish.endpoints[0]: cannot bind tcp://127.0.0.1:{port}: "
     )
+    assert last.endswith(" (line 3)"), last
 
 
 def test_check_loads_the_model_and_reports_a_label_mismatch_as_78(tmp_path: Path, reference: Path) -> None:

@@ -15,6 +15,7 @@ __all__ = [
     "EX_USAGE",
     "CheckpointError",
     "ConfigError",
+    "ConfigKeyError",
     "DetectorError",
     "FetchError",
     "LabelsError",
@@ -46,6 +47,18 @@ class ConfigError(VstmonError):
     cannot bind. The message names the YAML key path (``config.yaml: streams[1].url: ...``), one line each."""
 
     exit_code = EX_CONFIG
+
+
+class ConfigKeyError(ConfigError):
+    """A ConfigError about one key, raised where the config file is not known (a port that cannot be bound, in
+    the publisher or a server): ``key`` (``publish.endpoints[0]``) and ``detail``; the message is ``KEY: DETAIL``.
+    Whoever holds the loaded config re-raises it as ``config.config_error(key, detail)``, which adds the file
+    and the line (``config.yaml: publish.endpoints[0]: cannot bind ...: Address already in use (line 12)``)."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"{key}: {detail}")
+        self.key = key
+        self.detail = detail
 
 
 class CheckpointError(VstmonError):

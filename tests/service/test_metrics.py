@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from vstmon.errors import VstmonError
+from vstmon.errors import EX_CONFIG, ConfigKeyError, VstmonError
 from vstmon.service.metrics import CudaMemory, Metrics, cuda_memory
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -67,8 +67,13 @@ def test_stop_server_closes_the_port(metrics: Metrics) -> None:
 
 
 def test_a_port_in_use_is_a_config_error_naming_the_key(closed_port: int) -> None:
-    with pytest.raises(VstmonError, match=rf"^metrics\.port: cannot listen on 127\.0\.0\.1:{closed_port}: "):
+    with pytest.raises(
+        ConfigKeyError, match=rf"^metrics\.port: cannot listen on 127\.0\.0\.1:{closed_port}: "
+    ) as caught:
         Metrics().start_server("127.0.0.1", closed_port)
+    assert (
+        caught.value.key == "metrics.port" and caught.value.exit_code == EX_CONFIG
+    )  # the daemon adds the line
 
 
 def test_starting_twice_is_refused(metrics: Metrics) -> None:

@@ -36,7 +36,7 @@ ITEM_KEYS_MARKER = "Every key of one"  # heads the commented item template: "# E
 
 _HEADER = f"""\
 # vstmon configuration: every key, with its default (values marked "shipped example" are not defaults).
-# Generated from the schema (vstmon/config.py): python -m vstmon.config.reference > config.yaml
+# Generated from the schema (vstmon/config/): python -m vstmon.config.reference > config.yaml
 # Every key is optional except streams (at least one stream). Unknown keys are rejected; numbers show their
 # allowed range. ${{VAR}} (or ${{VAR:-default}}) is replaced from the environment: keep passwords there.
 # Top-level keys starting with {EXTENSION_PREFIX} are ignored: a place for anchors that several streams share

@@ -26,14 +26,16 @@ import signal
 import sysconfig
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from vstmon.config import ClipConfig, LogConfig, ModelConfig, StrictModel, load_yaml_model
-from vstmon.errors import ConfigError
+from vstmon.config import ClipConfig, LocatedModel, LogConfig, ModelConfig, StrictModel, load_yaml_model
+from vstmon.config.base import fail_at
+from vstmon.config.files import model_file_problems
+from vstmon.errors import CheckpointError, ConfigError, LabelsError
 from vstmon.log import configure_logging, get_logger
 
 __all__ = ["ServeConfig", "add_arguments", "run"]
@@ -56,16 +58,28 @@ class ServeSection(StrictModel):
         description="the model's name (daemons' inference.triton.model)",
     )
     max_batch: int = Field(16, ge=1, le=256, description="clips per forward pass, gathered across daemons")
-    preferred_batch_sizes: list[int] | None = Field(
-        None, description="batch sizes the batcher waits for (e.g. [4, 8, 16]); null = as large as ready"
+    preferred_batch_sizes: list[Annotated[int, Field(ge=1, le=256)]] | None = Field(
+        None,
+        max_length=32,
+        description="batch sizes the batcher waits for (e.g. [4, 8, 16]), each at most max_batch; "
+        "null = as large as ready",
     )
     max_queue_delay_ms: float = Field(
         5.0, ge=0, le=10_000, description="ms a request may wait for others to join its batch"
     )
     instances: int = Field(1, ge=1, le=16, description="model copies taking batches in parallel")
 
+    @model_validator(mode="after")
+    def _preferred_fit_the_batch(self) -> ServeSection:
+        for index, size in enumerate(self.preferred_batch_sizes or []):
+            if size > self.max_batch:
+                raise fail_at(
+                    ("preferred_batch_sizes", index), f"must be at most max_batch ({self.max_batch})", size
+                )
+        return self
 
-class ServeConfig(StrictModel):
+
+class ServeConfig(LocatedModel):
     """The whole serve.yaml."""
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="the network and its weights")
@@ -107,19 +121,30 @@ class _Model:
 def run(args: argparse.Namespace) -> int:
     config = load_yaml_model(ServeConfig, args.config)
     configure_logging(config.log.level, config.log.format)
+    # what stops the server before it starts, one line each: the checkpoint and labels files (with their
+    # lines in serve.yaml), and the package that runs Triton
+    problems = [config.problem(p.key, p.message) for p in model_file_problems(config.model)]
     try:
         from pytriton.model_config import DynamicBatcher, Tensor
         from pytriton.model_config import ModelConfig as TritonModelConfig
         from pytriton.triton import Triton, TritonConfig
     except ImportError as error:
-        raise ConfigError(
+        problems.append(
             f"vstmon serve needs nvidia-pytriton (pip install 'vstmon[serve]' in its own environment): {error}"
-        ) from None
+        )
+    if problems:
+        raise ConfigError("\n".join(problems))
     from vstmon.inference.runner import Runner
     from vstmon.model.bundle import load_model_section
 
     s, clip = config.serve, config.clip
-    loaded = load_model_section(config.model)
+    try:
+        loaded = load_model_section(config.model)
+    except CheckpointError as error:
+        message = str(error).removeprefix("model.checkpoint: ")
+        raise config.config_error("model.checkpoint", message, CheckpointError) from None
+    except LabelsError as error:
+        raise config.config_error("model.labels", str(error), LabelsError) from None
     shape = (clip.frames, clip.size_px, clip.size_px, 3)
     instances = []
     for i in range(s.instances):

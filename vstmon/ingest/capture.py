@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
@@ -37,8 +35,8 @@ import cv2
 import numpy as np
 
 from vstmon.config import StreamConfig
-from vstmon.errors import SourceError
-from vstmon.log import get_logger, redact_url
+from vstmon.ingest.urls import CaptureError, SourceSpec, parse_source
+from vstmon.log import get_logger
 
 __all__ = [
     "CaptureError",
@@ -75,65 +73,10 @@ os.environ["OPENCV_FFMPEG_LOGLEVEL"] = _safe_ffmpeg_log_level(os.environ.get("OP
 os.environ.setdefault("OPENCV_FFMPEG_IS_THREAD_SAFE", "1")
 
 _OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
-_WEBCAM_PATH_RE = re.compile(r"^/dev/video\d+$")
-_LIVE_KINDS = ("rtsp", "http", "webcam")
 # Probe limits: FFmpeg's defaults (5 s / 5 MB) make an RTSP open take ~1.2 s; ~0.3 s with these. probesize is
 # generous enough for a 1080p key frame.
 _PROBE_LIMITS = "analyzeduration;200000|probesize;1000000"
 _log = get_logger("ingest")
-
-
-class CaptureError(SourceError):
-    """A source could not be opened. ``permanent``: retrying cannot help (bad scheme, missing file)."""
-
-    def __init__(self, message: str, permanent: bool) -> None:
-        super().__init__(message)
-        self.permanent = permanent
-
-
-@dataclass(frozen=True, slots=True)
-class SourceSpec:
-    """What a stream URL means. ``target`` is what OpenCV opens (never logged: it may hold credentials)."""
-
-    kind: str  # rtsp | http | webcam | file | testsrc
-    target: str | int
-    display: str  # redacted, safe for logs and reasons
-
-    @property
-    def live(self) -> bool:
-        return self.kind in _LIVE_KINDS
-
-
-def parse_source(url: str) -> SourceSpec:
-    """Classify a stream URL; raises a permanent ``CaptureError`` for what can never be opened."""
-    text = url.strip()
-    display = redact_url(text)
-    if text.isdigit():
-        return SourceSpec("webcam", int(text), display)
-    if _WEBCAM_PATH_RE.match(text):
-        return SourceSpec("webcam", text, display)
-    if text == "testsrc" or text.startswith("testsrc://"):
-        return SourceSpec("testsrc", text, display)
-    if "://" in text:
-        scheme = text.split("://", 1)[0].lower()
-        if scheme in ("rtsp", "rtsps"):
-            return SourceSpec("rtsp", text, display)
-        if scheme in ("http", "https"):
-            return SourceSpec("http", text, display)
-        if scheme == "file":
-            text = urlsplit(text).path
-        else:
-            raise CaptureError(
-                f"unsupported URL scheme {scheme!r} in {display} (use rtsp://, rtsps://, http(s)://, "
-                "a file path, a webcam index, /dev/videoN or testsrc)",
-                permanent=True,
-            )
-    path = Path(text).expanduser()
-    if not path.exists():
-        raise CaptureError(f"video file {display} does not exist", permanent=True)
-    if not path.is_file():
-        raise CaptureError(f"{display} is not a regular file", permanent=True)
-    return SourceSpec("file", str(path), redact_url(str(path)))
 
 
 @dataclass(frozen=True, slots=True)

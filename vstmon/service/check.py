@@ -1,8 +1,10 @@
 """``vstmon check --config config.yaml``: validate the config, load the checkpoint and labels, print a summary.
 
 Catches, without starting anything, what would stop the daemon: the schema (key paths, bounds, the arch
-name, endpoint syntax and port ranges), devices that are not there (``cuda`` without CUDA), checkpoint and
-labels files that cannot be read, and (unless ``--no-model``) a checkpoint or label list that does not fit.
+name, endpoint syntax and port ranges), devices that are not there (``cuda`` without CUDA), checkpoint, labels,
+detector and key files that cannot be read (``vstmon.config.files``), and (unless ``--no-model``) a checkpoint
+or label list that does not fit; and what the daemon would refuse at once without stopping: stream URLs with an
+unsupported scheme or naming a file that does not exist (the daemon fails those streams and runs the others).
 Exit 0 when everything is usable; otherwise the errors, one line per key, and exit 78 (EX_CONFIG), raised
 as ``VstmonError`` to the CLI. The summary shows the RESOLVED device and precision (``cpu, fp32``).
 """
@@ -14,8 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vstmon.config import Config, load_config
-from vstmon.errors import CheckpointError, ConfigError, LabelsError
+from vstmon.config import Config, KeyLocations, load_config
+from vstmon.config.files import (
+    FileProblem,
+    detector_problems,
+    model_file_problems,
+    raise_problems,
+    stream_url_problems,
+)
+from vstmon.errors import CheckpointError, DetectorError, LabelsError
 from vstmon.log import redact_url
 
 if TYPE_CHECKING:
@@ -57,36 +66,22 @@ def _device_problem(device: torch.device) -> str | None:
     return None
 
 
-def _file_problem(path: Path, what: str) -> str | None:
-    """Why ``path`` cannot be read as a file, or None."""
-    if not path.exists():
-        return f"{path} does not exist{what}"
-    if not path.is_file():
-        return f"{path} is not a file"
-    try:
-        with path.open("rb") as file:
-            file.read(1)
-    except OSError as error:
-        return f"{path} cannot be read: {error.strerror or error}"
-    return None
-
-
-def preflight(config: Config, source: str = "<config>") -> list[ResolvedDevice]:
-    """Check what can be checked without starting: devices, precision, checkpoint and labels files.
+def preflight(config: Config, source: str | None = None, *, streams: bool = False) -> list[ResolvedDevice]:
+    """Check what can be checked without starting: devices, precision, and the files the config names
+    (checkpoint, labels, detector; with ``streams``, the stream URLs the daemon would refuse at once).
 
     Returns the resolved devices and precisions; raises ConfigError with one line per problem
-    (``SOURCE: model.device: ...``).
+    (``config.yaml: model.device: ... (line N)``; ``source`` names a config that was not read from a file).
     """
     from vstmon.inference.runner import resolve_devices, resolve_dtype
-    from vstmon.model.labels import PACKAGED_LABELS
 
-    problems: list[str] = []
+    problems: list[FileProblem] = []
     resolved: list[ResolvedDevice] = []
     model = config.model
     for device in resolve_devices(model.device):
         problem = _device_problem(device)
         if problem is not None:
-            problems.append(f"{source}: model.device: {problem}")
+            problems.append(FileProblem("model.device", problem))
             continue
         import torch
 
@@ -96,35 +91,23 @@ def preflight(config: Config, source: str = "<config>") -> list[ResolvedDevice]:
             and torch.cuda.get_device_capability(device) < (8, 0)
         ):
             problems.append(
-                f"{source}: model.precision: {device} has no native bf16 (compute capability below 8.0); "
-                "use fp16 or auto"
+                FileProblem(
+                    "model.precision",
+                    f"{device} has no native bf16 (compute capability below 8.0); use fp16 or auto",
+                )
             )
             continue
         dtype = resolve_dtype(model.precision, device)
         resolved.append(
             ResolvedDevice(device, _DTYPE_NAMES.get(str(dtype).removeprefix("torch."), str(dtype)))
         )
-    if model.checkpoint is not None:
-        hint = (
-            " (download one with `vstmon weights fetch NAME`; or set model.checkpoint: null, or run the daemon "
-            "with --allow-untrained, for untrained weights whose labels mean nothing)"
-        )
-        problem = _file_problem(Path(model.checkpoint), hint)
-        if problem is not None:
-            problems.append(f"{source}: model.checkpoint: {problem}")
-    if model.labels not in PACKAGED_LABELS:
-        hint = f" (and it is not a packaged list: {', '.join(PACKAGED_LABELS)})"
-        problem = _file_problem(Path(model.labels), hint)
-        if problem is not None:
-            problems.append(f"{source}: model.labels: {problem}")
-    detector = config.subjects.detector
-    if detector is not None:
-        hint = " (download it with `vstmon weights fetch ssdlite_mobilenet_v2_pedestrian`, or set it to null)"
-        problem = _file_problem(Path(detector), hint)
-        if problem is not None:
-            problems.append(f"{source}: subjects.detector: {problem}")
-    if problems:
-        raise ConfigError("\n".join(problems))
+    problems += model_file_problems(model) + detector_problems(config.subjects)
+    if streams:
+        problems += stream_url_problems(config.streams)
+    if source is not None and source != config.source:
+        config = config.model_copy()
+        config.locate(KeyLocations(source))
+    raise_problems(config, problems)
     return resolved
 
 
@@ -152,10 +135,9 @@ def _server_line(config: Config, classes: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    source = str(args.config)
     config = load_config(args.config)
-    devices = preflight(config, source)
-    lines = [f"config {source}: ok"]
+    devices = preflight(config, streams=True)
+    lines = [f"config {config.source}: ok"]
     if not args.no_model:
         from vstmon.model.bundle import load_model_and_labels  # torch: only once the config is good
 
@@ -163,9 +145,9 @@ def run(args: argparse.Namespace) -> int:
             loaded = load_model_and_labels(config, warn=False)
         except CheckpointError as error:
             message = str(error).removeprefix("model.checkpoint: ")
-            raise CheckpointError(f"{source}: model.checkpoint: {message}") from None
+            raise config.config_error("model.checkpoint", message, CheckpointError) from None
         except LabelsError as error:
-            raise LabelsError(f"{source}: model.labels: {error}") from None
+            raise config.config_error("model.labels", str(error), LabelsError) from None
         if loaded.model is None:  # inference.backend: triton
             lines.append(_server_line(config, len(loaded.labels)))
         else:
@@ -183,9 +165,12 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_model:
             from vstmon.subjects.detector import PersonDetector
 
-            detector = PersonDetector(
-                Path(subjects.detector), subjects.score_threshold, subjects.person_class_id
-            )
+            try:
+                detector = PersonDetector(
+                    Path(subjects.detector), subjects.score_threshold, subjects.person_class_id
+                )
+            except DetectorError as error:
+                raise config.config_error("subjects.detector", str(error), DetectorError) from None
             what += f" ({detector.num_classes} class(es), {detector.input_size_px} px input)"
         streams_on = sum(stream.subjects for stream in config.streams)
         lines.append(

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from vstmon.config import Config, StreamConfig
-from vstmon.errors import DetectorError, VstmonError
+from vstmon.errors import ConfigKeyError, DetectorError, VstmonError
 from vstmon.inference.engine import Engine, EnginePool
 from vstmon.ingest.capture import CaptureError, file_info, parse_source
 from vstmon.log import get_logger, redact_url
@@ -122,8 +122,10 @@ class Daemon:
             self._start()
             if start_sources:
                 self.start_sources()
-        except BaseException:
+        except BaseException as error:
             self.stop()
+            if isinstance(error, ConfigKeyError):  # a port in use: name the file and line of its key
+                raise self.config.config_error(error.key, error.detail) from None
             raise
 
     def start_sources(self) -> None:

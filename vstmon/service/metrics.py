@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.exposition import start_http_server
 
-from vstmon.errors import VstmonError
+from vstmon.errors import ConfigKeyError, VstmonError
 from vstmon.types import SourceState
 
 __all__ = ["CudaMemory", "Metrics", "cuda_memory"]
@@ -330,7 +330,9 @@ class Metrics:
         try:
             self._server, self._server_thread = start_http_server(port, addr=host, registry=self.registry)
         except OSError as error:
-            raise VstmonError(f"metrics.port: cannot listen on {host}:{port}: {error.strerror}") from None
+            raise ConfigKeyError(
+                "metrics.port", f"cannot listen on {host}:{port}: {error.strerror}"
+            ) from None
         self.port = int(self._server.server_address[1])
         return self.port
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     given = config
     if args.allow_untrained:
         config = untrained_if_missing(config, str(args.config))
-    preflight(config, str(args.config))  # a missing device, checkpoint or label file: one line, exit 78
+    preflight(config)  # a missing device, checkpoint or label file: one line, exit 78
     from vstmon.model.bundle import load_model_and_labels  # torch: only once the config is good
     from vstmon.service.daemon import Daemon
 
@@ -105,7 +105,7 @@ def _reload(daemon: Daemon, path: str, allow_untrained: bool) -> None:
         config = load_config(path)
         if allow_untrained:
             config = untrained_if_missing(config, str(path))
-        preflight(config, str(path))
+        preflight(config)
     except VstmonError as error:
         message = redact_url(str(error)).replace("\n", "; ")
         _log.error("reload refused: the config has errors; still running on the previous one", error=message)

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from vstmon.config import StrictModel, check_crop_size
+from vstmon.config.arch_names import check_arch
 
 __all__ = ["ArchOverrides", "TrainConfig"]
 
@@ -85,11 +86,7 @@ class TrainConfig(StrictModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, value: str) -> str:
-        from vstmon.model.presets import PRESETS
-
-        if value != "auto" and value not in PRESETS:
-            raise ValueError(f"unknown arch {value!r}; use auto or one of {', '.join(sorted(PRESETS))}")
-        return value
+        return check_arch(value)
 
     @model_validator(mode="after")
     def _auto_needs_checkpoint(self) -> TrainConfig:

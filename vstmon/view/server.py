@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from vstmon.config import ViewConfig
-from vstmon.errors import ConfigError
+from vstmon.errors import ConfigKeyError
 from vstmon.ingest.fit import fitted_size
 from vstmon.log import get_logger
 
@@ -364,7 +364,7 @@ def start_view(
     try:
         server.start()
     except OSError as error:
-        raise ConfigError(
-            f"view.port: cannot listen on {cfg.host}:{cfg.port}: {error.strerror or error}"
+        raise ConfigKeyError(
+            "view.port", f"cannot listen on {cfg.host}:{cfg.port}: {error.strerror or error}"
         ) from None
     return server

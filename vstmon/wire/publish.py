@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import zmq
 
 from vstmon.config import CurveConfig, PublishConfig
-from vstmon.errors import ConfigError, VstmonError
+from vstmon.errors import ConfigError, ConfigKeyError, VstmonError
 from vstmon.log import get_logger, redact
 
 __all__ = [
@@ -107,7 +107,7 @@ class CurveServer:
         try:
             self._keys = read_secret_certificate(cfg.secret_key)
         except ValueError as error:
-            raise ConfigError(f"publish.curve.secret_key: {error}") from None
+            raise ConfigKeyError("publish.curve.secret_key", str(error)) from None
         self._allowed_dir = cfg.allowed_keys
         self._allowed = self._read_allowed()
         self.name = name
@@ -124,7 +124,7 @@ class CurveServer:
         try:
             return frozenset(read_allowed_keys(self._allowed_dir))
         except ValueError as error:
-            raise ConfigError(f"publish.curve.allowed_keys: {error}") from None
+            raise ConfigKeyError("publish.curve.allowed_keys", str(error)) from None
 
     def reload_allowed_keys(self) -> int:
         """Re-read ``allowed_keys``; returns how many keys are allowed now. On ``ConfigError`` (naming the
@@ -236,13 +236,15 @@ class Publisher:
         # megabytes (measured: a stalled subscriber soaked up ~2,000 label messages before the HWM dropped one)
         socket.setsockopt(zmq.SNDBUF, _SNDBUF_BYTES)
         socket.setsockopt(zmq.LINGER, 100)
-        for endpoint in cfg.endpoints:
+        for index, endpoint in enumerate(cfg.endpoints):
             try:
                 socket.bind(endpoint)
             except zmq.ZMQError as error:
                 socket.close(linger=0)
                 self._release()
-                raise ConfigError(f"publish.endpoints: cannot bind {endpoint}: {error}") from None
+                raise ConfigKeyError(
+                    f"publish.endpoints[{index}]", f"cannot bind {endpoint}: {error}"
+                ) from None
             self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._socket: zmq.Socket | None = socket
 
@@ -491,7 +493,7 @@ class ControlServer:
         except zmq.ZMQError as error:
             socket.close(linger=0)
             self._release()
-            raise ConfigError(f"publish.control: cannot bind {self.endpoint}: {error}") from None
+            raise ConfigKeyError("publish.control", f"cannot bind {self.endpoint}: {error}") from None
         self.bound_endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.curve is None and not _is_local(self.bound_endpoint):
             _log.warning(
