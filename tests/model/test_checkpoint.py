@@ -352,7 +352,7 @@ BAD_FILES = {
     ),
     "empty": (_empty, "is empty"),
     "truncated": (_truncated, "truncated or corrupted"),
-    "custom object": (_custom_object, r"pickled Python objects \(tests\.test_checkpoint\._Custom\)"),
+    "custom object": (_custom_object, r"pickled Python objects \(tests\.model\.test_checkpoint\._Custom\)"),
     "plain pickle": (_plain_pickle, "not a PyTorch checkpoint, or is corrupted"),
     "a tensor": (_tensor_only, "holds a Tensor, not a dict"),
     "foreign state dict": (_foreign_state_dict, "not a Video Swin checkpoint"),

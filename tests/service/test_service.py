@@ -23,6 +23,7 @@ from tests.helpers.notify_listener import NotifyListener, received_within
 from tests.helpers.process import Vstmon
 from vstmon.model import LoadedModel
 from vstmon.service.health import DropLog, Throughput, stalled, status_line
+from vstmon.stage import Stage
 from vstmon.wire.client import Subscriber
 
 pytestmark = pytest.mark.slow
@@ -276,16 +277,17 @@ def test_throughput_and_drop_log_count_the_last_minute() -> None:
 
 
 def test_stalled_names_only_the_stages_with_work_and_no_progress() -> None:
-    class Stage:
+    class Waiting(Stage):
         def __init__(self, name: str, busy: bool, since_s: float) -> None:
-            self.name, self._progress = name, (busy, since_s)
+            super().__init__(name)
+            self._progress = (busy, since_s)
 
         def progress(self) -> tuple[bool, float]:
             return self._progress
 
-    engines = [Stage("cpu", True, 200.0), Stage("cuda:1", False, 999.0)]
-    workers = [Stage("cam1", True, 5.0), Stage("cam2", True, 121.0)]
-    assert stalled(engines, workers, timeout_s=120.0) == [
-        "engine cpu: no batch finished for 200 s with clips waiting",
-        "worker cam2: no frame handled for 121 s with frames waiting",
+    stages = [Waiting("engine-cpu", True, 200.0), Waiting("engine-cuda:1", False, 999.0)]
+    stages += [Waiting("worker-cam1", True, 5.0), Waiting("worker-cam2", True, 121.0)]
+    assert stalled(stages, timeout_s=120.0) == [
+        "engine-cpu: no progress for 200 s with work waiting",
+        "worker-cam2: no progress for 121 s with work waiting",
     ]

@@ -226,3 +226,45 @@ def _wait_for_endpoint(log: Path, process: subprocess.Popen[bytes], timeout_s: f
         assert process.poll() is None, log.read_text()[-2000:]
         pause.wait(0.2)
     raise AssertionError(f"the daemon did not start in {timeout_s} s:\n{log.read_text()[-2000:]}")
+
+
+# -- the README's deployment steps ----------------------------------------------------------------------------
+def _deploy_lines() -> list[str]:
+    text = (REPO_ROOT / "README.md").read_text()
+    block = text.split("<!-- deploy -->", 1)[1].split("<!-- /deploy -->", 1)[0]
+    return [line for line in block.splitlines() if line and not line.startswith("```")]
+
+
+def test_the_deployment_steps_need_no_sudo_and_use_the_units_paths() -> None:
+    lines = _deploy_lines()
+    assert lines and not any("sudo" in line for line in lines)  # a minimal Debian has none
+    unit = UNIT.read_text()
+    exec_start = re.search(r"^ExecStart=(\S+)", unit, re.M)
+    workdir = re.search(r"^WorkingDirectory=(\S+)", unit, re.M)
+    assert exec_start and workdir
+    script = "\n".join(lines)
+    assert f"python3 -m venv {Path(exec_start.group(1)).parents[1]}" in script  # the venv the unit starts
+    assert f"cd {workdir.group(1)}" in script  # `vstmon check` resolves relative paths as the service does
+    assert "install -m 644 config.yaml /etc/vstmon/" in script and "--config /etc/vstmon/config.yaml" in unit
+    assert "/path/to" not in script
+
+
+def test_the_deployment_steps_fetch_every_file_the_shipped_config_names() -> None:
+    """The service runs the shipped config from WorkingDirectory: each relative file it names must be fetched
+    there (the person detector was missing once, and the service exited 78 and stayed down)."""
+    import yaml
+
+    from vstmon.model.fetch import ALIASES, CATALOGUE, DETECTORS
+
+    workdir = Path(re.search(r"^WorkingDirectory=(\S+)", UNIT.read_text(), re.M).group(1))  # type: ignore[union-attr]
+    config = yaml.safe_load((REPO_ROOT / "config.yaml").read_text())
+    needed = {workdir / config["model"]["checkpoint"], workdir / config["subjects"]["detector"]}
+    fetched = set()
+    for line in _deploy_lines():
+        match = re.search(r"vstmon weights fetch (\S+) --dest (\S+)", line)
+        if match:
+            name, dest = match.groups()
+            entry = DETECTORS.get(name) or CATALOGUE.get(ALIASES.get(name, name))
+            assert entry is not None, name
+            fetched.add(Path(dest) / entry.file_name)
+    assert needed <= fetched, f"not fetched: {needed - fetched}"

@@ -223,6 +223,9 @@ class Engine:
         """``Batcher.progress``: (work to do, seconds since the last progress), for the watchdog."""
         return self.batcher.progress()
 
+    def stall_problem(self, since_s: float) -> str:
+        return f"engine {self.name}: no batch finished for {since_s:.0f} s with clips waiting"
+
     def pending_count(self) -> int:
         return self.batcher.pending_count()
 

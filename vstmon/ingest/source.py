@@ -26,7 +26,6 @@ capture gaps), after which the clock is re-based to go on from where it was. Fra
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -50,6 +49,7 @@ from vstmon.ingest.intake import FrameIntake
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import get_logger, redact
+from vstmon.stage import Stage
 from vstmon.types import Discontinuity, FrameMeta, SourceState, StreamEvent
 
 __all__ = ["Source"]
@@ -65,7 +65,7 @@ class _Outcome:
     LOST = "lost"
 
 
-class Source:
+class Source(Stage):
     """Reads one stream into a ``RingBuffer`` on its own thread (``start``/``stop``/``join``)."""
 
     def __init__(
@@ -77,17 +77,17 @@ class Source:
         detection_frames: DetectionFrames | None = None,
         subject_crops: SubjectCrops | None = None,
     ) -> None:
+        super().__init__(f"source-{cfg.name}")
         self.cfg = cfg
+        self.stream = cfg.name
         self._detection_frames = detection_frames  # whole frames for the person detector, a few per second
-        self.name = cfg.name
         self.ring = ring
         self.size_px = size_px
         self._on_event = on_event
         # lossless per subject: crops wait for the pipeline's boxes (ingest/intake.py), as offline
         lockstep = ring.lossless and subject_crops is not None
         self._intake = FrameIntake(ring, size_px, detection_frames, subject_crops, lockstep)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._stop = self._stop_event  # the reader's waits (backoff, pacing, full rings) end on it
         self._log = get_logger("ingest").bind(stream=cfg.name)
         self._backoff = Backoff(
             cfg.reconnect.initial_delay_s,
@@ -106,27 +106,6 @@ class Source:
         )
 
     # -- owner API --------------------------------------------------------------------------------------
-    def start(self) -> None:
-        if self._thread is not None:
-            raise RuntimeError(f"source {self.name} already started")
-        self._thread = threading.Thread(target=self._run, name=f"source-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Ask the reader to stop (returns at once; a read in progress ends within the read timeout)."""
-        self._stop.set()
-
-    def join(self, timeout_s: float | None = None) -> bool:
-        """Wait for the reader thread; True when it has ended."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
     def stats(self) -> dict[str, Any]:
         """fps_in (rolling), frames_read, frames_dropped (by the ring), reconnects, state, reason, ring_nbytes,
         frame_wh (the source's picture size, [width, height]; [0, 0] before the first frame)."""
@@ -163,7 +142,7 @@ class Source:
         log = self._log.warning if state in (SourceState.RECONNECTING, SourceState.FAILED) else self._log.info
         log("stream state", state=str(state), reason=reason, discontinuity=discontinuity)
         try:
-            self._on_event(StreamEvent(self.name, state, reason, discontinuity, time.time(), at_seq))
+            self._on_event(StreamEvent(self.stream, state, reason, discontinuity, time.time(), at_seq))
         except Exception as error:  # the owner's callback must not kill the reader
             self._log.error("on_event callback failed", error=redact(repr(error)))
 

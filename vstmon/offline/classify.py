@@ -206,6 +206,7 @@ def classify_file(
     runner.warm_up()
     tracking = config.subjects.detector is not None
     lines = 0
+    bar: Any = None  # a progress bar on a terminal
 
     def make_state(_subject: str = "") -> SegmentState:
         return SegmentState(name, config.smoothing, loaded.labels, top_k, loaded.model_id, loaded.untrained)
@@ -214,18 +215,20 @@ def classify_file(
         nonlocal lines
         write_line(json.dumps(_line(lines, result, state, loaded, top_k, tracking)))
         lines += 1
-        bar.set_postfix_str(f"{lines} clips", refresh=False)
+        if bar is not None:
+            bar.set_postfix_str(f"{lines} clips", refresh=False)
 
     detector = build_detector(config.subjects) if tracking else None
     offline = OfflineStream(
         str(video), stream, config, runner, batch, make_state, on_label, detector=detector
     )
+    if not progress:
+        return offline.run(on_crop=on_crop)
     info = file_info(offline.spec)
     bar = tqdm(
         total=(info.frames if info is not None and info.frames else None),
         unit="frame",
         file=sys.stderr,
-        disable=not progress,
         smoothing=0,  # frames come in bursts (decoding, then a batch waits): a mean since the start is steadier
         dynamic_ncols=True,
         mininterval=0.5,

@@ -484,7 +484,7 @@ class Daemon:
         if self.stop_requested or self.pool is None:
             return problems
         workers = [s.worker for s in self.streams.values() if s.worker is not None and s.worker.alive]
-        return problems + stalled(self.pool.engines, workers, self.config.service.progress_timeout_s)
+        return problems + stalled([*self.pool.engines, *workers], self.config.service.progress_timeout_s)
 
     def dead_threads(self) -> list[str]:
         """Names of stage threads that should be running and are not (engines, stream workers, control).

@@ -28,29 +28,19 @@ _log = get_logger("health")
 _SAMPLES = 256  # heartbeats kept by Throughput (at least a minute at heartbeat_s >= 0.25)
 
 
-class _Engine(Protocol):
-    name: str
-
+class _Watched(Protocol):
     def progress(self) -> tuple[bool, float]: ...
 
-
-class _Worker(Protocol):
-    name: str
-
-    def progress(self) -> tuple[bool, float]: ...
+    def stall_problem(self, since_s: float) -> str: ...
 
 
-def stalled(engines: Iterable[_Engine], workers: Iterable[_Worker], timeout_s: float) -> list[str]:
+def stalled(stages: Iterable[_Watched], timeout_s: float) -> list[str]:
     """Stages that have work and have made no progress for ``timeout_s``, described for a log line."""
     problems = []
-    for engine in engines:
-        busy, since_s = engine.progress()
+    for stage in stages:
+        busy, since_s = stage.progress()
         if busy and since_s > timeout_s:
-            problems.append(f"engine {engine.name}: no batch finished for {since_s:.0f} s with clips waiting")
-    for worker in workers:
-        busy, since_s = worker.progress()
-        if busy and since_s > timeout_s:
-            problems.append(f"worker {worker.name}: no frame handled for {since_s:.0f} s with frames waiting")
+            problems.append(stage.stall_problem(since_s))
     return problems
 
 

@@ -14,6 +14,7 @@ import time
 from collections import deque
 
 from vstmon.log import get_logger
+from vstmon.stage import Stage
 from vstmon.stream.pipeline import ResetRequest, StreamPipeline
 
 __all__ = ["StreamWorker"]
@@ -24,48 +25,34 @@ _WAIT_S = 0.1  # longest a worker waits for a frame before checking its mailbox 
 _MAILBOX_REQUESTS = 64  # reset requests waiting for the worker (more are dropped, oldest first)
 
 
-class StreamWorker:
+class StreamWorker(Stage):
     """One stream's consumer thread around its ``StreamPipeline`` (see the module docstring)."""
 
     def __init__(self, pipeline: StreamPipeline) -> None:
+        super().__init__(f"worker-{pipeline.name}")
         self.pipeline = pipeline
-        self.name = pipeline.name
+        self.stream = pipeline.name
         pipeline.interrupted = self.interrupted
         self._requests: deque[ResetRequest] = deque(maxlen=_MAILBOX_REQUESTS)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._progress_mono_s = time.monotonic()  # the worker last handled a frame, or found none waiting
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
         self.pipeline.start()
-        self._thread = threading.Thread(target=self._run, name=f"worker-{self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-
-    def join(self, timeout_s: float | None = None) -> bool:
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-            return not self._thread.is_alive()
-        return True
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        super().start()
 
     def progress(self) -> tuple[bool, float]:
         """(frames waiting for the worker, seconds since it last handled a frame or found none to handle)."""
         busy = not self.pipeline.ring.closed and self.pipeline.pending
         return busy, time.monotonic() - self._progress_mono_s
 
+    def stall_problem(self, since_s: float) -> str:
+        return f"worker {self.stream}: no frame handled for {since_s:.0f} s with frames waiting"
+
     def interrupted(self) -> bool:
         """A waiting submit gives up: the worker is stopping, or a reset that is not deferred is waiting."""
-        if self._stop.is_set():
+        if self.stopping:
             return True
         with self._lock:
             return bool(self._requests) and not self._requests[0].deferred
@@ -77,7 +64,6 @@ class StreamWorker:
             request.done = threading.Event()
         with self._lock:
             self._requests.append(request)
-        self._wake.set()
         if wait_s is None or request.done is None:
             return None
         if not request.done.wait(wait_s):
@@ -89,7 +75,7 @@ class StreamWorker:
         pipeline = self.pipeline
         ring = pipeline.ring
         try:
-            while not self._stop.is_set():
+            while not self.stopping:
                 request = self._next_request()
                 if request is not None:
                     pipeline.reset(request)
@@ -98,7 +84,7 @@ class StreamWorker:
                     if not ring.wait_for(pipeline.next_seq, _WAIT_S):
                         self._progress_mono_s = time.monotonic()  # nothing to do is not being stuck
                         if ring.closed:  # shutting down: wait for the stop event, do not spin
-                            self._stop.wait(_WAIT_S)
+                            self._stop_event.wait(_WAIT_S)
                     # a frame came, or not: look at the mailbox first either way. A source reports a
                     # discontinuity before it commits the frame after it, so its reset is performed before
                     # that frame is stepped, whatever the threads' timing (as offline)
@@ -106,7 +92,7 @@ class StreamWorker:
                 self._progress_mono_s = time.monotonic()
                 pipeline.step()
         except Exception as error:  # a worker bug is logged; the daemon and other streams carry on
-            _log.exception("stream worker failed", stream=self.name, error=str(error))
+            _log.exception("stream worker failed", stream=self.stream, error=str(error))
         finally:
             with self._lock:
                 pending = list(self._requests)
@@ -118,7 +104,6 @@ class StreamWorker:
     def _next_request(self) -> ResetRequest | None:
         with self._lock:
             if not self._requests:
-                self._wake.clear()
                 return None
             if not self.pipeline.ready(self._requests[0]):
                 return None
