@@ -15,7 +15,7 @@ import torch
 from tests.helpers.videos import render_frame
 from vstmon.config import parse_config
 from vstmon.service.daemon import Daemon
-from vstmon.wire.client import Subscriber
+from vstmon.wire.client import DaemonStatus, Message, Subscriber
 
 NUM_CLASSES = 10
 
@@ -100,35 +100,35 @@ def join_subscriber(sub: Subscriber, timeout_s: float = 10.0) -> None:
     """Slow joiner: wait until the daemon's heartbeat reaches the subscriber."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        got = sub.recv_raw(timeout_s=0.5)
-        if got is not None and got[0] == "status":
+        if isinstance(sub.recv(timeout_s=0.5), DaemonStatus):
             return
     raise AssertionError("the subscriber never received the daemon's status heartbeat")
 
 
-def collect(
-    sub: Subscriber, until: Any, timeout_s: float = 60.0
-) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """Per stream, every (topic, message) received until ``until(by_stream)`` is true."""
-    by_stream: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+ByStream = dict[str, list[tuple[str, Any]]]  # stream -> (topic, typed message of vstmon.wire.protocol)
+
+
+def collect(sub: Subscriber, until: Any, timeout_s: float = 60.0) -> ByStream:
+    """Per stream, every (topic, typed message) received until ``until(by_stream)`` is true. Every message must
+    parse into the client's models: one that does not fails the test."""
+    by_stream: ByStream = defaultdict(list)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        got = sub.recv_raw(timeout_s=0.5)
-        if got is None:
+        message: Message | None = sub.recv(timeout_s=0.5)
+        assert sub.malformed == 0, f"a message does not follow the protocol: {sub.last_error}"
+        if message is None:
             continue
-        topic, message, _gaps = got
-        if "stream" in message:
-            by_stream[message["stream"]].append((topic, message))
+        if not isinstance(message, DaemonStatus):
+            by_stream[message.stream].append((message.topic, message))
         if until(by_stream):
             return by_stream
     raise AssertionError(f"timed out; received: { {k: len(v) for k, v in by_stream.items()} }")
 
 
 def ended(names: list[str]) -> Any:
-    def check(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
+    def check(by_stream: ByStream) -> bool:
         return all(
-            any(t.startswith("reset.") and m["reason"] == "end" for t, m in by_stream.get(n, []))
-            for n in names
+            any(t.startswith("reset.") and m.reason == "end" for t, m in by_stream.get(n, [])) for n in names
         )
 
     return check

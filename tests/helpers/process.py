@@ -18,6 +18,7 @@ import yaml
 import zmq
 
 from tests.helpers.cli import vstmon_env
+from vstmon.wire.protocol import ControlReply, parse_reply
 
 
 class Vstmon:
@@ -76,7 +77,8 @@ class Vstmon:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def request(self, payload: bytes | dict[str, Any], timeout_s: float = 10.0) -> dict[str, Any]:
+    def request(self, payload: bytes | dict[str, Any], timeout_s: float = 10.0) -> ControlReply:
+        """Send a control request (a dict, or raw bytes to send as they are); its reply, typed."""
         context = zmq.Context.instance()
         sock = context.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
@@ -84,7 +86,7 @@ class Vstmon:
         try:
             sock.send(payload if isinstance(payload, bytes) else json.dumps(payload).encode())
             assert sock.poll(int(timeout_s * 1000)), f"no control reply; log:\n{self.log()}"
-            return json.loads(sock.recv())
+            return parse_reply(payload.get("cmd", "?") if isinstance(payload, dict) else "?", sock.recv())
         finally:
             sock.close()
 

@@ -19,6 +19,7 @@ import pytest
 
 from tests.helpers.cli import REPO_ROOT, run_vstmon
 from tests.helpers.daemon import (
+    ByStream,
     collect,
     daemon_config,
     ended,
@@ -27,6 +28,7 @@ from tests.helpers.daemon import (
 from tests.helpers.triton_server import Server, serve_python
 from vstmon.config import TritonServerConfig, parse_config
 from vstmon.errors import ConfigError
+from vstmon.wire.client import LabelMessage
 
 pytestmark = pytest.mark.slow
 
@@ -55,11 +57,9 @@ def _triton(server: Server, **triton: Any) -> dict[str, Any]:
     return {"backend": "triton", "triton": {"url": server.url, "timeout_s": 30.0, **triton}}
 
 
-def _labels(
-    by_stream: dict[str, list[tuple[str, dict[str, Any]]]],
-) -> dict[tuple[str, int, int], dict[str, Any]]:
+def _labels(by_stream: ByStream) -> dict[tuple[str, int, int], LabelMessage]:
     return {
-        (m["stream"], m["segment"], m["clip"]["first_frame"]): m
+        (m.stream, m.segment, m.clip.first_frame): m
         for messages in by_stream.values()
         for t, m in messages
         if t.startswith("label.")
@@ -83,11 +83,11 @@ def test_labels_through_triton_equal_the_local_backend(tmp_path, model_files, ru
     assert runs["local"] and runs["local"].keys() == runs["triton"].keys()
     for key, local in runs["local"].items():
         remote = runs["triton"][key]
-        assert remote["model"] == local["model"] == "tiny_swin@" + local["model"].split("@")[1]
+        assert remote.model == local.model == "tiny_swin@" + local.model.split("@")[1]
         for field in ("top", "smoothed"):
-            assert [s["index"] for s in remote[field]] == [s["index"] for s in local[field]]
+            assert [s.index for s in getattr(remote, field)] == [s.index for s in getattr(local, field)]
             np.testing.assert_allclose(
-                [s["score"] for s in remote[field]], [s["score"] for s in local[field]], atol=1e-5
+                [s.score for s in getattr(remote, field)], [s.score for s in getattr(local, field)], atol=1e-5
             )
 
 
@@ -114,30 +114,26 @@ def test_the_daemon_survives_the_server_dying_drops_and_counts_clips_and_resumes
         sub,
         lambda b: runner.up is False and runner.clips_dropped_server_down > before_down + 3
         and sum(t == "reset.cam" for t, _ in b.get("cam", [])) >= 2
-        and any(t == "status.cam" and m.get("inference") == "down" for t, m in b.get("cam", [])),
+        and any(t == "status.cam" and m.inference == "down" for t, m in b.get("cam", [])),
         timeout_s=120,
     )  # fmt: skip
     assert daemon.pool.engines[0].running
     assert daemon.pool.engines[0].pending_count() <= 1  # one slot per clip stream, whatever the outage
     stats = daemon.pool.engines[0].stats()["remote"]
     assert stats["up"] is False and stats["request_errors"] >= 1 and stats["clips_dropped_server_down"] > 0
-    resets_while_down = [m["segment"] for t, m in down["cam"] if t == "reset.cam"]
+    resets_while_down = [m.segment for t, m in down["cam"] if t == "reset.cam"]
     # back: the same address, a new server; labels flow again and belong to the current segment
     server.start()
     after = collect(sub, labels_count(3), timeout_s=180)
     assert runner.up is True
     # the stream's heartbeat says so too
-    collect(
-        sub, lambda b: any(t == "status.cam" and m.get("inference") == "up" for t, m in b.get("cam", [])), 30
-    )
+    collect(sub, lambda b: any(t == "status.cam" and m.inference == "up" for t, m in b.get("cam", [])), 30)
     resets = [m for t, m in after["cam"] if t == "reset.cam"]
     for t, m in after["cam"]:
         if t == "label.cam":
-            newest = max(
-                (r["segment"] for r in resets if r["seq"] < m["seq"]), default=max(resets_while_down)
-            )
-            assert m["segment"] == newest  # a label never belongs to a segment already reset
-    seqs = [m["seq"] for _t, m in down["cam"] + after["cam"]]
+            newest = max((r.segment for r in resets if r.seq < m.seq), default=max(resets_while_down))
+            assert m.segment == newest  # a label never belongs to a segment already reset
+    seqs = [m.seq for _t, m in down["cam"] + after["cam"]]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
 
 

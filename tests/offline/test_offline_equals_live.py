@@ -59,9 +59,9 @@ def _daemon_rows(run_daemon: Any, data: dict[str, Any]) -> dict[Row, np.ndarray]
     rows = {}
     for topic, message in messages:
         if topic.startswith("label."):
-            clip = message["clip"]
-            row = (message["subject"] or "", message["segment"], clip["first_frame"], clip["last_frame"])
-            rows[row] = _scores(message["top"])
+            clip = message.clip
+            row = (message.subject or "", message.segment, clip.first_frame, clip.last_frame)
+            rows[row] = _scores([{"index": s.index, "score": s.score} for s in message.top])
     return rows
 
 

@@ -29,13 +29,14 @@ from tests.helpers.daemon import (
 )
 from tests.helpers.notify_listener import received_within
 from tests.helpers.videos import FFMPEG, make_video
+from tests.helpers.wire import stream_status
 from vstmon.config import parse_config
 from vstmon.ingest.capture import file_info, parse_source
 from vstmon.service.daemon import Daemon
 from vstmon.service.metrics import Metrics
 from vstmon.service.sdnotify import SystemdNotifier
 from vstmon.stream.build import ring_capacity_frames
-from vstmon.wire.client import Subscriber
+from vstmon.wire.client import DaemonStatus, Subscriber
 
 torch.set_num_threads(1)
 cv2.setNumThreads(1)
@@ -83,8 +84,14 @@ def test_file_sources_are_recognised_and_probed(tmp_path: Path) -> None:
 
 def test_metrics_render_stream_counters_and_batches() -> None:
     metrics = Metrics()
-    metrics.update_stream("cam", "streaming", 25.0, 100, 3, 7, 1, 2)
-    metrics.update_stream("cam", "reconnecting", 0.0, 150, 3, 9, 1, 3)
+    counters = {"frames_dropped": 3, "clips_dropped": 1}
+    metrics.update_stream("cam", stream_status(**counters, clips=7, reconnects=2), frames_read=100, segment=1)
+    metrics.update_stream(
+        "cam",
+        stream_status(**counters, state="reconnecting", clips=9, reconnects=3),
+        frames_read=150,
+        segment=1,
+    )
     metrics.observe_batch("cpu", 4, 0.05)
     text = metrics.render().decode()
     assert 'vstmon_frames_read_total{stream="cam"} 150.0' in text
@@ -117,23 +124,23 @@ def test_several_file_streams_are_batched_and_published_with_continuous_seq(
     assert sub.gaps == 0
     for name in names:
         messages = by_stream[name]
-        seqs = [m["seq"] for _, m in messages]
+        seqs = [m.seq for _, m in messages]
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # +1 per message of the stream, any topic
         topics = [t.split(".")[0] for t, _ in messages]
-        assert topics[0] == "reset" and messages[0][1]["reason"] == "start"
+        assert topics[0] == "reset" and messages[0][1].reason == "start"
         labels_msgs = [m for t, m in messages if t == f"label.{name}"]
         # 40 frames at 16 fps, 8-frame clips every 0.5 s (8 frames): clips end at frames 7, 15, 23, 31, 39
         assert len(labels_msgs) == 5
         for m in labels_msgs:
-            assert m["v"] == 1 and m["type"] == "label" and m["segment"] == 1 and m["subject"] is None
-            assert m["clip"]["frames"] == FRAMES and m["clip"]["last_frame"] - m["clip"]["first_frame"] == 7
-            assert m["model"] and m["latency_ms"] >= 0
-            scores = [s["score"] for s in m["top"]]
+            assert m.v == 1 and m.type == "label" and m.segment == 1 and m.subject is None
+            assert m.clip.frames == FRAMES and m.clip.last_frame - m.clip.first_frame == 7
+            assert m.model and m.latency_ms >= 0
+            scores = [s.score for s in m.top]
             assert len(scores) == NUM_CLASSES and scores == sorted(scores, reverse=True)
             assert abs(sum(scores) - 1.0) < 1e-4
-        end = next(m for t, m in messages if t == f"reset.{name}" and m["reason"] == "end")
+        end = next(m for t, m in messages if t == f"reset.{name}" and m.reason == "end")
         summary = [m for t, m in messages if t == f"segment.{name}"][-1]
-        assert summary["segment"] == 1 and summary["clips"] == 5 and end["previous_segment"] == 1
+        assert summary.segment == 1 and summary.clips == 5 and end.previous_segment == 1
         assert topics.index("segment") < len(topics) - 1 - topics[::-1].index("reset")
     assert max(daemon.batch_sizes) > 1, daemon.batch_sizes  # clips of different streams shared batches
     assert sum(size * n for size, n in daemon.batch_sizes.items()) == 20
@@ -151,19 +158,20 @@ def test_labels_after_a_scene_cut_equal_a_fresh_run_on_the_second_half(
     _daemon, sub = run_daemon(daemon_config(checkpoint, labels, streams))
     by_stream = collect(sub, ended(["both", "fresh"]))
     resets = [m for t, m in by_stream["both"] if t == "reset.both"]
-    assert [r["reason"] for r in resets] == ["start", "scene_change", "end"]
-    assert [m["reason"] for t, m in by_stream["fresh"] if t == "reset.fresh"] == ["start", "end"]
-    after = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 2]
+    assert [r.reason for r in resets] == ["start", "scene_change", "end"]
+    assert [m.reason for t, m in by_stream["fresh"] if t == "reset.fresh"] == ["start", "end"]
+    after = [m for t, m in by_stream["both"] if t == "label.both" and m.segment == 2]
     fresh = [m for t, m in by_stream["fresh"] if t == "label.fresh"]
     assert len(fresh) == 5 and len(after) == len(fresh)
     for a, f in zip(after, fresh, strict=True):
-        assert a["clip"]["first_frame"] - cut == f["clip"]["first_frame"]
-        assert a["clip"]["last_frame"] - cut == f["clip"]["last_frame"]
+        assert a.clip.first_frame - cut == f.clip.first_frame
+        assert a.clip.last_frame - cut == f.clip.last_frame
         for key in ("top", "smoothed"):
-            assert [s["index"] for s in a[key]] == [s["index"] for s in f[key]]
-            np.testing.assert_allclose([s["score"] for s in a[key]], [s["score"] for s in f[key]], atol=1e-5)
-    before = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 1]
-    assert all(m["clip"]["last_frame"] < cut for m in before)
+            mine, theirs = getattr(a, key), getattr(f, key)
+            assert [s.index for s in mine] == [s.index for s in theirs]
+            np.testing.assert_allclose([s.score for s in mine], [s.score for s in theirs], atol=1e-5)
+    before = [m for t, m in by_stream["both"] if t == "label.both" and m.segment == 1]
+    assert all(m.clip.last_frame < cut for m in before)
 
 
 def _recording(path: Path, first_index: int, n_frames: int) -> Path:
@@ -186,17 +194,18 @@ def test_labels_after_a_timestamp_jump_equal_a_fresh_run_on_the_second_recording
     _daemon, sub = run_daemon(data)
     by_stream = collect(sub, ended(["both", "fresh"]))
     resets = [m for t, m in by_stream["both"] if t == "reset.both"]
-    assert [r["reason"] for r in resets] == ["start", "time_jump", "end"]
-    before = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 1]
-    after = [m for t, m in by_stream["both"] if t == "label.both" and m["segment"] == 2]
+    assert [r.reason for r in resets] == ["start", "time_jump", "end"]
+    before = [m for t, m in by_stream["both"] if t == "label.both" and m.segment == 1]
+    after = [m for t, m in by_stream["both"] if t == "label.both" and m.segment == 2]
     fresh = [m for t, m in by_stream["fresh"] if t == "label.fresh"]
     assert len(before) == 5 and len(fresh) == 5 and len(after) == len(fresh)  # nothing lost after the jump
     for a, f in zip(after, fresh, strict=True):
         # the same frames: the file is not reopened at a jump, so its frame indices go on counting
-        assert a["clip"]["first_frame"] - 43 == f["clip"]["first_frame"]
+        assert a.clip.first_frame - 43 == f.clip.first_frame
         for key in ("top", "smoothed"):
-            assert [s["index"] for s in a[key]] == [s["index"] for s in f[key]]
-            np.testing.assert_allclose([s["score"] for s in a[key]], [s["score"] for s in f[key]], atol=1e-5)
+            mine, theirs = getattr(a, key), getattr(f, key)
+            assert [s.index for s in mine] == [s.index for s in theirs]
+            np.testing.assert_allclose([s.score for s in mine], [s.score for s in theirs], atol=1e-5)
 
 
 def test_a_file_loop_resets_with_reason_loop(
@@ -208,14 +217,14 @@ def test_a_file_loop_resets_with_reason_loop(
     _daemon, sub = run_daemon(daemon_config(checkpoint, labels, streams))
 
     def two_loops(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
-        return sum(t == "reset.looping" and m["reason"] == "loop" for t, m in by_stream["looping"]) >= 2
+        return sum(t == "reset.looping" and m.reason == "loop" for t, m in by_stream["looping"]) >= 2
 
     by_stream = collect(sub, two_loops)
-    reasons = [m["reason"] for t, m in by_stream["looping"] if t == "reset.looping"]
+    reasons = [m.reason for t, m in by_stream["looping"] if t == "reset.looping"]
     assert reasons[:3] == ["start", "loop", "loop"]
     # every pass of the 20-frame file gives its clips (frames 7, 15), none spanning a loop
-    segment_two = [m for t, m in by_stream["looping"] if t == "label.looping" and m["segment"] == 2]
-    assert [m["clip"]["last_frame"] for m in segment_two] == [7, 15]
+    segment_two = [m for t, m in by_stream["looping"] if t == "label.looping" and m.segment == 2]
+    assert [m.clip.last_frame for m in segment_two] == [7, 15]
 
 
 def test_a_stalled_subscriber_loses_messages_and_does_not_block_the_daemon(
@@ -261,10 +270,10 @@ def test_no_motion_for_idle_s_resets_once(tmp_path: Path, model_files: tuple[Pat
     data = daemon_config(checkpoint, labels, [{"name": "still", "url": str(still)}], reset={"idle_s": 1.0})
     _daemon, sub = run_daemon(data)
     by_stream = collect(sub, ended(["still"]))
-    reasons = [m["reason"] for t, m in by_stream["still"] if t == "reset.still"]
+    reasons = [m.reason for t, m in by_stream["still"] if t == "reset.still"]
     assert reasons == ["start", "idle", "end"]
-    labels_after = [m for t, m in by_stream["still"] if t == "label.still" and m["segment"] == 2]
-    assert labels_after and labels_after[0]["clip"]["first_frame"] >= 16  # cut from frames after the reset
+    labels_after = [m for t, m in by_stream["still"] if t == "label.still" and m.segment == 2]
+    assert labels_after and labels_after[0].clip.first_frame >= 16  # cut from frames after the reset
 
 
 def test_a_null_checkpoint_gives_untrained_weights_marked_as_such(
@@ -331,16 +340,16 @@ def test_one_subscriber_fans_in_two_daemons_with_seq_per_stream(
             heard: set[str] = set()  # each daemon's heartbeat names its streams: both joined
             deadline = time.monotonic() + 30
             while heard != set(names) and time.monotonic() < deadline:
-                got = sub.recv_raw(timeout_s=0.5)
-                if got is not None and got[0] == "status":
-                    heard |= set(got[1].get("streams", {})) & set(names)
+                message = sub.recv(timeout_s=0.5)
+                if isinstance(message, DaemonStatus):
+                    heard |= set(message.streams) & set(names)
             assert heard == set(names)
             for daemon in daemons:
                 daemon.start_sources()
             by_stream = collect(sub, ended(names), timeout_s=120)
             assert sub.gaps == 0 and sub.missing == 0
         for name in names:
-            seqs = [m["seq"] for _t, m in by_stream[name]]
+            seqs = [m.seq for _t, m in by_stream[name]]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
             assert any(t == f"label.{name}" for t, _m in by_stream[name])
     finally:

@@ -7,15 +7,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
 from tests.helpers.cli import vstmon_env
-from tests.helpers.daemon import collect, daemon_config, tiny_checkpoint, write_mjpg
+from tests.helpers.daemon import ByStream, collect, daemon_config, tiny_checkpoint, write_mjpg
 from tests.helpers.notify_listener import NotifyListener
-from vstmon.wire.client import Subscriber
+from vstmon.wire.client import LabelMessage, Subscriber
+from vstmon.wire.protocol import ErrorReply, ResetCommand, ResetReply, StatusReply
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return tiny_checkpoint(tmp_path_factory.mktemp("model"))
 
 
-def labels_of(by_stream: dict[str, list[tuple[str, dict[str, Any]]]], name: str) -> list[dict[str, Any]]:
+def labels_of(by_stream: ByStream, name: str) -> list[LabelMessage]:
     return [m for t, m in by_stream.get(name, []) if t == f"label.{name}"]
 
 
@@ -52,43 +52,39 @@ def test_vstmon_process_serves_files_and_control_and_exits_0_on_sigterm(
     process.wait_running()
     with Subscriber(process.pub) as sub:
 
-        def enough(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
+        def enough(by_stream: ByStream) -> bool:
             return all(len(labels_of(by_stream, s["name"])) >= 3 for s in streams[:2])
 
         by_stream = collect(sub, enough, timeout_s=90)
         for name in ("file0", "file1"):
-            seqs = [m["seq"] for _, m in by_stream[name]]
+            seqs = [m.seq for _, m in by_stream[name]]
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
         status = process.request({"cmd": "status"})
-        assert status["ok"] and set(status["streams"]) == {"file0", "file1", "broken"}
-        assert status["streams"]["broken"]["state"] == "failed"  # a bad stream never takes the others down
-        assert status["streams"]["file0"]["state"] == "streaming"
+        assert isinstance(status, StatusReply) and set(status.streams) == {"file0", "file1", "broken"}
+        assert status.streams["broken"].state == "failed"  # a bad stream never takes the others down
+        assert status.streams["file0"].state == "streaming"
 
         reply = process.request({"cmd": "reset", "stream": "file0", "subject": "p-43"})
-        assert reply["ok"] and reply["segment"] >= 2
-        segment = reply["segment"]
+        assert isinstance(reply, ResetReply) and reply.segment >= 2
+        segment = reply.segment
 
-        def reset_seen(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
-            return any(
-                m["segment"] == segment and m["subject"] == "p-43" for m in labels_of(by_stream, "file0")
-            )
+        def reset_seen(by_stream: ByStream) -> bool:
+            return any(m.segment == segment and m.subject == "p-43" for m in labels_of(by_stream, "file0"))
 
         after = collect(sub, reset_seen, timeout_s=60)["file0"]
         topics = [t for t, _ in after]
-        reset_at = next(
-            i for i, (t, m) in enumerate(after) if t == "reset.file0" and m["reason"] == "control"
-        )
+        reset_at = next(i for i, (t, m) in enumerate(after) if t == "reset.file0" and m.reason == "control")
         assert topics[reset_at - 1] == "segment.file0"
-        assert after[reset_at][1]["subject"] == "p-43" and after[reset_at][1]["segment"] == segment
+        assert after[reset_at][1].subject == "p-43" and after[reset_at][1].segment == segment
         later = after[reset_at + 1 :]
         next_reset = next((i for i, (t, _) in enumerate(later) if t == "reset.file0"), len(later))
         later_labels = [m for t, m in later[:next_reset] if t == "label.file0"]
-        assert later_labels and all(m["segment"] == segment and m["subject"] == "p-43" for m in later_labels)
+        assert later_labels and all(m.segment == segment and m.subject == "p-43" for m in later_labels)
 
         for bad in (b"{not json", {"cmd": "reset", "stream": "nope"}, {"cmd": "reset"}, {"cmd": "explode"}):
             answer = process.request(bad)
-            assert answer["ok"] is False and answer["error"]
-        assert process.request({"cmd": "status"})["ok"]  # the daemon carries on
+            assert isinstance(answer, ErrorReply) and answer.error
+        assert process.request({"cmd": "status"}).ok  # the daemon carries on
 
     started = time.monotonic()
     assert process.terminate() == 0, process.log()
@@ -119,9 +115,9 @@ def test_vstmon_process_with_an_rtsp_stream_and_a_file(
             sub, lambda b: len(labels_of(b, "cam")) >= 3 and len(labels_of(b, "file")) >= 3, timeout_s=90
         )
     for message in labels_of(by_stream, "cam"):
-        assert message["clip"]["frames"] == 8 and message["segment"] >= 1
+        assert message.clip.frames == 8 and message.segment >= 1
     status = [m for t, m in by_stream["cam"] if t == "status.cam"]
-    assert status and status[-1]["state"] == "streaming"
+    assert status and status[-1].state == "streaming"
     assert process.terminate() == 0, process.log()
 
 
@@ -182,17 +178,17 @@ def test_an_rtsp_reconnect_resets_the_segment_and_keeps_the_subject(
             join_subscriber(sub)
             daemon.start_sources()
             collect(sub, lambda b: len(labels_of(b, "cam")) >= 2, timeout_s=60)
-            assert daemon._handle_control({"cmd": "reset", "stream": "cam", "subject": "p-7"})["segment"] == 2
+            assert daemon._handle_control(ResetCommand(stream="cam", subject="p-7")) == ResetReply(segment=2)
             server.restart()  # the camera goes away and comes back: a discontinuity
             after = collect(
                 sub,
-                lambda b: any(m["segment"] == 3 for m in labels_of(b, "cam")),
+                lambda b: any(m.segment == 3 for m in labels_of(b, "cam")),
                 timeout_s=60,
             )["cam"]
         resets = [m for t, m in after if t == "reset.cam"]
-        assert [r["reason"] for r in resets][-1] == "reconnect"
-        assert resets[-1]["subject"] == "p-7" and resets[-1]["segment"] == 3
-        states = [m["state"] for t, m in after if t == "status.cam"]
+        assert [r.reason for r in resets][-1] == "reconnect"
+        assert resets[-1].subject == "p-7" and resets[-1].segment == 3
+        states = [m.state for t, m in after if t == "status.cam"]
         assert "reconnecting" in states
     finally:
         daemon.stop()
@@ -239,7 +235,7 @@ def test_state_changes_are_logged_once_and_a_file_shorter_than_a_clip_is_announc
     ]
     process = vstmon_process(daemon_config(checkpoint, labels, streams)).wait_running()
     with Subscriber(process.pub) as sub:
-        collect(sub, lambda b: sum(t == "reset.short" and m["reason"] == "loop" for t, m in b["short"]) >= 2)
+        collect(sub, lambda b: sum(t == "reset.short" and m.reason == "loop" for t, m in b["short"]) >= 2)
     assert process.terminate() == 0, process.log()
     events = process.log_events()
     ended = [e for e in events if e.get("event") == "stream state" and e.get("state") == "ended"]

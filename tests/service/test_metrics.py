@@ -10,8 +10,29 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers.wire import stream_status
 from vstmon.errors import EX_CONFIG, ConfigKeyError, VstmonError
 from vstmon.service.metrics import CudaMemory, Metrics, cuda_memory
+from vstmon.wire.protocol import StreamStatusBody, SubjectSlot
+
+
+def _slots(n: int) -> list[SubjectSlot]:
+    return [SubjectSlot(subject=f"door-{i}", box=None, segment=1, clips=0) for i in range(n)]
+
+
+def _counters(
+    state: str, fps_in: float, dropped: int, clips: int, clips_dropped: int, reconnects: int
+) -> StreamStatusBody:
+    """A stream's status with these counters (the numbers the metrics copy)."""
+    return stream_status(
+        state=state,
+        fps_in=fps_in,
+        frames_dropped=dropped,
+        clips=clips,
+        clips_dropped=clips_dropped,
+        reconnects=reconnects,
+    )
+
 
 Series = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
@@ -117,7 +138,7 @@ def test_a_cpu_engine_has_no_device_memory_series(metrics: Metrics) -> None:
 
 
 def test_subject_gauges_after_an_update(metrics: Metrics) -> None:
-    metrics.update_subjects("door", segment=4, people=5, subjects=3, waiting=2)
+    metrics.update_stream("door", stream_status(people=5, subjects=_slots(3), waiting=2), 0, segment=4)
     series = scrape(metrics)
     assert value(series, "vstmon_stream_segment", stream="door") == 4
     assert value(series, "vstmon_stream_people", stream="door") == 5
@@ -126,7 +147,7 @@ def test_subject_gauges_after_an_update(metrics: Metrics) -> None:
 
 
 def test_an_unset_optional_gauge_has_no_series(metrics: Metrics) -> None:
-    metrics.update_subjects("hall", segment=1, people=2, subjects=None, waiting=None)
+    metrics.update_stream("hall", stream_status(people=2), 0, segment=1)
     series = scrape(metrics)
     assert value(series, "vstmon_stream_segment", stream="hall") == 1
     assert value(series, "vstmon_stream_people", stream="hall") == 2
@@ -137,9 +158,9 @@ def test_an_unset_optional_gauge_has_no_series(metrics: Metrics) -> None:
 def test_a_gauge_set_to_none_later_loses_its_series(metrics: Metrics) -> None:
     memory = CudaMemory(allocated_bytes=1, reserved_bytes=2, peak_allocated_bytes=3)
     metrics.update_engine("cuda:1", queue_depth=0, busy=False, seconds_since_progress=0.0, memory=memory)
-    metrics.update_subjects("door", segment=1, people=2, subjects=2, waiting=0)
+    metrics.update_stream("door", stream_status(people=2, subjects=_slots(2), waiting=0), 0, segment=1)
     metrics.update_engine("cuda:1", queue_depth=0, busy=False, seconds_since_progress=0.0, memory=None)
-    metrics.update_subjects("door", segment=2, people=None, subjects=None, waiting=None)
+    metrics.update_stream("door", stream_status(), 0, segment=2)
     series = scrape(metrics)
     assert value(series, "vstmon_stream_segment", stream="door") == 2
     assert not {n for n in names(series) if n.startswith(("vstmon_device_memory", "vstmon_stream_people"))}
@@ -147,8 +168,8 @@ def test_a_gauge_set_to_none_later_loses_its_series(metrics: Metrics) -> None:
 
 
 def test_stream_counters_are_served(metrics: Metrics) -> None:
-    metrics.update_stream("cam", "streaming", 25.0, 100, 3, 7, 1, 2)
-    metrics.update_stream("cam", "reconnecting", 0.0, 150, 4, 9, 1, 3)
+    metrics.update_stream("cam", _counters("streaming", 25.0, 3, 7, 1, 2), frames_read=100, segment=1)
+    metrics.update_stream("cam", _counters("reconnecting", 0.0, 4, 9, 1, 3), frames_read=150, segment=1)
     metrics.count_reset("cam", "scene_change")
     series = scrape(metrics)
     assert value(series, "vstmon_frames_read_total", stream="cam") == 150
@@ -164,8 +185,10 @@ def test_stream_counters_are_served(metrics: Metrics) -> None:
 
 def test_remove_stream_drops_its_series_and_keeps_the_others(metrics: Metrics) -> None:
     for stream in ("gone", "kept"):
-        metrics.update_stream(stream, "streaming", 25.0, 100, 3, 7, 1, 2)
-        metrics.update_subjects(stream, segment=3, people=1, subjects=1, waiting=0)
+        status = stream_status(frames_dropped=3, clips=7, clips_dropped=1, reconnects=2, people=1)
+        metrics.update_stream(
+            stream, status.model_copy(update={"subjects": tuple(_slots(1)), "waiting": 0}), 100, 3
+        )
         metrics.count_reset(stream, "control")
         metrics.observe_latency(stream, 0.2)
     metrics.remove_stream("gone")
@@ -176,7 +199,7 @@ def test_remove_stream_drops_its_series_and_keeps_the_others(metrics: Metrics) -
     assert value(series, "vstmon_resets_total", stream="kept", reason="control") == 1
     assert value(series, "vstmon_latency_seconds_count", stream="kept") == 1
     # a stream of the same name added back starts its counters from its new totals
-    metrics.update_stream("gone", "streaming", 25.0, 40, 0, 1, 0, 0)
+    metrics.update_stream("gone", _counters("streaming", 25.0, 0, 1, 0, 0), frames_read=40, segment=1)
     assert value(scrape(metrics), "vstmon_frames_read_total", stream="gone") == 40
 
 

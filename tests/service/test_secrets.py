@@ -32,7 +32,8 @@ from vstmon.config import parse_config
 from vstmon.log import configure_logging
 from vstmon.service.control_cli import request
 from vstmon.service.daemon import Daemon
-from vstmon.wire.client import Subscriber
+from vstmon.wire.client import DaemonStatus, Message, StatusMessage, Subscriber, parse_message
+from vstmon.wire.protocol import StatusReply
 
 SECRETS = ("Zq7", "Pw9", "Tk8s3cret", "Tok3nUser", "Ak9key")
 
@@ -89,20 +90,26 @@ def _config(
     return data
 
 
-def _reconnect_statuses(sub: Subscriber, names: list[str], timeout_s: float = 60.0) -> list[dict[str, Any]]:
-    """``status.<stream>`` messages until every stream has published one with a reconnect reason."""
-    messages: list[dict[str, Any]] = []
+def _reconnect_statuses(
+    sub: Subscriber, names: list[str], timeout_s: float = 60.0
+) -> tuple[list[Message], list[dict[str, Any]]]:
+    """Status messages until every stream has published one with a reconnect reason: typed, and as sent (every
+    field, for the secret check)."""
+    messages: list[Message] = []
+    sent: list[dict[str, Any]] = []
     waiting = set(names)
     deadline = time.monotonic() + timeout_s
     while waiting and time.monotonic() < deadline:
         got = sub.recv_raw(timeout_s=0.5)
         if got is None:
             continue
-        messages.append({"topic": got[0], **got[1]})
-        if got[0].startswith("status.") and "retry" in got[1].get("reason", ""):
-            waiting.discard(got[1]["stream"])
+        message = parse_message(got[0], got[1])
+        messages.append(message)
+        sent.append({"topic": got[0], **got[1]})
+        if isinstance(message, StatusMessage) and "retry" in message.reason:
+            waiting.discard(message.stream)
     assert not waiting, f"no reconnect status from {sorted(waiting)}; got {messages[-5:]}"
-    return messages
+    return messages, sent
 
 
 @pytest.mark.parametrize("log_format", ["json", "console"])
@@ -120,22 +127,24 @@ def test_log_lines_status_messages_and_control_replies_of_a_daemon(
         with Subscriber(daemon.publisher.endpoints[0], ("status",)) as sub:
             join_subscriber(sub)
             daemon.start_sources()
-            messages = _reconnect_statuses(sub, list(_urls(closed_port)))
+            messages, sent = _reconnect_statuses(sub, list(_urls(closed_port)))
         reply = request(daemon.control.bound_endpoint, {"cmd": "status"}, timeout_s=30)
     finally:
         daemon.stop()
     out, err = capfd.readouterr()
-    published = json.dumps(messages)
+    published = json.dumps(sent)
     for where, text in (("stderr", err), ("stdout", out), ("status messages", published)):
         _assert_no_secret(where, text)
-    _assert_no_secret("the control status reply", json.dumps(reply))
+    _assert_no_secret("the control status reply", reply.model_dump_json())
     for name, (_url, shown) in _urls(closed_port).items():
         assert shown in err  # the URL did go through the log lines, masked
-        reasons = [m["reason"] for m in messages if m["topic"] == f"status.{name}" and "retry" in m["reason"]]
+        reasons = [m.reason for m in messages if m.topic == f"status.{name}" and "retry" in m.reason]
         assert reasons and all(shown in r for r in reasons)
-        assert shown in reply["streams"][name]["reason"]
-        daemon_status = [m for m in messages if m["topic"] == "status"]
-        assert all(shown in m["streams"][name]["reason"] for m in daemon_status if "retry" in json.dumps(m))
+        assert isinstance(reply, StatusReply) and shown in reply.streams[name].reason
+        daemon_status = [m for m in messages if isinstance(m, DaemonStatus)]
+        assert all(
+            shown in m.streams[name].reason for m in daemon_status if "retry" in m.streams[name].reason
+        )
 
 
 def test_check_output(model_files: tuple[Path, Path], closed_port: int, socket_dir: Path) -> None:

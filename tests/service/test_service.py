@@ -24,7 +24,7 @@ from tests.helpers.process import Vstmon
 from vstmon.model import LoadedModel
 from vstmon.service.health import DropLog, Throughput, stalled, status_line
 from vstmon.stage import Stage
-from vstmon.wire.client import Subscriber
+from vstmon.wire.client import Message, Subscriber
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,8 @@ def looping(tmp_path: Path, name: str, first: int = 0) -> dict[str, Any]:
     return {"name": name, "url": str(video), "loop": True, "realtime": True}
 
 
-def of(messages: list[tuple[str, dict[str, Any]]], topic: str) -> list[dict[str, Any]]:
+def of(messages: list[tuple[str, Any]], topic: str) -> list[Any]:
+    """The typed messages on ``topic``."""
     return [m for t, m in messages if t == topic]
 
 
@@ -71,8 +72,8 @@ def test_sighup_applies_stream_changes_and_leaves_the_untouched_stream_alone(
 
         def applied(b: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
             return (
-                any(m["state"] == "stopped" for m in of(b["gone"], "status.gone"))
-                and any(m["reason"] == "start" for m in of(b["change"], "reset.change"))
+                any(m.state == "stopped" for m in of(b["gone"], "status.gone"))
+                and any(m.reason == "start" for m in of(b["change"], "reset.change"))
                 and any(t == "label.added" for t, _ in b["added"])
             )
 
@@ -93,14 +94,14 @@ def test_sighup_applies_stream_changes_and_leaves_the_untouched_stream_alone(
     assert readies[0] == "READY=1\nSTATUS=reloaded"
     assert readies[1].startswith("READY=1\nSTATUS=reload refused (still running the previous config)")
     keep_messages = after["keep"] + more["keep"]
-    seqs = [m["seq"] for _, m in keep_messages]
+    seqs = [m.seq for _, m in keep_messages]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))  # no gap across two reloads
-    assert [m for m in of(keep_messages, "reset.keep") if m["reason"] != "loop"] == []  # only its own loops
+    assert [m for m in of(keep_messages, "reset.keep") if m.reason != "loop"] == []  # only its own loops
     gone_summary = of(after["gone"], "segment.gone")
-    assert gone_summary and gone_summary[-1]["clips"] >= 0  # its last segment was closed, then it stopped
+    assert gone_summary and gone_summary[-1].clips >= 0  # its last segment was closed, then it stopped
     assert not any(t.startswith("label.gone") for t, _ in more["gone"])
     change_starts = of(after["change"], "reset.change")
-    assert change_starts[-1]["segment"] == 1  # restarted: a new stream under the same name
+    assert change_starts[-1].segment == 1  # restarted: a new stream under the same name
     events = process.log_events()
     reloaded = [e for e in events if e.get("event") == "config reloaded"]
     assert reloaded and reloaded[0]["stopped"] == ["gone"] and reloaded[0]["started"] == ["added"]
@@ -143,16 +144,17 @@ def test_sigterm_ends_with_final_summaries_and_a_stopped_status(
         collect(sub, lambda b: len(of(b["cam"], "label.cam")) >= 2)
         started_s = time.monotonic()
         process.proc.send_signal(signal.SIGTERM)
-        last: list[tuple[str, dict[str, Any]]] = []
+        last: list[tuple[str, Message]] = []
         last_s = started_s
-        while (got := sub.recv_raw(timeout_s=5.0)) is not None:
-            last.append((got[0], got[1]))
+        while (message := sub.recv(timeout_s=5.0)) is not None:
+            last.append((message.topic, message))
             last_s = time.monotonic()
+        assert sub.malformed == 0, sub.last_error
     assert process.terminate() == 0
     topics = [t for t, _ in last]
     assert "segment.cam" in topics and topics.index("segment.cam") < topics.index("status")
-    stopped = [m for t, m in last if t == "status.cam" and m["state"] == "stopped"]
-    assert stopped and [m for t, m in last if t == "status"][-1]["state"] == "stopped"
+    stopped = [m for t, m in last if t == "status.cam" and m.state == "stopped"]
+    assert stopped and [m for t, m in last if t == "status"][-1].state == "stopped"
     assert topics[-1] == "status"  # the daemon's last word before its socket closed
     print(f"SIGTERM -> last message in {last_s - started_s:.3f} s")
 

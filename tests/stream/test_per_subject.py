@@ -137,36 +137,34 @@ def test_people_on_vtest_get_labels_of_their_own_each_from_their_own_crops(
     labels_msgs = [m for t, m in messages if t == "label.walk"]
     by_subject: dict[str, list[dict[str, Any]]] = {}
     for m in labels_msgs:
-        by_subject.setdefault(m["subject"], []).append(m)
+        by_subject.setdefault(m.subject, []).append(m)
     assert None not in by_subject  # per-subject mode: every label belongs to someone
     assert len(by_subject) >= 3, sorted(by_subject)
     # several people labelled at the same time: some clips of different people overlap in time
-    spans = {s: (ms[0]["clip"]["first_frame"], ms[-1]["clip"]["last_frame"]) for s, ms in by_subject.items()}
+    spans = {s: (ms[0].clip.first_frame, ms[-1].clip.last_frame) for s, ms in by_subject.items()}
     assert any(
         a != b and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1] for a in spans for b in spans
     ), spans
     events = [m for t, m in messages if t == "subject.walk"]
-    entered = {m["subject"] for m in events if m["event"] == "enter"}
-    left = {m["previous"] for m in events if m["event"] == "leave"}
+    entered = {m.subject for m in events if m.event == "enter"}
+    left = {m.previous for m in events if m.event == "leave"}
     assert set(by_subject) <= entered and left  # people came and went
     for subject, ms in by_subject.items():
-        segments = [m["segment"] for m in ms]
+        segments = [m.segment for m in ms]
         assert segments == sorted(segments) and segments[0] == 1  # each person's own segments, from 1
-        assert all(m["box"] is not None for m in ms)
-        resets = [m for t, m in messages if t == "reset.walk" and m["subject"] == subject]
-        assert resets and resets[0]["reason"] == "start" and resets[0]["segment"] == 1
+        assert all(m.box is not None for m in ms)
+        resets = [m for t, m in messages if t == "reset.walk" and m.subject == subject]
+        assert resets and resets[0].reason == "start" and resets[0].segment == 1
         if subject in left:  # a person's labels stop when their track ends
             gone = next(
-                i for i, (t, m) in enumerate(messages) if t == "subject.walk" and m["previous"] == subject
+                i for i, (t, m) in enumerate(messages) if t == "subject.walk" and m.previous == subject
             )
-            assert not any(t == "label.walk" and m["subject"] == subject for t, m in messages[gone:])
-            summary = [m for t, m in messages[:gone] if t == "segment.walk" and m["subject"] == subject]
-            assert summary and summary[-1]["clips"] == sum(
-                1 for m in ms if m["segment"] == summary[-1]["segment"]
-            )
+            assert not any(t == "label.walk" and m.subject == subject for t, m in messages[gone:])
+            summary = [m for t, m in messages[:gone] if t == "segment.walk" and m.subject == subject]
+            assert summary and summary[-1].clips == sum(1 for m in ms if m.segment == summary[-1].segment)
     # the per-subject leakage guarantee: every published label is the model on that person's crops alone
     model = daemon._loaded.model
-    published = {(m["subject"], m["clip"]["first_frame"], m["clip"]["last_frame"]) for m in labels_msgs}
+    published = {(m.subject, m.clip.first_frame, m.clip.last_frame) for m in labels_msgs}
     checked = 0
     for _key, _segment, _first, frames, probs in captured:
         x = normalize_clips(torch.from_numpy(frames[None]))
@@ -181,12 +179,10 @@ def test_people_on_vtest_get_labels_of_their_own_each_from_their_own_crops(
             own = [
                 p
                 for k, g, first, _f, p in captured
-                if k == f"walk/{subject}" and g == m["segment"] and first <= m["clip"]["first_frame"]
+                if k == f"walk/{subject}" and g == m.segment and first <= m.clip.first_frame
             ]
             expected = np.mean(own[-3:], axis=0)
-            np.testing.assert_allclose(
-                [s["score"] for s in m["smoothed"]], np.sort(expected)[::-1], atol=1e-6
-            )
+            np.testing.assert_allclose([s.score for s in m.smoothed], np.sort(expected)[::-1], atol=1e-6)
 
 
 def test_memory_is_fixed_and_people_coming_and_going_leave_nothing_behind(
@@ -207,16 +203,14 @@ def test_memory_is_fixed_and_people_coming_and_going_leave_nothing_behind(
     assert per_subject.nbytes == 2 * ring.nbytes + 2 * 2 * clip_bytes
 
     def three_passes(by_stream: dict[str, list[tuple[str, dict[str, Any]]]]) -> bool:
-        return sum(t == "reset.walk" and m["reason"] == "loop" for t, m in by_stream["walk"]) >= 3
+        return sum(t == "reset.walk" and m.reason == "loop" for t, m in by_stream["walk"]) >= 3
 
     messages = collect(sub, three_passes, timeout_s=300)["walk"]
     events = [m for t, m in messages if t == "subject.walk"]
-    assert sum(m["event"] == "enter" for m in events) >= 4  # at least two people per pass, over three passes
-    statuses = [m for t, m in messages if t == "status.walk" and "subjects" in m]
-    assert statuses and all(len(m["subjects"]) <= 2 for m in statuses)
-    assert any(
-        s["subject"].startswith("walk-") and s["box"] is not None for m in statuses for s in m["subjects"]
-    )
+    assert sum(m.event == "enter" for m in events) >= 4  # at least two people per pass, over three passes
+    statuses = [m for t, m in messages if t == "status.walk" and m.subjects is not None]
+    assert statuses and all(len(m.subjects) <= 2 for m in statuses)
+    assert any(s.subject.startswith("walk-") and s.box is not None for m in statuses for s in m.subjects)
     engine = daemon.streams["walk"].engine
     assert len(per_subject._by_key) <= 2  # only the people holding a slot
     assert len(engine._keys) <= 2 + 1  # their clip streams and the stream's own: the rest were forgotten

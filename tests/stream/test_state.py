@@ -9,20 +9,21 @@ import numpy as np
 import pytest
 
 from vstmon.config import SmoothingConfig
-from vstmon.stream.state import SegmentState, daemon_status_payload, stream_status_payload
+from vstmon.stream.state import SegmentState
 from vstmon.types import Clip, ClipResult
+from vstmon.wire.protocol import Body, ClipInfo, LabelBody, ResetBody, Score, SegmentBody, SegmentLabel
 
 LABELS = ["walk", "run", "jump", "sit"]
 
 
 class Recorder:
     def __init__(self) -> None:
-        self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.messages: list[tuple[str, Any]] = []  # (topic, the body model: LabelBody, ResetBody, ...)
         self.lock = threading.Lock()
 
-    def __call__(self, topic: str, payload: dict[str, Any]) -> None:
+    def __call__(self, topic: str, body: Body) -> None:
         with self.lock:
-            self.messages.append((topic, payload))
+            self.messages.append((topic, body))
 
     def topics(self) -> list[str]:
         return [t for t, _ in self.messages]
@@ -86,29 +87,26 @@ def test_label_message_has_exactly_the_contract_fields() -> None:
     state, rec, _ = make_state()
     assert feed(state, 0, probs(0.1, 0.6, 0.2, 0.1))
     [(topic, msg)] = rec.messages
-    assert topic == "label.cam1"
-    assert set(msg) == {"segment", "subject", "box", "clip", "top", "smoothed", "latency_ms", "model"}
-    assert msg["segment"] == 1 and msg["subject"] is None and msg["box"] is None
-    assert msg["clip"] == {
-        "start_ts": 1_700_000_000.0,
-        "end_ts": 1_700_000_002.0,
-        "first_frame": 0,
-        "last_frame": 50,
-        "frames": 8,
-    }
-    assert [s["label"] for s in msg["top"]] == ["run", "jump", "walk"]  # top_k=3, descending, stable ties
-    assert [s["index"] for s in msg["top"]] == [1, 2, 0]
-    assert msg["top"][0]["score"] == pytest.approx(0.6)
-    assert all(isinstance(s["score"], float) and isinstance(s["index"], int) for s in msg["top"])
-    assert msg["smoothed"] == msg["top"]  # first clip of a segment smooths to itself
-    assert msg["latency_ms"] == pytest.approx(250.0)  # mono 100.0 - ready 99.75
-    assert msg["model"] == "swin_t-k400-abc123"
+    assert topic == "label.cam1" and isinstance(msg, LabelBody)
+    wire = set(msg.model_dump(mode="json"))  # the JSON fields (untrained is left out while false)
+    assert wire == {"segment", "subject", "box", "clip", "top", "smoothed", "latency_ms", "model"}
+    assert msg.segment == 1 and msg.subject is None and msg.box is None
+    assert msg.clip == ClipInfo(
+        start_ts=1_700_000_000.0, end_ts=1_700_000_002.0, first_frame=0, last_frame=50, frames=8
+    )
+    assert [s.label for s in msg.top] == ["run", "jump", "walk"]  # top_k=3, descending, stable ties
+    assert [s.index for s in msg.top] == [1, 2, 0]
+    assert msg.top[0].score == pytest.approx(0.6)
+    assert msg.smoothed == msg.top  # first clip of a segment smooths to itself
+    assert msg.latency_ms == pytest.approx(250.0)  # mono 100.0 - ready 99.75
+    assert msg.model == "swin_t-k400-abc123"
 
 
 def test_untrained_flag_only_when_untrained() -> None:
     state, rec, _ = make_state(untrained=True)
     feed(state, 0, probs(0.25, 0.25, 0.25, 0.25))
-    assert rec.messages[0][1]["untrained"] is True
+    assert rec.messages[0][1].untrained is True
+    assert rec.messages[0][1].model_dump(mode="json")["untrained"] is True
 
 
 def test_mean_smoothing_over_last_k_clips() -> None:
@@ -119,8 +117,8 @@ def test_mean_smoothing_over_last_k_clips() -> None:
     expected = [np.mean(ps[max(0, i - 2) : i + 1], axis=0) for i in range(len(ps))]
     for (_, msg), exp in zip(rec.messages, expected, strict=True):
         got = np.zeros(4)
-        for s in msg["smoothed"]:
-            got[s["index"]] = s["score"]
+        for s in msg.smoothed:
+            got[s.index] = s.score
         np.testing.assert_allclose(got, exp, atol=1e-9)
 
 
@@ -136,8 +134,8 @@ def test_ema_smoothing_is_renormalised_over_the_window() -> None:
         weights = np.array([alpha * (1 - alpha) ** age for age in range(len(window))])
         exp = (weights[:, None] * np.asarray(window, dtype=np.float64)).sum(0) / weights.sum()
         got = np.zeros(4)
-        for s in msg["smoothed"]:
-            got[s["index"]] = s["score"]
+        for s in msg.smoothed:
+            got[s.index] = s.score
         np.testing.assert_allclose(got, exp, atol=1e-7)
     # e.g. the third message: (0.5 p2 + 0.25 p1 + 0.125 p0) / 0.875
 
@@ -150,22 +148,22 @@ def test_reset_publishes_segment_then_reset_and_clears_smoothing() -> None:
     assert state.reset("control", subject="p-43") == 2
     assert rec.topics()[-2:] == ["segment.cam1", "reset.cam1"]
     summary, reset = rec.messages[-2][1], rec.messages[-1][1]
-    assert summary == {
-        "segment": 1,
-        "subject": None,
-        "box": None,
-        "start_ts": 1_700_000_000.0,
-        "end_ts": 1_700_000_010.0,
-        "clips": 2,
-        "labels": [{"label": "walk", "index": 0, "clips": 2, "seconds": 3.0}],
-    }
-    assert reset == {"segment": 2, "previous_segment": 1, "subject": "p-43", "box": None, "reason": "control"}
+    assert summary == SegmentBody(
+        segment=1,
+        subject=None,
+        box=None,
+        start_ts=1_700_000_000.0,
+        end_ts=1_700_000_010.0,
+        clips=2,
+        labels=(SegmentLabel(label="walk", index=0, clips=2, seconds=3.0),),
+    )
+    assert reset == ResetBody(segment=2, previous_segment=1, subject="p-43", box=None, reason="control")
     # smoothing cleared: the first result of segment 2 is smoothed to itself
     feed(state, 2, probs(0.0, 0.0, 0.0, 1.0))
     msg = rec.messages[-1][1]
-    assert msg["segment"] == 2 and msg["subject"] == "p-43"
-    assert msg["smoothed"][0] == {"label": "sit", "index": 3, "score": 1.0}
-    assert msg["smoothed"][1]["score"] == 0.0
+    assert msg.segment == 2 and msg.subject == "p-43"
+    assert msg.smoothed[0] == Score(label="sit", index=3, score=1.0)
+    assert msg.smoothed[1].score == 0.0
 
 
 def test_segment_summary_attributes_seconds_to_the_top_smoothed_label() -> None:
@@ -178,13 +176,13 @@ def test_segment_summary_attributes_seconds_to_the_top_smoothed_label() -> None:
     feed(state, 5, probs(0.0, 0.0, 1, 0))  # jump; +1 -> jump 1
     state.reset("scene_change")
     summary = rec.messages[-2][1]
-    assert summary["clips"] == 5
-    assert summary["labels"] == [
-        {"label": "run", "index": 1, "clips": 3, "seconds": 4.0},
-        {"label": "walk", "index": 0, "clips": 1, "seconds": 2.0},
-        {"label": "jump", "index": 2, "clips": 1, "seconds": 1.0},
-    ]
-    assert sum(item["seconds"] for item in summary["labels"]) == 7.0  # stream time covered: 0 .. 7 s
+    assert summary.clips == 5
+    assert summary.labels == (
+        SegmentLabel(label="run", index=1, clips=3, seconds=4.0),
+        SegmentLabel(label="walk", index=0, clips=1, seconds=2.0),
+        SegmentLabel(label="jump", index=2, clips=1, seconds=1.0),
+    )
+    assert sum(item.seconds for item in summary.labels) == 7.0  # stream time covered: 0 .. 7 s
 
 
 def test_result_from_before_a_reset_is_never_published() -> None:
@@ -196,7 +194,7 @@ def test_result_from_before_a_reset_is_never_published() -> None:
     assert "label.cam1" not in rec.topics()
     assert state.results_discarded == 1
     summary = rec.messages[0][1]
-    assert summary["clips"] == 0 and summary["labels"] == []
+    assert summary.clips == 0 and summary.labels == ()
 
 
 def test_clip_from_an_older_ring_generation_is_refused_after_reset() -> None:
@@ -217,8 +215,8 @@ def test_subject_rules_on_reset() -> None:
     assert state.subject == "p-1"
     state.reset("scene_change")
     assert state.subject is None
-    assert [m["subject"] for t, m in rec.messages if t == "reset.cam1"] == ["p-1", "p-1", None]
-    assert [m["segment"] for t, m in rec.messages if t == "segment.cam1"] == [1, 2, 3]
+    assert [m.subject for t, m in rec.messages if t == "reset.cam1"] == ["p-1", "p-1", None]
+    assert [m.segment for t, m in rec.messages if t == "segment.cam1"] == [1, 2, 3]
 
 
 def test_bad_reset_reason_and_subject_are_rejected() -> None:
@@ -234,7 +232,7 @@ def test_announce_start() -> None:
     state, rec, _ = make_state()
     state.announce_start()
     assert rec.messages == [
-        ("reset.cam1", {"segment": 1, "previous_segment": 0, "subject": None, "box": None, "reason": "start"})
+        ("reset.cam1", ResetBody(segment=1, previous_segment=0, subject=None, box=None, reason="start"))
     ]
 
 
@@ -267,30 +265,8 @@ def test_concurrent_results_and_resets_keep_order() -> None:
     segment = 1
     for topic, msg in rec.messages:
         if topic in ("label.cam1", "segment.cam1"):  # belongs to the open segment
-            assert msg["segment"] == segment
+            assert msg.segment == segment
         else:
             segment += 1
-            assert msg["segment"] == segment
+            assert msg.segment == segment
     assert segment == 51
-
-
-def test_status_payloads() -> None:
-    assert stream_status_payload("streaming", "opened", 25, 3, 1, 0, 42) == {
-        "state": "streaming",
-        "reason": "opened",
-        "fps_in": 25.0,
-        "frames_dropped": 3,
-        "clips_dropped": 1,
-        "reconnects": 0,
-        "clips": 42,
-        "people": None,
-        "subject": None,
-    }
-    payload = daemon_status_payload(12.5, "cpu", "m1", {"cam1": {"state": "streaming", "segment": 2}})
-    assert payload == {
-        "state": "running",
-        "uptime_s": 12.5,
-        "device": ["cpu"],
-        "model": "m1",
-        "streams": {"cam1": {"state": "streaming", "segment": 2}},
-    }

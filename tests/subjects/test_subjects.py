@@ -27,7 +27,8 @@ def subjects_config(detector: Path, **overrides: Any) -> dict[str, Any]:
     } | overrides
 
 
-def of_topic(messages: list[tuple[str, dict[str, Any]]], kind: str) -> list[dict[str, Any]]:
+def of_topic(messages: list[tuple[str, Any]], kind: str) -> list[Any]:
+    """The typed messages of one kind (``label``, ``reset``, ...)."""
     return [m for t, m in messages if t.split(".")[0] == kind]
 
 
@@ -56,13 +57,13 @@ def test_no_subject_where_there_is_nobody(
     daemon, sub = run_daemon(data)
     messages = collect(sub, ended(["tree"]), timeout_s=120)["tree"]
     assert of_topic(messages, "subject") == []
-    assert [m["reason"] for m in of_topic(messages, "reset")] == ["start", "end"]
-    assert all(m["subject"] is None and m["box"] is None for m in of_topic(messages, "label"))
+    assert [m.reason for m in of_topic(messages, "reset")] == ["start", "end"]
+    assert all(m.subject is None and m.box is None for m in of_topic(messages, "label"))
     subjects = daemon.streams["tree"].pipeline.subjects
     # its 68 frames are ~0.4 s apart (4.5 s at 15 fps says the header; 27 s by the timestamps), slower than 5
     # detections/s: every frame was kept for the detector, and the worker used every one (lossless file)
     assert subjects.detections == subjects.frames.frames_written == 68
-    assert all(m["people"] == 0 for m in of_topic(messages, "status")[1:])
+    assert all(m.people == 0 for m in of_topic(messages, "status")[1:])
 
 
 def test_one_person_throughout_enters_once_and_never_changes(
@@ -76,16 +77,16 @@ def test_one_person_throughout_enters_once_and_never_changes(
     _daemon, sub = run_daemon(data)
     messages = collect(sub, ended(["car"]), timeout_s=120)["car"]
     subject_events = of_topic(messages, "subject")
-    assert [(m["event"], m["previous"]) for m in subject_events] == [("enter", None)], subject_events
-    subject = subject_events[0]["subject"]
-    assert subject.startswith("car-") and subject_events[0]["people"] == 1
-    x0, y0, x1, y1 = subject_events[0]["box"]
+    assert [(m.event, m.previous) for m in subject_events] == [("enter", None)], subject_events
+    subject = subject_events[0].subject
+    assert subject.startswith("car-") and subject_events[0].people == 1
+    x0, y0, x1, y1 = subject_events[0].box
     assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 and (x1 - x0) * (y1 - y0) > 0.1  # a close-up: a big box
     resets = of_topic(messages, "reset")
-    assert [m["reason"] for m in resets] == ["start", "subject_change", "end"]
-    assert resets[1]["subject"] == subject and subject_events[0]["segment"] == resets[1]["segment"]
-    after = [m for m in of_topic(messages, "label") if m["segment"] == resets[1]["segment"]]
-    assert after and all(m["subject"] == subject and m["box"] is not None for m in after)
+    assert [m.reason for m in resets] == ["start", "subject_change", "end"]
+    assert resets[1].subject == subject and subject_events[0].segment == resets[1].segment
+    after = [m for m in of_topic(messages, "label") if m.segment == resets[1].segment]
+    assert after and all(m.subject == subject and m.box is not None for m in after)
 
 
 def test_a_new_person_on_a_fixed_camera_resets_and_nothing_of_the_old_one_leaks(
@@ -108,36 +109,34 @@ def test_a_new_person_on_a_fixed_camera_resets_and_nothing_of_the_old_one_leaks(
     events = of_topic(messages, "subject")
     resets = of_topic(messages, "reset")
     labels_msgs = of_topic(messages, "label")
-    assert resets[0]["reason"] == "start" and resets[-1]["reason"] == "end"
-    assert events and events[0]["event"] == "enter", events
+    assert resets[0].reason == "start" and resets[-1].reason == "end"
+    assert events and events[0].event == "enter", events
     for m in events + labels_msgs:
-        if m["box"] is not None:
-            x0, y0, x1, y1 = m["box"]
+        if m.box is not None:
+            x0, y0, x1, y1 = m.box
             assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
 
     def first_frame_of(segment: int) -> int | None:
-        return next((m["clip"]["first_frame"] for m in labels_msgs if m["segment"] == segment), None)
+        return next((m.clip.first_frame for m in labels_msgs if m.segment == segment), None)
 
     # the first subject change whose segment starts after the splice: someone of the second stretch takes over
     splice = len(a)
     change = next(
-        m
-        for m in events
-        if m["event"] in ("enter", "change") and (first_frame_of(m["segment"]) or -1) >= splice
+        m for m in events if m.event in ("enter", "change") and (first_frame_of(m.segment) or -1) >= splice
     )
-    segment = change["segment"]
-    reset = next(r for r in resets if r["segment"] == segment)
-    assert reset["reason"] == "subject_change" and reset["subject"] == change["subject"]
-    after = [m for m in labels_msgs if m["segment"] == segment]
-    reset_frame = after[0]["clip"]["first_frame"]  # the segment's first clip starts at the reset frame
+    segment = change.segment
+    reset = next(r for r in resets if r.segment == segment)
+    assert reset.reason == "subject_change" and reset.subject == change.subject
+    after = [m for m in labels_msgs if m.segment == segment]
+    reset_frame = after[0].clip.first_frame  # the segment's first clip starts at the reset frame
     # the old subject vanished at the splice: a change once it is lost for lost_s and a new person counts
     # (confirm_s), give or take a detection step and the tracker confirming the newcomer
     assert reset_frame - splice <= (1.0 + 1.0 + 1.0) * VTEST_FPS
-    before = {m["subject"] for m in labels_msgs if m["clip"]["last_frame"] < splice}
-    assert change["subject"] not in before  # someone of the second stretch
-    assert all(m["subject"] == change["subject"] and m["box"] is not None for m in after)
-    later = [m["subject"] for m in labels_msgs if m["segment"] >= segment and m["subject"] is not None]
-    assert change["subject"] in later and change["previous"] not in later  # the new id in later labels
+    before = {m.subject for m in labels_msgs if m.clip.last_frame < splice}
+    assert change.subject not in before  # someone of the second stretch
+    assert all(m.subject == change.subject and m.box is not None for m in after)
+    later = [m.subject for m in labels_msgs if m.segment >= segment and m.subject is not None]
+    assert change.subject in later and change.previous not in later  # the new id in later labels
 
     # the leakage guarantee: labels after the reset equal a fresh run starting at the reset frame
     frames = [i for r in (a, b) for i in r][reset_frame:]
@@ -147,11 +146,11 @@ def test_a_new_person_on_a_fixed_camera_resets_and_nothing_of_the_old_one_leaks(
     fresh_labels = of_topic(collect(sub2, ended(["fresh"]), timeout_s=120)["fresh"], "label")
     assert len(fresh_labels) >= len(after)
     for mine, theirs in zip(after, fresh_labels, strict=False):
-        assert mine["clip"]["first_frame"] - reset_frame == theirs["clip"]["first_frame"]
+        assert mine.clip.first_frame - reset_frame == theirs.clip.first_frame
         for key in ("top", "smoothed"):
-            assert [s["index"] for s in mine[key]] == [s["index"] for s in theirs[key]]
+            assert [s.index for s in getattr(mine, key)] == [s.index for s in getattr(theirs, key)]
             np.testing.assert_allclose(
-                [s["score"] for s in mine[key]], [s["score"] for s in theirs[key]], atol=1e-5
+                [s.score for s in getattr(mine, key)], [s.score for s in getattr(theirs, key)], atol=1e-5
             )
 
 
@@ -172,22 +171,22 @@ def test_a_vstmon_process_publishes_subjects_on_vtest(
         messages = collect(sub, ended(["walkway"]), timeout_s=300)["walkway"]
     assert process.terminate() == 0, process.log()
     events = of_topic(messages, "subject")
-    resets = {m["segment"]: m for m in of_topic(messages, "reset")}
+    resets = {m.segment: m for m in of_topic(messages, "reset")}
     assert len(events) >= 2, events  # people come and go over 80 s
-    assert events[0]["event"] == "enter" and events[0]["previous"] is None
+    assert events[0].event == "enter" and events[0].previous is None
     for event in events:
-        assert event["event"] in ("enter", "change", "leave")
-        reset = resets[event["segment"]]  # each event follows the reset it caused
-        assert reset["reason"] == ("absent" if event["event"] == "leave" else "subject_change")
-        assert reset["subject"] == event["subject"]
-        if event["subject"] is not None:
-            assert re.fullmatch(r"walkway-\d+", event["subject"])
-        x0, y0, x1, y1 = event["box"]
+        assert event.event in ("enter", "change", "leave")
+        reset = resets[event.segment]  # each event follows the reset it caused
+        assert reset.reason == ("absent" if event.event == "leave" else "subject_change")
+        assert reset.subject == event.subject
+        if event.subject is not None:
+            assert re.fullmatch(r"walkway-\d+", event.subject)
+        x0, y0, x1, y1 = event.box
         assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
-        assert event["people"] >= (0 if event["event"] == "leave" else 1)
-        if event["event"] == "change":
-            assert event["subject"] != event["previous"]
-    statuses = [m for m in of_topic(messages, "status") if m["people"] is not None]
-    assert statuses and max(m["people"] for m in statuses) >= 2
-    labelled = [m for m in of_topic(messages, "label") if m["subject"] is not None]
-    assert labelled and all(m["box"] is not None for m in labelled)
+        assert event.people >= (0 if event.event == "leave" else 1)
+        if event.event == "change":
+            assert event.subject != event.previous
+    statuses = [m for m in of_topic(messages, "status") if m.people is not None]
+    assert statuses and max(m.people for m in statuses) >= 2
+    labelled = [m for m in of_topic(messages, "label") if m.subject is not None]
+    assert labelled and all(m.box is not None for m in labelled)

@@ -8,14 +8,24 @@ import os
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+import zmq
 
 from tests.helpers.cli import REPO_ROOT, run_vstmon
+from tests.helpers.wire import (
+    daemon_status,
+    label_body,
+    reset_body,
+    segment_body,
+    stream_entry,
+    stream_status,
+)
 from vstmon.config import PublishConfig, SmoothingConfig
 from vstmon.errors import VstmonError
-from vstmon.stream.state import SegmentState, daemon_status_payload, stream_status_payload
+from vstmon.stream.state import SegmentState
 from vstmon.types import Clip, ClipResult
 from vstmon.wire.client import (
     DaemonStatus,
@@ -28,65 +38,58 @@ from vstmon.wire.client import (
     Subscriber,
     parse_message,
 )
+from vstmon.wire.protocol import Message, SubjectSlot
 from vstmon.wire.publish import Publisher
 
 
-def _capture_real_messages() -> list[tuple[str, dict]]:
-    """Messages exactly as the real SegmentState + Publisher envelope produce them (no sockets needed)."""
+@pytest.fixture
+def captured() -> Iterator[tuple[Publisher, list[tuple[str, dict]]]]:
+    """A real publisher (no subscriber needed) and the messages it sends, as JSON objects, in order."""
+    publisher = Publisher(PublishConfig(endpoints=["tcp://127.0.0.1:*"]))
     out: list[tuple[str, dict]] = []
-    seqs: dict[str, int] = {}
 
-    def publish(topic: str, payload: dict) -> None:
-        kind, _, stream = topic.partition(".")
-        body = {**payload, "v": 1, "type": kind, "ts": 1.7e9}
-        if stream:
-            seqs[stream] = seqs.get(stream, 0) + 1
-            body.update(stream=stream, seq=seqs[stream])
-        out.append((topic, json.loads(json.dumps(body))))
+    def tap(topic: str, message: Message) -> None:
+        out.append((topic, json.loads(message.model_dump_json())))
 
-    state = SegmentState("cam1", SmoothingConfig(), ["a", "b", "c"], 2, "m1", untrained=True, publish=publish)
+    publisher.add_tap(tap)
+    yield publisher, out
+    publisher.close()
+
+
+def _capture_real_messages(captured) -> list[tuple[str, dict]]:
+    """Messages exactly as the real SegmentState and Publisher produce them."""
+    publisher, out = captured
+    state = SegmentState(
+        "cam1", SmoothingConfig(), ["a", "b", "c"], 2, "m1", untrained=True, publish=publisher.publish
+    )
     clip = Clip("cam1", 0, np.zeros((4, 8, 8, 3), np.uint8), 0, 6, 1.0, 2.0, 0.0, 1.0, 0.0)
     state.accept_clip(clip)
     state.on_result(ClipResult(clip, np.array([0.2, 0.7, 0.1], np.float32)))
     state.reset("control", subject="p-1")
-    publish("status.cam1", stream_status_payload("streaming", "opened", 25.0, 0, 1, 2, 3))
-    publish("status", daemon_status_payload(3.5, ["cpu"], "m1", {"cam1": {"state": "streaming"}}))
+    publisher.publish("status.cam1", stream_status(reason="opened", clips_dropped=1, reconnects=2, clips=3))
+    publisher.publish("status", daemon_status(3.5, {"cam1": stream_entry(segment=2)}))
     return out
 
 
-def test_subject_messages_and_subject_fields_parse() -> None:
-    out: list[tuple[str, dict]] = []
-
-    def publish(topic: str, payload: dict) -> None:
-        out.append(
-            (
-                topic,
-                json.loads(
-                    json.dumps(
-                        {
-                            **payload,
-                            "v": 1,
-                            "type": topic.split(".")[0],
-                            "ts": 1.0,
-                            "stream": "cam1",
-                            "seq": len(out) + 1,
-                        }
-                    )
-                ),
-            )
-        )
-
-    state = SegmentState("cam1", SmoothingConfig(), ["a", "b"], 2, "m1", publish=publish)
+def test_subject_messages_and_subject_fields_parse(captured) -> None:
+    publisher, out = captured
+    state = SegmentState("cam1", SmoothingConfig(), ["a", "b"], 2, "m1", publish=publisher.publish)
     clip = Clip("cam1", 0, np.zeros((4, 8, 8, 3), np.uint8), 0, 6, 1.0, 2.0, 0.0, 1.0, 0.0)
     clip.box = (0.1, 0.2, 0.30001, 1.2)  # rounded to 4 decimals and clipped to the frame
     state.accept_clip(clip)
     state.on_result(ClipResult(clip, np.array([0.3, 0.7], np.float32)))
     state.reset("subject_change", subject="cam1-4")
     state.subject_event("change", "cam1-4", "cam1-2", (0.5, 0.25, 0.75, 0.9), 0.871234, 3)
-    publish(
-        "status.cam1", stream_status_payload("streaming", "ok", 25.0, 0, 0, 0, 1, people=3, subject="cam1-4")
+    publisher.publish("status.cam1", stream_status(reason="ok", clips=1, people=3, subject="cam1-4"))
+    per_subject = stream_status(
+        reason="ok",
+        clips=4,
+        people=3,
+        subjects=[SubjectSlot(subject="cam1-4", box=(0, 0, 1, 1), segment=2, clips=5)],
+        waiting=1,
     )
-    label, _segment, reset, subject, status = (parse_message(t, json.dumps(b)) for t, b in out)
+    publisher.publish("status.cam1", per_subject)
+    label, _segment, reset, subject, status, status2 = (parse_message(t, json.dumps(b)) for t, b in out)
     assert isinstance(label, LabelMessage) and label.box == (0.1, 0.2, 0.3, 1.0)
     assert isinstance(reset, ResetMessage) and reset.reason == "subject_change" and reset.subject == "cam1-4"
     assert isinstance(subject, SubjectMessage)
@@ -99,27 +102,10 @@ def test_subject_messages_and_subject_fields_parse() -> None:
     )
     assert subject.box == (0.5, 0.25, 0.75, 0.9) and subject.score == 0.8712
     assert isinstance(status, StatusMessage) and (status.people, status.subject) == (3, "cam1-4")
-    per_subject = stream_status_payload(
-        "streaming",
-        "ok",
-        25.0,
-        0,
-        0,
-        0,
-        4,
-        people=3,
-        subjects=[{"subject": "cam1-4", "box": [0, 0, 1, 1]}],
-        waiting=1,
-    )
-    status2 = parse_message(
-        "status.cam1", {**per_subject, "v": 1, "type": "status", "ts": 1.0, "stream": "cam1", "seq": 9}
-    )
-    assert (
-        isinstance(status2, StatusMessage)
-        and status2.waiting == 1
-        and status2.subjects[0]["subject"] == "cam1-4"
-    )
+    assert isinstance(status2, StatusMessage) and status2.waiting == 1
+    assert status2.subjects == (SubjectSlot(subject="cam1-4", box=(0.0, 0.0, 1.0, 1.0), segment=2, clips=5),)
     assert status.subjects is None and status.waiting is None  # whole-frame mode sends neither
+    assert "subjects" not in out[4][1] and "waiting" not in out[4][1] and "inference" not in out[4][1]
     boxed = {**out[2][1], "box": [0.1, 0.2, 0.3, 0.4]}
     assert parse_message("reset.cam1", boxed).box == (0.1, 0.2, 0.3, 0.4)
     # fields of an older daemon (no box, no people) read as None; a bad box is refused with its field
@@ -129,9 +115,18 @@ def test_subject_messages_and_subject_fields_parse() -> None:
         parse_message("label.cam1", {**out[0][1], "box": [0.1, 0.2, 0.3]})
 
 
-def test_parse_every_message_type() -> None:
+def test_status_carries_inference_when_a_server_runs_the_model(captured) -> None:
+    publisher, out = captured
+    publisher.publish("status.cam1", stream_status(inference="down"))
+    publisher.publish("status", daemon_status(1.0, {"cam1": stream_entry(inference="up")}))
+    status, daemon = (parse_message(t, json.dumps(b)) for t, b in out)
+    assert isinstance(status, StatusMessage) and status.inference == "down"
+    assert isinstance(daemon, DaemonStatus) and daemon.streams["cam1"].inference == "up"
+
+
+def test_parse_every_message_type(captured) -> None:
     label, segment, reset, status, daemon = (
-        parse_message(t, json.dumps(b)) for t, b in _capture_real_messages()
+        parse_message(t, json.dumps(b)) for t, b in _capture_real_messages(captured)
     )
     assert isinstance(label, LabelMessage)
     assert (label.stream, label.seq, label.segment, label.subject, label.model) == ("cam1", 1, 1, None, "m1")
@@ -153,15 +148,18 @@ def test_parse_every_message_type() -> None:
         4,
     )
     assert isinstance(daemon, DaemonStatus)
-    assert (
-        daemon.device == ("cpu",)
-        and daemon.uptime_s == 3.5
-        and daemon.streams["cam1"]["state"] == "streaming"
+    assert (daemon.device, daemon.uptime_s, daemon.state, daemon.topic) == (
+        ("cpu",),
+        3.5,
+        "running",
+        "status",
     )
+    assert (daemon.streams["cam1"].state, daemon.streams["cam1"].segment) == ("streaming", 2)
+    assert (label.topic, status.topic) == ("label.cam1", "status.cam1")
 
 
-def test_parse_accepts_bytes_and_ignores_unknown_fields() -> None:
-    topic, body = _capture_real_messages()[2]
+def test_parse_accepts_bytes_and_ignores_unknown_fields(captured) -> None:
+    topic, body = _capture_real_messages(captured)[2]
     body["new_field_in_a_later_release"] = [1, 2]
     message = parse_message(topic.encode(), json.dumps(body).encode())
     assert isinstance(message, ResetMessage)
@@ -179,15 +177,15 @@ def test_parse_accepts_bytes_and_ignores_unknown_fields() -> None:
         ("reset.cam1", lambda b: b.update(seq=True), "'seq' must be an integer"),
     ],
 )
-def test_malformed_fields_are_clear_errors(topic, mutate, error) -> None:
-    body = dict(next(b for t, b in _capture_real_messages() if t == topic))
+def test_malformed_fields_are_clear_errors(captured, topic, mutate, error) -> None:
+    body = dict(next(b for t, b in _capture_real_messages(captured) if t == topic))
     mutate(body)
     with pytest.raises(MessageError, match=error.replace("(", r"\(")):
         parse_message(topic, json.dumps(body))
 
 
-def test_malformed_label_fields_name_the_path() -> None:
-    topic, body = _capture_real_messages()[0]
+def test_malformed_label_fields_name_the_path(captured) -> None:
+    topic, body = _capture_real_messages(captured)[0]
     body["top"][1]["score"] = "high"
     with pytest.raises(MessageError, match=r"label.cam1.top\[1\]: field 'score' must be a number"):
         parse_message(topic, json.dumps(body))
@@ -226,17 +224,13 @@ def publisher():
 
 def _wait_joined(pub: Publisher, sub: Subscriber) -> None:
     for _ in range(200):
-        pub.publish("status", daemon_status_payload(0.0, "cpu", "probe", {}))
+        pub.publish("status", daemon_status())
         if sub.recv(timeout_s=0.02) is not None:
             break
     else:
         raise AssertionError("subscriber never joined")
     while sub.recv(timeout_s=0.1) is not None:
         pass
-
-
-def _reset_payload(segment: int) -> dict:
-    return {"segment": segment, "previous_segment": segment - 1, "subject": None, "reason": "control"}
 
 
 def test_subscriber_reports_gaps_per_stream(publisher) -> None:
@@ -254,7 +248,7 @@ def test_subscriber_reports_gaps_per_stream(publisher) -> None:
             "reset.cam2",
         ]
         for topic in plan:
-            pub.publish(topic, _reset_payload(2))
+            pub.publish(topic, reset_body(2) if topic.startswith("reset") else label_body())
         received = []
         while len(received) < 4 and (message := sub.recv()) is not None:
             received.append(message)
@@ -266,21 +260,34 @@ def test_subscriber_reports_gaps_per_stream(publisher) -> None:
 def test_seq_going_back_counts_as_a_daemon_restart_not_a_gap(publisher) -> None:
     _, endpoint = publisher
     with Subscriber(endpoint, ("reset",), timeout_s=2.0) as sub:
-        sub._track({"stream": "cam1", "seq": 7})
-        assert sub._track({"stream": "cam1", "seq": 1}) == []
+        sub._track("cam1", 7)
+        assert sub._track("cam1", 1) == []
         assert sub.restarts == 1 and sub.gaps == 0
-        assert [(g.first_seq, g.last_seq) for g in sub._track({"stream": "cam1", "seq": 3})] == [(2, 2)]
+        assert [(g.first_seq, g.last_seq) for g in sub._track("cam1", 3)] == [(2, 2)]
 
 
-def test_subscriber_counts_malformed_messages_and_keeps_going(publisher) -> None:
-    pub, endpoint = publisher
-    with Subscriber(endpoint, ("",), timeout_s=2.0) as sub:
-        _wait_joined(pub, sub)
-        pub.publish("reset.cam1", {"segment": "not an int"})
-        pub.publish("reset.cam1", _reset_payload(3))
-        message = sub.recv()
-        assert isinstance(message, ResetMessage) and message.segment == 3 and message.seq == 2
-        assert sub.malformed == 1 and "segment" in sub.last_error
+def test_subscriber_counts_malformed_messages_and_keeps_going() -> None:
+    """A daemon that does not follow the protocol (a raw PUB socket: the real publisher only sends models)."""
+    context = zmq.Context.instance()
+    pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.LINGER, 0)
+    pub.bind("tcp://127.0.0.1:*")
+    envelope = {"v": 1, "type": "reset", "ts": 1.0, "stream": "cam1"}
+    bad = {**reset_body(2).model_dump(mode="json"), "segment": "not an int", **envelope, "seq": 1}
+    good = {**reset_body(3).model_dump(mode="json"), **envelope, "seq": 2}
+    try:
+        with Subscriber(pub.getsockopt_string(zmq.LAST_ENDPOINT), ("",), timeout_s=0.02) as sub:
+            for _ in range(500):  # until the subscriber has joined: it refuses the bad message
+                pub.send_multipart((b"reset.cam1", json.dumps(bad).encode()))
+                assert sub.recv() is None
+                if sub.malformed:
+                    break
+            assert sub.malformed >= 1 and "field 'segment' must be an integer, got str" in sub.last_error
+            pub.send_multipart((b"reset.cam1", json.dumps(good).encode()))
+            message = sub.recv(timeout_s=5.0)
+            assert isinstance(message, ResetMessage) and message.segment == 3 and message.seq == 2
+    finally:
+        pub.close()
 
 
 def test_subscriber_iteration_stops_after_timeout(publisher) -> None:
@@ -293,8 +300,8 @@ def _feed(pub: Publisher, stop: threading.Event) -> None:
     n = 0
     while not stop.wait(0.01):
         n += 1
-        pub.publish("reset.cam1", _reset_payload(n))
-        pub.publish("status", daemon_status_payload(float(n), "cpu", "m1", {}))
+        pub.publish("reset.cam1", reset_body(n))
+        pub.publish("status", daemon_status(float(n)))
 
 
 def test_listen_cli_prints_json_lines_in_a_subprocess(publisher) -> None:
@@ -385,7 +392,7 @@ def test_listen_exits_0_when_messages_came_and_then_the_stream_went_quiet(publis
         n = 0
         while reader.is_alive() and n < 1200:  # publish until the listener has joined and printed one (60 s)
             n += 1
-            pub.publish("reset.cam1", _reset_payload(n))
+            pub.publish("reset.cam1", reset_body(n))
             reader.join(0.05)
         assert first_line and json.loads(first_line[0])["topic"] == "reset.cam1"
         _out, err = listener.communicate(timeout=60)  # nothing more is published: it times out
@@ -441,8 +448,8 @@ def test_listen_with_a_topic_filter_does_not_call_other_topics_gaps(
         n = 0
         while not stop.wait(0.01):
             n += 1
-            pub.publish("reset.cam1", _reset_payload(n))
-            pub.publish("status.cam1", {"state": "streaming"}, stream="cam1")  # takes a seq, not subscribed
+            pub.publish("reset.cam1", reset_body(n))
+            pub.publish("status.cam1", stream_status(), stream="cam1")  # takes a seq, not subscribed
 
     feeder = threading.Thread(target=feed)
     feeder.start()
@@ -458,22 +465,15 @@ def test_listen_with_a_topic_filter_does_not_call_other_topics_gaps(
 
 
 def _feed_all_kinds(pub: Publisher, stop: threading.Event) -> None:
-    label = {
-        "segment": 3,
-        "subject": "p-43",
-        "clip": {"start_ts": 1.0, "end_ts": 2.0, "first_frame": 0, "last_frame": 31, "frames": 32},
-        "top": [{"label": "walking the dog", "index": 383, "score": 0.71}],
-        "smoothed": [{"label": "jogging", "index": 176, "score": 0.44}],
-        "latency_ms": 80.0,
-        "model": "m1",
-        "box": None,
-    }
-    segment = {"segment": 3, "subject": "p-43", "start_ts": 0.0, "end_ts": 9.0, "clips": 29, "box": None,
-               "labels": [{"label": "walking the dog", "index": 383, "clips": 25, "seconds": 27.0}]}  # fmt: skip
+    label = label_body(3, "p-43", top=(("walking the dog", 383, 0.71),), smoothed=(("jogging", 176, 0.44),))
+    segment = segment_body(3, labels=(("walking the dog", 383, 29, 27.0),))
+    status = stream_status(clips=310, reconnects=1)
     while not stop.wait(0.01):
         pub.publish("label.cam1", label)
         pub.publish("segment.cam1", segment)
-        pub.publish("reset.cam1", {**_reset_payload(4), "subject": "p-43"})
+        pub.publish("reset.cam1", reset_body(4, subject="p-43"))
+        pub.publish("status.cam1", status)
+        pub.publish("status", daemon_status(5.0, {"cam1": stream_entry(segment=4)}))
 
 
 def test_listen_pretty_prints_one_aligned_line_per_message(publisher) -> None:
@@ -482,17 +482,24 @@ def test_listen_pretty_prints_one_aligned_line_per_message(publisher) -> None:
     feeder = threading.Thread(target=_feed_all_kinds, args=(pub, stop))
     feeder.start()
     try:
-        proc = run_vstmon("listen", endpoint, "--pretty", "--count", "9", "--timeout-s", "10", timeout_s=60)
+        proc = run_vstmon("listen", endpoint, "--pretty", "--count", "15", "--timeout-s", "10", timeout_s=60)
     finally:
         stop.set()
         feeder.join(5)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert len(lines) == 9 and "\033[" not in proc.stdout  # no colour when stdout is not a terminal
+    assert len(lines) == 15 and "\033[" not in proc.stdout  # no colour when stdout is not a terminal
     labels = [line for line in lines if "walking the dog" in line and " 0.71  ~" in line]
     assert labels and all("cam1" in line and "p-43" in line and "~ jogging 0.44" in line for line in labels)
     assert all(line.endswith("seg 3") for line in labels)
     assert any("reset (control) -> segment 4, subject p-43" in line for line in lines)
     assert any("segment 3 closed: 29 clips; walking the dog 27.0 s" in line for line in lines)
+    # a stream's status has no segment: its line says what it has (issue 18: it printed "segment None")
+    statuses = [line for line in lines if "status streaming" in line]
+    assert statuses and all(line.endswith("status streaming, 25.0 fps in, 310 clips") for line in statuses)
+    assert any(
+        "daemon  " in line and line.endswith("daemon running: 1/1 streams streaming") for line in lines
+    )
+    assert "None" not in proc.stdout
     starts = {line.index("p-43") for line in labels}
     assert len(starts) == 1  # aligned columns

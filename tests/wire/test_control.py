@@ -11,26 +11,29 @@ import pytest
 import zmq
 
 from tests.helpers.cli import run_vstmon
+from tests.helpers.wire import stream_entry
 from vstmon.cli import main
 from vstmon.errors import VstmonError
 from vstmon.log import configure_logging
-from vstmon.wire.publish import ControlServer
+from vstmon.wire.control import ControlServer
+from vstmon.wire.protocol import REPLY_ADAPTER, ControlCommand, ResetReply, StatusCommand, StatusReply
 
 
 class FakeDaemon:
-    """A real handler with real state: two streams, segment numbers that advance on reset."""
+    """A real handler with real state: two streams, segment numbers that advance on reset. ``calls``: the
+    commands as the client sent them."""
 
     def __init__(self) -> None:
         self.segments = {"cam1": 1, "cam2": 4}
         self.calls: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, request: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, command: ControlCommand) -> ResetReply | StatusReply:
         with self.lock:
-            self.calls.append(dict(request))
-            if request["cmd"] == "status":
-                return {"streams": {name: {"segment": seg} for name, seg in self.segments.items()}}
-            stream = request["stream"]
+            self.calls.append(command.model_dump(exclude_unset=True))
+            if isinstance(command, StatusCommand):
+                return StatusReply(streams={name: stream_entry(seg) for name, seg in self.segments.items()})
+            stream = command.stream
             if stream == "boom":
                 raise RuntimeError("handler bug")
             if stream == "vstmon-error":
@@ -38,7 +41,12 @@ class FakeDaemon:
             if stream not in self.segments:
                 raise KeyError(f"unknown stream {stream!r}")
             self.segments[stream] += 1
-            return {"segment": self.segments[stream]}
+            return ResetReply(segment=self.segments[stream])
+
+
+def _segments(reply: dict[str, Any]) -> dict[str, int]:
+    """Stream -> segment of a ``status`` reply (which must be a valid ``StatusReply``)."""
+    return {name: entry.segment for name, entry in StatusReply.model_validate(reply).streams.items()}
 
 
 @pytest.fixture(autouse=True)
@@ -72,9 +80,11 @@ def _ask(endpoint: str, data: bytes | list[bytes]) -> dict[str, Any]:
             sock.send_multipart(data)
         else:
             sock.send(data)
-        reply = json.loads(sock.recv())
+        data = sock.recv()
     finally:
         sock.close()
+    REPLY_ADAPTER.validate_json(data, strict=True)  # every reply is one of the protocol's reply models
+    reply = json.loads(data)
     assert isinstance(reply, dict)
     return reply
 
@@ -98,7 +108,8 @@ def test_reset_without_subject(server: str, daemon: FakeDaemon) -> None:
 
 def test_status(server: str) -> None:
     reply = _ask_json(server, {"cmd": "status"})
-    assert reply == {"ok": True, "streams": {"cam1": {"segment": 1}, "cam2": {"segment": 4}}}
+    assert reply["ok"] is True and _segments(reply) == {"cam1": 1, "cam2": 4}
+    assert reply["streams"]["cam1"] == stream_entry(1).model_dump(mode="json")
 
 
 @pytest.mark.parametrize(
@@ -274,18 +285,20 @@ def test_a_handler_bug_logs_its_traceback_once_then_one_line_per_repeat(
 
 
 def test_replies_never_carry_credentials(daemon: FakeDaemon) -> None:
-    def handler(request: dict[str, Any]) -> dict[str, Any]:
-        if request["cmd"] == "status":
-            return {"streams": {"token": {"reason": "cannot open rtsp://admin:p@ss/w@cam/live"}}}
+    def handler(command: ControlCommand) -> StatusReply:
+        if isinstance(command, StatusCommand):
+            return StatusReply(
+                streams={"token": stream_entry(reason="cannot open rtsp://admin:p@ss/w@cam/live")}
+            )
         raise VstmonError("stream 'cam1' is not running: cannot open rtsp://admin:p@ss/w@cam/live")
 
     srv = ControlServer("tcp://127.0.0.1:*", handler, poll_interval_s=0.05)
     srv.start()
     try:
-        assert _ask_json(srv.bound_endpoint, {"cmd": "status"}) == {
-            "ok": True,
-            "streams": {"token": {"reason": "cannot open rtsp://admin:***@cam/live"}},  # a stream named token
-        }
+        reply = StatusReply.model_validate(_ask_json(srv.bound_endpoint, {"cmd": "status"}))
+        assert (
+            reply.streams["token"].reason == "cannot open rtsp://admin:***@cam/live"
+        )  # a stream named token
         assert _ask_json(srv.bound_endpoint, {"cmd": "reset", "stream": "cam1"}) == {
             "ok": False,
             "error": "stream 'cam1' is not running: cannot open rtsp://admin:***@cam/live",
@@ -318,17 +331,17 @@ def test_many_bad_requests_in_a_row_then_a_good_one(server: str) -> None:
 
 
 def test_bind_error_is_clear() -> None:
-    first = ControlServer("tcp://127.0.0.1:*", lambda r: {})
+    first = ControlServer("tcp://127.0.0.1:*", lambda command: ResetReply(segment=1))
     first.start()
     try:
         with pytest.raises(VstmonError, match="cannot bind"):
-            ControlServer(first.bound_endpoint, lambda r: {}).start()
+            ControlServer(first.bound_endpoint, lambda command: ResetReply(segment=1)).start()
     finally:
         first.close()
 
 
 def test_stop_ends_the_thread_promptly() -> None:
-    srv = ControlServer("tcp://127.0.0.1:*", lambda r: {}, poll_interval_s=0.05)
+    srv = ControlServer("tcp://127.0.0.1:*", lambda command: ResetReply(segment=1), poll_interval_s=0.05)
     srv.start()
     srv.stop()
     srv.join(2.0)
@@ -352,7 +365,7 @@ def test_ctl_reset_without_subject(
 
 def test_ctl_status(server: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ctl", server, "status"]) == 0
-    assert json.loads(capsys.readouterr().out)["streams"]["cam2"] == {"segment": 4}
+    assert _segments(json.loads(capsys.readouterr().out)) == {"cam1": 1, "cam2": 4}
 
 
 def test_ctl_unknown_stream_exits_1_with_the_error(server: str, capsys: pytest.CaptureFixture[str]) -> None:

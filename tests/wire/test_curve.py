@@ -23,12 +23,15 @@ import zmq.auth
 from structlog.testing import capture_logs
 
 from tests.helpers.cli import REPO_ROOT, run_vstmon, vstmon_env
+from tests.helpers.wire import label_body, stream_entry
 from vstmon.config import CurveConfig, PublishConfig, load_config
 from vstmon.errors import ConfigError, VstmonError
 from vstmon.service.control_cli import request
 from vstmon.wire.client import Subscriber
+from vstmon.wire.control import ControlServer
 from vstmon.wire.keys import generate_certificates
-from vstmon.wire.publish import ControlServer, Publisher
+from vstmon.wire.protocol import ControlCommand, ResetReply, StatusCommand, StatusReply
+from vstmon.wire.publish import Publisher
 
 DEADLINE_S = 30.0  # generous: CI is a loaded 2-core box; every wait ends as soon as its condition holds
 WANTED = 40  # messages the allowed subscriber must get (the positive control)
@@ -84,10 +87,12 @@ class Recorder:
         self.calls: list[dict[str, Any]] = []
         self.lock = threading.Lock()
 
-    def __call__(self, req: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, command: ControlCommand) -> ResetReply | StatusReply:
         with self.lock:
-            self.calls.append(dict(req))
-        return {"streams": {"cam1": {"segment": 1}}}
+            self.calls.append(command.model_dump(exclude_unset=True))
+        if isinstance(command, StatusCommand):
+            return StatusReply(streams={"cam1": stream_entry(1)})
+        return ResetReply(segment=2)
 
 
 @pytest.fixture
@@ -117,7 +122,7 @@ def test_only_the_allowed_key_receives_labels(keys: Keys, curve_publisher: Publi
     try:
 
         def step() -> None:
-            curve_publisher.publish("label.cam1", {"segment": 1})
+            curve_publisher.publish("label.cam1", label_body())
             allowed.recv_raw(timeout_s=0.005)
             for subscriber in others.values():
                 subscriber.recv_raw(timeout_s=0)
@@ -177,7 +182,7 @@ def test_reloading_the_allowed_keys_lets_a_new_client_in_and_a_broken_directory_
     with Subscriber(endpoint, server_key=keys.server_public, client_key=keys.mallory_secret) as after:
 
         def step() -> None:
-            curve_publisher.publish("label.cam1", {"segment": 1})
+            curve_publisher.publish("label.cam1", label_body())
             after.recv_raw(timeout_s=0.01)
 
         assert _wait_for(lambda: after.received >= 3, step), after.handshake_error
@@ -189,7 +194,7 @@ def test_only_the_allowed_key_controls(keys: Keys, curve_control: tuple[ControlS
     server, handler = curve_control
     endpoint = str(server.bound_endpoint)
     reply = request(endpoint, {"cmd": "status"}, DEADLINE_S, keys.server_public, keys.alice_secret)
-    assert reply == {"ok": True, "streams": {"cam1": {"segment": 1}}}
+    assert reply == StatusReply(streams={"cam1": stream_entry(1)})
     with pytest.raises(VstmonError, match="refused this client's key"):
         request(
             endpoint, {"cmd": "reset", "stream": "cam1"}, DEADLINE_S, keys.server_public, keys.mallory_secret
@@ -200,7 +205,7 @@ def test_only_the_allowed_key_controls(keys: Keys, curve_control: tuple[ControlS
     reply = request(
         endpoint, {"cmd": "reset", "stream": "cam1"}, DEADLINE_S, keys.server_public, keys.alice_secret
     )
-    assert reply["ok"] is True
+    assert reply.ok is True
     assert handler.calls == [{"cmd": "status"}, {"cmd": "reset", "stream": "cam1"}]
     assert server.curve is not None and server.curve.refused >= 1
 
@@ -218,7 +223,7 @@ def test_a_plain_req_socket_gets_no_reply_and_reaches_no_handler(
         reply = request(
             str(server.bound_endpoint), {"cmd": "status"}, DEADLINE_S, keys.server_public, keys.alice_secret
         )
-        assert reply["ok"] is True
+        assert reply.ok is True
         assert socket.poll(1000, zmq.POLLIN) == 0
     finally:
         socket.close()
@@ -438,7 +443,7 @@ def publishing(curve_publisher: Publisher) -> Iterator[str]:
 
     def loop() -> None:
         while not stop.wait(0.01):
-            curve_publisher.publish("label.cam1", {"segment": 1})
+            curve_publisher.publish("label.cam1", label_body())
 
     thread = threading.Thread(target=loop, name="test-publishing")
     thread.start()
@@ -497,7 +502,9 @@ def test_ctl_with_an_allowed_key_controls_and_an_unknown_key_does_not(
         "ctl", endpoint, "status", *server_key, "--client-key", str(keys.alice_secret), "--timeout-s", "60"
     )
     assert allowed.returncode == 0, allowed.stderr
-    assert json.loads(allowed.stdout) == {"ok": True, "streams": {"cam1": {"segment": 1}}}
+    assert json.loads(allowed.stdout) == StatusReply(streams={"cam1": stream_entry(1)}).model_dump(
+        mode="json"
+    )
     assert handler.calls == [{"cmd": "status"}]
 
 
@@ -544,7 +551,7 @@ def test_a_daemon_with_curve_publishes_to_and_obeys_the_allowed_key_only(
         reply = request(
             process.control, {"cmd": "reset", "stream": "pattern"}, 30, keys.server_public, keys.alice_secret
         )
-        assert reply["ok"] is True and reply["segment"] == 2
+        assert reply == ResetReply(segment=2)
         with pytest.raises(VstmonError, match="refused"):
             request(
                 process.control,
@@ -554,7 +561,7 @@ def test_a_daemon_with_curve_publishes_to_and_obeys_the_allowed_key_only(
                 keys.mallory_secret,
             )
         status = request(process.control, {"cmd": "status"}, 30, keys.server_public, keys.alice_secret)
-        assert status["streams"]["pattern"]["segment"] == 2  # the refused reset did nothing
+        assert isinstance(status, StatusReply) and status.streams["pattern"].segment == 2  # refused: no reset
     finally:
         for subscriber in (allowed, unknown, plain):
             subscriber.close()

@@ -10,9 +10,21 @@ import time
 import pytest
 import zmq
 
+from tests.helpers.wire import daemon_status, label_body, reset_body, stream_entry, stream_status
 from vstmon.config import PublishConfig
 from vstmon.errors import VstmonError
+from vstmon.wire.protocol import Body, LabelBody, LabelMessage, Message, SegmentBody, parse_message
 from vstmon.wire.publish import Publisher
+
+
+def _body(topic: str) -> Body:
+    """A valid body for ``topic``."""
+    kind, _, stream = topic.partition(".")
+    if kind == "status":
+        return stream_status() if stream else daemon_status()
+    if kind == "segment":
+        return SegmentBody(segment=1, subject=None, start_ts=0.0, end_ts=1.0, clips=0, labels=())
+    return reset_body(2) if kind == "reset" else label_body()
 
 
 def _sub(
@@ -30,7 +42,7 @@ def _sub(
 def _join(publisher: Publisher, sub: zmq.Socket, topic: str = "status") -> None:
     """Slow-joiner: publish probes until the subscriber sees one (bounded), then drain."""
     for _ in range(200):
-        publisher.publish(topic, {"probe": True})
+        publisher.publish(topic, _body(topic))
         if sub.poll(20):
             break
     else:
@@ -58,7 +70,7 @@ def test_messages_are_two_frames_with_topic_and_compact_json(ctx: zmq.Context, e
     sub = _sub(ctx, endpoint)
     _join(publisher, sub)
     before = time.time()
-    assert publisher.publish("label.cam1", {"segment": 1, "subject": None})
+    assert publisher.publish("label.cam1", label_body(segment=1, top=(("walk", 1, 0.7),)))
     assert sub.poll(2000)
     frames = sub.recv_multipart()
     assert len(frames) == 2
@@ -90,7 +102,7 @@ def test_seq_is_per_stream_and_counts_every_topic(ctx: zmq.Context, endpoint: st
         "label.cam1",
     ]
     for topic in sent:
-        assert publisher.publish(topic, {})
+        assert publisher.publish(topic, _body(topic))
     got = []
     for _ in sent:
         assert sub.poll(2000)
@@ -109,15 +121,35 @@ def test_seq_is_per_stream_and_counts_every_topic(ctx: zmq.Context, endpoint: st
     publisher.close()
 
 
-def test_explicit_stream_argument_and_envelope_wins_over_payload(ctx: zmq.Context, endpoint: str) -> None:
+def test_explicit_stream_argument_and_the_envelope_is_the_publishers(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
     endpoint = publisher.endpoints[0]
     sub = _sub(ctx, endpoint, ("label",))
     _join(publisher, sub, topic="label.x")
-    publisher.publish("label.cam9", {"v": 99, "type": "bogus", "seq": -5, "x": 1}, stream="cam9")
+    # a body cannot carry envelope fields: they are not its fields, and unknown fields are left out
+    body = LabelBody.model_validate({**label_body().model_dump(), "v": 99, "type": "bogus", "seq": -5})
+    publisher.publish("label.cam9", body, stream="cam9")
     assert sub.poll(2000)
-    body = json.loads(sub.recv_multipart()[1])
-    assert (body["v"], body["type"], body["seq"], body["x"]) == (1, "label", 1, 1)
+    sent = json.loads(sub.recv_multipart()[1])
+    assert (sent["v"], sent["type"], sent["stream"], sent["seq"]) == (1, "label", "cam9", 1)
+    publisher.close()
+
+
+def test_taps_get_the_typed_message_a_subscriber_parses(ctx: zmq.Context, endpoint: str) -> None:
+    publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
+    sub = _sub(ctx, publisher.endpoints[0], ("label",))
+    tapped: list[tuple[str, Message]] = []
+    publisher.add_tap(lambda topic, message: tapped.append((topic, message)))
+    _join(publisher, sub, topic="label.x")
+    tapped.clear()
+    publisher.publish("label.cam1", label_body(segment=4, subject="p-1", box=(0.1, 0.2, 0.3, 0.4)))
+    assert sub.poll(2000)
+    topic, data = sub.recv_multipart()
+    [(tap_topic, message)] = tapped
+    assert tap_topic == topic.decode() and isinstance(message, LabelMessage)
+    assert message == parse_message(topic, data)
+    assert (message.stream, message.seq, message.segment, message.subject) == ("cam1", 1, 4, "p-1")
+    assert message.box == (0.1, 0.2, 0.3, 0.4)
     publisher.close()
 
 
@@ -128,7 +160,7 @@ def test_binds_every_endpoint_including_ipc(ctx: zmq.Context, tmp_path) -> None:
     for endpoint in publisher.endpoints:
         sub = _sub(ctx, endpoint)
         _join(publisher, sub)
-        publisher.publish("reset.cam1", {"segment": 2})
+        publisher.publish("reset.cam1", reset_body(2))
         assert sub.poll(2000)
         assert sub.recv_multipart()[0] == b"reset.cam1"
         sub.close()
@@ -146,8 +178,9 @@ def test_bind_error_names_the_endpoint(ctx: zmq.Context, endpoint: str) -> None:
 def test_no_subscriber_never_blocks(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint], sndhwm=10), ctx)
     endpoint = publisher.endpoints[0]
-    for i in range(5000):
-        publisher.publish("label.cam1", {"i": i})
+    body = label_body()
+    for _ in range(5000):
+        publisher.publish("label.cam1", body)
     # a PUB with no subscriber discards silently: every call returned, nothing raised
     assert publisher.stats()["errors"] == 0
     publisher.close()
@@ -171,7 +204,7 @@ def test_stalled_subscriber_never_blocks_and_others_still_receive(ctx: zmq.Conte
 
     thread = threading.Thread(target=read)
     thread.start()
-    payload = {"top": [{"label": "x" * 20, "index": i, "score": 0.1} for i in range(5)]}
+    payload = label_body(top=tuple(("x" * 20, i, 0.1) for i in range(5)))
     total = 50_000
     results = [publisher.publish("label.cam1", payload) for _ in range(total)]
     assert len(results) == total  # every call returned
@@ -200,8 +233,9 @@ def test_concurrent_publishers_keep_seq_contiguous(ctx: zmq.Context, endpoint: s
     _join(publisher, sub, topic="label.probe")
 
     def work(topic: str) -> None:
+        body = _body(topic)
         for _ in range(500):
-            publisher.publish(topic, {})
+            publisher.publish(topic, body)
 
     threads = [threading.Thread(target=work, args=(t,)) for t in ("label.cam1", "reset.cam1", "label.cam2")]
     for thread in threads:
@@ -217,14 +251,16 @@ def test_concurrent_publishers_keep_seq_contiguous(ctx: zmq.Context, endpoint: s
     publisher.close()
 
 
-def test_unserialisable_payload_is_dropped_not_raised(ctx: zmq.Context, endpoint: str) -> None:
+def test_unserialisable_or_misplaced_bodies_are_dropped_not_raised(ctx: zmq.Context, endpoint: str) -> None:
     publisher = Publisher(PublishConfig(endpoints=[endpoint]), ctx)
-    endpoint = publisher.endpoints[0]
-    assert publisher.publish("label.cam1", {"bad": float("nan")}) is False
-    assert publisher.publish("label.cam1", {"bad": object()}) is False
-    assert publisher.stats()["errors"] == 2
+    nan = label_body().model_copy(update={"latency_ms": float("nan")})  # JSON has no NaN
+    assert publisher.publish("label.cam1", nan) is False
+    assert publisher.publish("reset.cam1", label_body()) is False  # a label body on a reset topic
+    assert publisher.publish("status", stream_status()) is False  # a stream's status as the daemon's
+    assert publisher.publish("label.cam1", {"segment": 1}) is False  # type: ignore[arg-type]  # not a model
+    assert publisher.stats()["errors"] == 4
     publisher.close()
-    assert publisher.publish("label.cam1", {}) is False  # after close: dropped, no exception
+    assert publisher.publish("label.cam1", label_body()) is False  # after close: dropped, no exception
 
 
 def test_status_messages_never_carry_credentials(ctx: zmq.Context, endpoint: str) -> None:
@@ -233,12 +269,12 @@ def test_status_messages_never_carry_credentials(ctx: zmq.Context, endpoint: str
     sub = _sub(ctx, endpoint)
     _join(publisher, sub)
     reason = "cannot open rtsp://admin:p@ss/w0rd@cam/live?token=tk9; retry 1 in 0.5 s"
-    assert publisher.publish("status.cam1", {"state": "reconnecting", "reason": reason})
-    assert publisher.publish("status", {"streams": {"key": {"reason": reason}}})
-    assert publisher.publish("label.cam1", {"subject": "password=p-43"})  # labels go out untouched
-    bodies = [json.loads(sub.recv_multipart()[1]) for _ in range(3) if sub.poll(5000)]
+    assert publisher.publish("status.cam1", stream_status(state="reconnecting", reason=reason))
+    assert publisher.publish("status", daemon_status(streams={"key": stream_entry(reason=reason)}))
+    assert publisher.publish("label.cam1", label_body(subject="password=p-43"))  # labels go out untouched
+    messages = [parse_message(*sub.recv_multipart()) for _ in range(3) if sub.poll(5000)]
     masked = "cannot open rtsp://admin:***@cam/live?token=*** retry 1 in 0.5 s"  # a value ends at a space
-    assert bodies[0]["reason"] == masked
-    assert bodies[1]["streams"] == {"key": {"reason": masked}}  # a stream named "key" keeps its status
-    assert bodies[2]["subject"] == "password=p-43"
+    assert messages[0].reason == masked
+    assert messages[1].streams["key"].reason == masked  # a stream named "key" keeps its status
+    assert messages[2].subject == "password=p-43"
     publisher.close()

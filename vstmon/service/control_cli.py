@@ -1,8 +1,9 @@
 """``vstmon ctl ENDPOINT reset STREAM [--subject ID]`` and ``vstmon ctl ENDPOINT status``.
 
 Sends one request to the daemon's control socket (docs/PROTOCOL.md), prints the reply as one JSON line and
-exits 0 when the reply says ``"ok": true``, 1 otherwise. No reply within ``--timeout-s`` is a clear error
-(exit code 2), never a hang. ``--timeout-s`` may come anywhere: before or after the endpoint or the action.
+exits 0 when the reply says ``"ok": true``, 1 otherwise. The reply is checked against the protocol's reply
+models (``vstmon.wire.protocol``): one that does not follow it is an error naming the field (exit code 2), as is
+no reply within ``--timeout-s`` (never a hang). ``--timeout-s`` may come anywhere: before or after the endpoint or the action.
 
 With ``--server-key FILE --client-key FILE`` the request goes over CURVE (the daemon's ``publish.curve``). A
 failed handshake (the daemon refused the key, the wrong server key, CURVE on one side only) is said at once
@@ -23,6 +24,7 @@ import zmq
 from vstmon.errors import VstmonError
 from vstmon.wire.client import add_key_arguments, check_connect_endpoint, handshake_monitor, read_handshake
 from vstmon.wire.keys import secure_client_socket
+from vstmon.wire.protocol import ErrorReply, MessageError, ResetReply, StatusReply, parse_reply
 
 __all__ = ["add_arguments", "request", "run"]
 
@@ -36,12 +38,31 @@ def request(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     server_key: str | os.PathLike[str] | None = None,
     client_key: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Send one control request and return the reply object; ``VstmonError`` when no valid reply comes.
+) -> ResetReply | StatusReply | ErrorReply:
+    """Send one control request (``payload``: ``{"cmd": ...}``, checked by the daemon) and return the reply as
+    its model of ``vstmon.wire.protocol``; ``VstmonError`` when no reply comes or it does not follow the protocol.
 
     ``server_key`` / ``client_key``: CURVE key files as for ``vstmon.wire.client.Subscriber`` (both or neither). A
     failed handshake raises ``VstmonError`` saying what it most likely means, as soon as it happens.
     """
+    return _reply(endpoint, payload, _exchange(endpoint, payload, timeout_s, server_key, client_key))
+
+
+def _reply(endpoint: str, payload: dict[str, Any], data: bytes) -> ResetReply | StatusReply | ErrorReply:
+    try:
+        return parse_reply(str(payload.get("cmd")), data)
+    except MessageError as error:
+        raise VstmonError(f"{endpoint} answered out of protocol: {error}") from None
+
+
+def _exchange(
+    endpoint: str,
+    payload: dict[str, Any],
+    timeout_s: float,
+    server_key: str | os.PathLike[str] | None,
+    client_key: str | os.PathLike[str] | None,
+) -> bytes:
+    """Send ``payload``; the reply's bytes."""
     endpoint = check_connect_endpoint(endpoint, DEFAULT_CONTROL_PORT)
     context = zmq.Context.instance()
     socket = context.socket(zmq.REQ)
@@ -85,15 +106,7 @@ def request(
             socket.disable_monitor()
             monitor.close(linger=0)
         socket.close(linger=0)
-    try:
-        reply = json.loads(reply_bytes.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise VstmonError(
-            f"{endpoint} answered with something that is not JSON: {reply_bytes[:80]!r}"
-        ) from None
-    if not isinstance(reply, dict):
-        raise VstmonError(f"{endpoint} answered with JSON that is not an object: {reply!r:.80}")
-    return reply
+    return reply_bytes
 
 
 def _add_timeout(parser: argparse.ArgumentParser, default: Any) -> None:
@@ -135,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         payload["stream"] = args.stream
         if args.subject is not None:
             payload["subject"] = args.subject
-    reply = request(args.endpoint, payload, args.timeout_s, args.server_key, args.client_key)
-    sys.stdout.write(json.dumps(reply, separators=(",", ":")) + "\n")
+    data = _exchange(args.endpoint, payload, args.timeout_s, args.server_key, args.client_key)
+    reply = _reply(args.endpoint, payload, data)  # checked; printed as sent (fields of a newer daemon too)
+    sys.stdout.write(json.dumps(json.loads(data), separators=(",", ":")) + "\n")
     sys.stdout.flush()
-    return 0 if reply.get("ok") is True else 1
+    return 0 if reply.ok else 1

@@ -41,6 +41,15 @@ from vstmon.stream.build import build_stream, clip_span_frames
 from vstmon.stream.pipeline import ResetRequest, StreamPipeline
 from vstmon.stream.worker import StreamWorker
 from vstmon.types import ClipResult, ResetReason, SourceState, StreamEvent
+from vstmon.wire.protocol import (
+    ControlCommand,
+    DaemonStatusBody,
+    ResetReply,
+    StatusCommand,
+    StatusReply,
+    StreamEntry,
+    StreamStatusBody,
+)
 
 __all__ = ["Daemon"]
 
@@ -150,7 +159,8 @@ class Daemon:
                 self._stream_failed(stream, f"cannot start the source: {error}")
 
     def _start(self) -> None:
-        from vstmon.wire.publish import ControlServer, Publisher
+        from vstmon.wire.control import ControlServer
+        from vstmon.wire.publish import Publisher
 
         cfg = self.config
         if cfg.inference.threads:
@@ -314,27 +324,28 @@ class Daemon:
         _log.error("stream failed", stream=stream.name, reason=redact_url(reason))
         self._publish_stream_status(stream)
 
-    def _handle_control(self, request: dict[str, Any]) -> dict[str, Any]:
-        if request["cmd"] == "status":
-            return {"streams": self._streams_status()}
-        name = request["stream"]
+    def _handle_control(self, command: ControlCommand) -> ResetReply | StatusReply:
+        if isinstance(command, StatusCommand):
+            return StatusReply(streams=self._streams_status())
+        name = command.stream
         stream = self.streams.get(name)
         if stream is None:
             known = ", ".join(self.streams) or "none"
             raise KeyError(f"unknown stream {name!r} (streams: {known})")
         if stream.state is None:
             raise VstmonError(f"stream {name!r} is not running: {stream.reason}")
-        subject = request.get("subject")
         worker = stream.worker
         if worker is not None and worker.alive:
-            segment = worker.request_reset(ResetRequest(ResetReason.CONTROL, subject=subject), wait_s=5.0)
+            segment = worker.request_reset(
+                ResetRequest(ResetReason.CONTROL, subject=command.subject), wait_s=5.0
+            )
             if segment is None:
                 raise VstmonError(f"stream {name!r}: reset timed out")
-            return {"segment": segment}
-        segment = stream.state.reset(ResetReason.CONTROL, subject=subject)
+            return ResetReply(segment=segment)
+        segment = stream.state.reset(ResetReason.CONTROL, subject=command.subject)
         if stream.engine is not None:
             stream.engine.discard(name, segment)
-        return {"segment": segment}
+        return ResetReply(segment=segment)
 
     # -- status -----------------------------------------------------------------------------------------------
     def _source_stats(self, stream: _Stream) -> dict[str, Any]:
@@ -345,9 +356,7 @@ class Daemon:
         except Exception:
             return {}
 
-    def _stream_status(self, stream: _Stream) -> dict[str, Any]:
-        from vstmon.stream.state import stream_status_payload
-
+    def _stream_status(self, stream: _Stream) -> StreamStatusBody:
         stats = self._source_stats(stream)
         frames_dropped = int(stats.get("frames_dropped", 0))
         if stream.ring is not None:
@@ -359,7 +368,7 @@ class Daemon:
         per_subject = stream.pipeline.per_subject if stream.pipeline is not None else None
         pipeline = stream.pipeline
         slots = pipeline.subjects.slots if pipeline is not None and pipeline.subjects else None
-        return stream_status_payload(
+        return StreamStatusBody(
             state=str(stream.source_state),
             reason=redact_url(stream.reason),
             fps_in=float(stats.get("fps_in", 0.0)),
@@ -370,53 +379,42 @@ class Daemon:
             people=pipeline.people if pipeline is not None else None,
             subject=stream.state.subject if stream.state is not None else None,
             subjects=per_subject.snapshot() if per_subject is not None else None,
-            waiting=slots.waiting if slots is not None else None,
+            waiting=(slots.waiting if slots is not None else 0) if per_subject is not None else None,
             inference=_server_state(stream.engine),
         )
 
     def _publish_stream_status(self, stream: _Stream) -> None:
         if self.publisher is None:
             return
-        payload = self._stream_status(stream)
-        if stream.state is not None:
-            subjects = payload.get("subjects")
-            self.metrics.update_subjects(
-                stream.name,
-                stream.state.segment,
-                payload["people"],
-                None if subjects is None else len(subjects),
-                payload.get("waiting"),
-            )
-        self.publisher.publish(f"status.{stream.name}", payload)
+        status = self._stream_status(stream)
+        self.publisher.publish(f"status.{stream.name}", status)
         self.metrics.update_stream(
             stream.name,
-            payload["state"],
-            payload["fps_in"],
-            int(self._source_stats(stream).get("frames_read", 0)),
-            payload["frames_dropped"],
-            payload["clips"],
-            payload["clips_dropped"],
-            payload["reconnects"],
+            status,
+            frames_read=int(self._source_stats(stream).get("frames_read", 0)),
+            segment=stream.state.segment if stream.state is not None else None,
         )
 
-    def _streams_status(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
+    def _streams_status(self) -> dict[str, StreamEntry]:
+        out: dict[str, StreamEntry] = {}
         for stream in self.streams.values():
-            info = self._stream_status(stream)
+            status = self._stream_status(stream)
             snapshot = stream.state.snapshot() if stream.state is not None else {}
-            info["segment"] = snapshot.get("segment")
-            info["subject"] = snapshot.get("subject")
-            info["device"] = stream.engine.name if stream.engine is not None else None
-            out[stream.name] = info
+            out[stream.name] = StreamEntry(
+                **dict(status),
+                segment=snapshot.get("segment"),
+                device=stream.engine.name if stream.engine is not None else None,
+            )
         return out
 
-    def daemon_status(self, state: str = "running") -> dict[str, Any]:
-        from vstmon.stream.state import daemon_status_payload
-
-        devices = self.pool.devices if self.pool is not None else []
-        model_id = self._loaded.model_id if self._loaded is not None else ""
-        return daemon_status_payload(
-            time.monotonic() - self._start_mono_s, devices, model_id, self._streams_status(), state
+    def daemon_status(self, state: str = "running") -> DaemonStatusBody:
+        """The daemon ``status`` heartbeat (also what the live page shows)."""
+        return DaemonStatusBody(
+            state=state,
+            uptime_s=time.monotonic() - self._start_mono_s,
+            device=tuple(self.pool.devices) if self.pool is not None else (),
+            model=self._loaded.model_id if self._loaded is not None else "",
+            streams=self._streams_status(),
         )
 
     def latency_percentiles_s(self) -> dict[str, float]:

@@ -1,9 +1,9 @@
 """Prometheus metrics of the daemon, in their own ``CollectorRegistry`` (nothing global).
 
 Counters that the pipeline stages already keep (frames read, drops, reconnects) are copied into the metrics on
-every heartbeat by ``Metrics.update_stream`` rather than incremented on the hot path; so are the engine's gauges
-(``update_engine``: queue depth, busy, age of its last batch, CUDA memory) and each stream's segment and subject
-counts (``update_subjects``). Only the engine's batch sizes and inference seconds are observed per batch. The
+every heartbeat by ``Metrics.update_stream`` (from the stream's ``status.<stream>`` model, the numbers the
+subscribers see) rather than incremented on the hot path, with each stream's segment and subject counts; so are
+the engine's gauges (``update_engine``: queue depth, busy, age of its last batch, CUDA memory). Only the engine's batch sizes and inference seconds are observed per batch. The
 registry also holds prometheus_client's ``process_*`` metrics (resident memory, CPU seconds, open fds; Linux).
 """
 
@@ -18,6 +18,7 @@ from prometheus_client.exposition import start_http_server
 
 from vstmon.errors import ConfigKeyError, VstmonError
 from vstmon.types import SourceState
+from vstmon.wire.protocol import StreamStatusBody
 
 __all__ = ["CudaMemory", "Metrics", "cuda_memory"]
 
@@ -216,26 +217,27 @@ class Metrics:
         return total
 
     def update_stream(
-        self,
-        stream: str,
-        state: str,
-        fps_in: float,
-        frames_read: int,
-        frames_dropped: int,
-        clips: int,
-        clips_dropped: int,
-        reconnects: int,
+        self, stream: str, status: StreamStatusBody, frames_read: int, segment: int | None
     ) -> None:
-        """Copy a stream's running totals into the metrics (called on every heartbeat)."""
+        """Copy a stream's running totals and gauges from its ``status`` (called on every heartbeat), with the
+        frames read from its source and its current ``segment`` (None: the stream is not running). A gauge whose
+        value is None (``people`` without a person detector, ``subjects`` and ``waiting`` outside per-subject
+        mode) loses its series rather than keep a stale value."""
         with self._lock:
             self._total("frames_read", stream).set_total(frames_read)
-            self._total("frames_dropped", stream).set_total(frames_dropped)
-            self._total("clips", stream).set_total(clips)
-            self._total("clips_dropped", stream).set_total(clips_dropped)
-            self._total("reconnects", stream).set_total(reconnects)
-            self.fps_in.labels(stream=stream).set(fps_in)
+            self._total("frames_dropped", stream).set_total(status.frames_dropped)
+            self._total("clips", stream).set_total(status.clips)
+            self._total("clips_dropped", stream).set_total(status.clips_dropped)
+            self._total("reconnects", stream).set_total(status.reconnects)
+            self.fps_in.labels(stream=stream).set(status.fps_in)
             for name in _STATES:
-                self.stream_state.labels(stream=stream, state=name).set(1.0 if name == str(state) else 0.0)
+                self.stream_state.labels(stream=stream, state=name).set(1.0 if name == status.state else 0.0)
+            _set_or_remove(self.stream_segment, stream, segment)
+            _set_or_remove(self.stream_people, stream, status.people)
+            _set_or_remove(
+                self.stream_subjects, stream, None if status.subjects is None else len(status.subjects)
+            )
+            _set_or_remove(self.stream_subjects_waiting, stream, status.waiting)
 
     def update_engine(
         self,
@@ -267,18 +269,6 @@ class Metrics:
             self.inference_server_dropped_clips.labels(device=device).set(
                 remote.get("clips_dropped_server_down", 0)
             )
-
-    def update_subjects(
-        self, stream: str, segment: int, people: int | None, subjects: int | None, waiting: int | None
-    ) -> None:
-        """Set a stream's segment number and subject counts (called on every heartbeat). ``people`` in view
-        (None without a person detector), ``subjects`` with clips of their own and ``waiting`` for a slot (None
-        outside per-subject mode): a None removes that series rather than leave a stale value."""
-        with self._lock:
-            self.stream_segment.labels(stream=stream).set(segment)
-            _set_or_remove(self.stream_people, stream, people)
-            _set_or_remove(self.stream_subjects, stream, subjects)
-            _set_or_remove(self.stream_subjects_waiting, stream, waiting)
 
     def remove_stream(self, stream: str) -> None:
         """Drop every series of ``stream`` (a stream removed on reload), so none lingers with its last value.

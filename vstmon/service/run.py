@@ -108,7 +108,9 @@ def _exit_past_lingering_threads() -> None:
     stages = [name for name in lingering if name.startswith(("engine-", "worker-", "source-"))]
     if not stages:
         return
-    _log.warning("stage threads still busy after the shutdown deadline; exiting without waiting", threads=stages)
+    _log.warning(
+        "stage threads still busy after the shutdown deadline; exiting without waiting", threads=stages
+    )
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

@@ -5,14 +5,15 @@ thread or the stream's worker, so every public method takes the instance lock; m
 lock is held, so a stream's ``label``/``segment``/``reset`` messages always leave in a consistent order (the
 publisher never blocks, so holding the lock there is cheap).
 
-Message formats: docs/PROTOCOL.md.
+Messages are the body models of ``vstmon.wire.protocol`` (formats: docs/PROTOCOL.md); the publisher adds the
+envelope.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -20,13 +21,18 @@ import numpy as np
 from vstmon.config import SmoothingConfig
 from vstmon.log import get_logger
 from vstmon.types import Clip, ClipResult
+from vstmon.wire.protocol import (
+    Body,
+    ClipInfo,
+    LabelBody,
+    ResetBody,
+    Score,
+    SegmentBody,
+    SegmentLabel,
+    SubjectBody,
+)
 
-__all__ = [
-    "RESET_REASONS",
-    "SegmentState",
-    "daemon_status_payload",
-    "stream_status_payload",
-]
+__all__ = ["RESET_REASONS", "SegmentState"]
 
 RESET_REASONS = (
     "control",
@@ -67,7 +73,7 @@ class SegmentState:
         top_k: int,
         model_id: str,
         untrained: bool = False,
-        publish: Callable[[str, dict[str, Any]], object] | None = None,
+        publish: Callable[[str, Body], object] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -79,7 +85,7 @@ class SegmentState:
         self._top_k = max(1, min(int(top_k), self._num_classes))
         self._model_id = model_id
         self._untrained = bool(untrained)
-        self._publish = publish if publish is not None else (lambda topic, payload: None)
+        self._publish = publish if publish is not None else (lambda topic, body: None)
         self._clock = clock
         self._monotonic = monotonic
         self._method = smoothing.method
@@ -146,27 +152,26 @@ class SegmentState:
             smoothed = self._push(probs)
             top = self._top(probs)
             smoothed_top = self._top(smoothed)
-            self._count_segment(clip, smoothed_top[0]["index"])
-            payload: dict[str, Any] = {
-                "segment": self._segment,
-                "subject": self._subject,
-                "clip": {
-                    "start_ts": float(clip.start_ts),
-                    "end_ts": float(clip.end_ts),
-                    "first_frame": int(clip.first_frame),
-                    "last_frame": int(clip.last_frame),
-                    "frames": len(clip.frames),
-                },
-                "top": top,
-                "smoothed": smoothed_top,
-                "latency_ms": (self._monotonic() - clip.ready_mono_s) * 1000.0,
-                "model": self._model_id,
-                "box": _rounded_box(clip.box),
-            }
-            if self._untrained:
-                payload["untrained"] = True
+            self._count_segment(clip, smoothed_top[0].index)
+            label = LabelBody(
+                segment=self._segment,
+                subject=self._subject,
+                clip=ClipInfo(
+                    start_ts=float(clip.start_ts),
+                    end_ts=float(clip.end_ts),
+                    first_frame=int(clip.first_frame),
+                    last_frame=int(clip.last_frame),
+                    frames=len(clip.frames),
+                ),
+                top=top,
+                smoothed=smoothed_top,
+                latency_ms=(self._monotonic() - clip.ready_mono_s) * 1000.0,
+                model=self._model_id,
+                box=_rounded_box(clip.box),
+                untrained=self._untrained,
+            )
             self.clips_total += 1
-            self._send(f"label.{self.stream}", payload)
+            self._send(f"label.{self.stream}", label)
             return True
 
     def reset(
@@ -201,16 +206,7 @@ class SegmentState:
                 self._min_generation = max(self._min_generation, int(min_generation))
             self._clear_segment(now)
             self._send(f"segment.{self.stream}", summary)
-            self._send(
-                f"reset.{self.stream}",
-                {
-                    "segment": self._segment,
-                    "previous_segment": previous,
-                    "subject": self._subject,
-                    "box": _rounded_box(self._box),
-                    "reason": reason,
-                },
-            )
+            self._send(f"reset.{self.stream}", self._reset_body(previous, reason))
             return self._segment
 
     def close(self, ts: float | None = None) -> None:
@@ -237,16 +233,7 @@ class SegmentState:
         For the daemon to call once when the stream starts; no ``segment`` summary precedes it.
         """
         with self._lock:
-            self._send(
-                f"reset.{self.stream}",
-                {
-                    "segment": self._segment,
-                    "previous_segment": 0,
-                    "subject": self._subject,
-                    "box": _rounded_box(self._box),
-                    "reason": "start",
-                },
-            )
+            self._send(f"reset.{self.stream}", self._reset_body(0, "start"))
 
     def subject_event(
         self,
@@ -261,15 +248,15 @@ class SegmentState:
         with self._lock:
             self._send(
                 f"subject.{self.stream}",
-                {
-                    "event": event,
-                    "segment": self._segment,
-                    "subject": subject,
-                    "previous": previous,
-                    "box": _rounded_box(box),
-                    "score": None if score is None else round(float(score), 4),
-                    "people": int(people),
-                },
+                SubjectBody(
+                    event=event,
+                    segment=self._segment,
+                    subject=subject,
+                    previous=previous,
+                    box=_rounded_box(box),
+                    score=None if score is None else round(float(score), 4),
+                    people=int(people),
+                ),
             )
 
     def set_subject(self, subject: str | None) -> None:
@@ -311,9 +298,9 @@ class SegmentState:
         weights = self._ema_weights[:n]
         return (weights @ self._window[rows]) / weights.sum()  # (C,)
 
-    def _top(self, scores: np.ndarray) -> list[dict[str, Any]]:
+    def _top(self, scores: np.ndarray) -> tuple[Score, ...]:
         order = np.argsort(-scores, kind="stable")[: self._top_k]
-        return [{"label": self._labels[i], "index": int(i), "score": float(scores[i])} for i in order]
+        return tuple(Score(label=self._labels[i], index=int(i), score=float(scores[i])) for i in order)
 
     def _count_segment(self, clip: Clip, top_index: int) -> None:
         if self._prev_end_stream_s is None:
@@ -325,94 +312,47 @@ class SegmentState:
         self._seg_label_clips[top_index] = self._seg_label_clips.get(top_index, 0) + 1
         self._seg_label_seconds[top_index] = self._seg_label_seconds.get(top_index, 0.0) + max(0.0, seconds)
 
-    def _summary(self, end_ts: float) -> dict[str, Any]:
+    def _summary(self, end_ts: float) -> SegmentBody:
         order = sorted(
             self._seg_label_clips, key=lambda i: (-self._seg_label_seconds[i], -self._seg_label_clips[i], i)
         )
-        return {
-            "segment": self._segment,
-            "subject": self._subject,
-            "box": _rounded_box(self._box),
-            "start_ts": self._seg_start_ts,
-            "end_ts": end_ts,
-            "clips": self._seg_clips,
-            "labels": [
-                {
-                    "label": self._labels[i],
-                    "index": i,
-                    "clips": self._seg_label_clips[i],
-                    "seconds": self._seg_label_seconds[i],
-                }
+        return SegmentBody(
+            segment=self._segment,
+            subject=self._subject,
+            box=_rounded_box(self._box),
+            start_ts=self._seg_start_ts,
+            end_ts=end_ts,
+            clips=self._seg_clips,
+            labels=tuple(
+                SegmentLabel(
+                    label=self._labels[i],
+                    index=i,
+                    clips=self._seg_label_clips[i],
+                    seconds=self._seg_label_seconds[i],
+                )
                 for i in order
-            ],
-        }
+            ),
+        )
 
-    def _send(self, topic: str, payload: dict[str, Any]) -> None:
+    def _reset_body(self, previous: int, reason: str) -> ResetBody:
+        return ResetBody(
+            segment=self._segment,
+            previous_segment=previous,
+            subject=self._subject,
+            box=_rounded_box(self._box),
+            reason=reason,
+        )
+
+    def _send(self, topic: str, body: Body) -> None:
         try:
-            self._publish(topic, payload)
+            self._publish(topic, body)
         except Exception as error:  # a publishing bug must not break the engine or control thread
             _log.exception("publish callback failed", stream=self.stream, topic=topic, error=str(error))
 
 
-def _rounded_box(box: tuple[float, float, float, float] | None) -> list[float] | None:
-    """A normalised box for a message: [x0, y0, x1, y1] in 0..1, 4 decimals (0.1 px at 1000 px)."""
-    return None if box is None else [round(min(1.0, max(0.0, float(v))), 4) for v in box]
-
-
-def stream_status_payload(
-    state: str,
-    reason: str,
-    fps_in: float,
-    frames_dropped: int,
-    clips_dropped: int,
-    reconnects: int,
-    clips: int,
-    people: int | None = None,
-    subject: str | None = None,
-    subjects: list[dict[str, Any]] | None = None,
-    waiting: int | None = None,
-    inference: str | None = None,
-) -> dict[str, Any]:
-    """Payload of ``status.<stream>`` (``state`` is a ``types.SegmentState`` value; ``people`` is None when the
-    stream does not track subjects; ``subjects`` and ``waiting`` only in per-subject mode; ``inference`` only
-    when a server runs the model: ``up``, ``down`` or ``unknown``)."""
-    payload: dict[str, Any] = {
-        "state": str(state),
-        "reason": str(reason),
-        "fps_in": float(fps_in),
-        "frames_dropped": int(frames_dropped),
-        "clips_dropped": int(clips_dropped),
-        "reconnects": int(reconnects),
-        "clips": int(clips),
-        "people": None if people is None else int(people),
-        "subject": subject,
-    }
-    if subjects is not None:
-        payload["subjects"] = subjects
-        payload["waiting"] = int(waiting or 0)
-    if inference is not None:
-        payload["inference"] = inference
-    return payload
-
-
-def daemon_status_payload(
-    uptime_s: float,
-    device: list[str] | str,
-    model: str,
-    streams: Mapping[str, Mapping[str, Any]],
-    state: str = "running",
-) -> dict[str, Any]:
-    """Payload of the daemon ``status`` topic (and the body of the ``status`` control reply's ``streams``).
-
-    ``streams`` maps each stream name to at least ``{"state": ..., "segment": ..., "subject": ...}``.
-    ``device`` is always sent as a list of device names. ``state``: ``running``, or ``stopped`` in the last
-    status the daemon publishes before its sockets close.
-    """
-    devices = [device] if isinstance(device, str) else [str(d) for d in device]
-    return {
-        "state": state,
-        "uptime_s": float(uptime_s),
-        "device": devices,
-        "model": model,
-        "streams": {name: dict(info) for name, info in streams.items()},
-    }
+def _rounded_box(box: tuple[float, float, float, float] | None) -> tuple[float, float, float, float] | None:
+    """A normalised box for a message: (x0, y0, x1, y1) in 0..1, 4 decimals (0.1 px at 1000 px)."""
+    if box is None:
+        return None
+    x0, y0, x1, y1 = (round(min(1.0, max(0.0, float(v))), 4) for v in box)
+    return (x0, y0, x1, y1)

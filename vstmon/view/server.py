@@ -11,8 +11,8 @@ Paths (nothing else is served: no file system behind it, so no path can reach a 
 Cost only when looked at: a picture is read from the ring (``RingBuffer.read``, a copy validated after it; the
 worker, which owns the ring, is never held up) and encoded in the request's thread, at most ``view.fps`` times a
 second per stream (later requests get the cached JPEG); with nobody looking nothing is read or encoded. Labels
-reach the page through a publisher tap (``ViewState.on_message``): bounded deques per stream, appended under a
-lock, the cost of a few dict reads per published message. At most ``view.max_clients`` requests are served at
+reach the page through a publisher tap (``ViewState.on_message``, typed messages of ``vstmon.wire.protocol``):
+bounded deques per stream, appended under a lock, the cost of a few attribute reads per published message. At most ``view.max_clients`` requests are served at
 once (the rest get 503 at once), so a crowd of browsers cannot grow threads without bound; a slow browser only
 holds its own request thread.
 """
@@ -37,6 +37,7 @@ from vstmon.config import ViewConfig
 from vstmon.errors import ConfigKeyError
 from vstmon.ingest.fit import fitted_size
 from vstmon.log import get_logger
+from vstmon.wire.protocol import DaemonStatusBody, LabelMessage, Message, ResetMessage, SegmentMessage
 
 __all__ = ["FrameSource", "ViewServer", "ViewState", "box_in_crop", "start_view"]
 
@@ -52,7 +53,7 @@ FrameSource = Callable[[str], tuple[Any, tuple[int, int]] | None]
 
 
 def box_in_crop(
-    box: list[float], frame_wh: tuple[int, int], size_px: int
+    box: tuple[float, ...] | list[float], frame_wh: tuple[int, int], size_px: int
 ) -> tuple[int, int, int, int] | None:
     """A box in 0..1 of the source frame -> pixels of the fitted centre crop (short side resized to
     ``size_px``, centre square), clipped to it; None when it lies outside the crop or the frame size is unknown."""
@@ -90,45 +91,38 @@ class ViewState:
             events = self._timeline[stream] = deque(maxlen=int(self.timeline_s * _MAX_EVENTS_PER_S))
         return events
 
-    def on_message(self, topic: str, message: dict[str, Any]) -> None:
-        kind = message.get("type")
-        stream = message.get("stream")
-        if stream is None or kind not in ("label", "reset", "segment"):
+    def on_message(self, topic: str, message: Message) -> None:
+        if not isinstance(message, LabelMessage | ResetMessage | SegmentMessage):
             return
-        ts = float(message.get("ts", time.time()))
+        stream, ts = message.stream, message.ts
         with self._lock:
-            if kind == "label":
-                top = (message.get("top") or [{}])[0]
-                smoothed = (message.get("smoothed") or [top])[0]
+            if isinstance(message, LabelMessage):
+                top = message.top[0] if message.top else None
+                smoothed = message.smoothed[0] if message.smoothed else top
                 entry = {
                     "ts": ts,
-                    "label": top.get("label"),
-                    "score": top.get("score"),
-                    "smoothed": smoothed.get("label"),
-                    "smoothed_score": smoothed.get("score"),
-                    "segment": message.get("segment"),
-                    "subject": message.get("subject"),
-                    "box": message.get("box"),
-                    "untrained": bool(message.get("untrained")),
+                    "label": top.label if top else None,
+                    "score": top.score if top else None,
+                    "smoothed": smoothed.label if smoothed else None,
+                    "smoothed_score": smoothed.score if smoothed else None,
+                    "segment": message.segment,
+                    "subject": message.subject,
+                    "box": list(message.box) if message.box is not None else None,
+                    "untrained": message.untrained,
                 }
-                if message.get("box") is not None and message.get("subject"):
-                    self._people.setdefault(stream, {})[str(message["subject"])] = entry
+                if message.box is not None and message.subject:
+                    self._people.setdefault(stream, {})[message.subject] = entry
                 else:
                     self._latest[stream] = entry
                 self._events(stream).append(
                     {"ts": ts, "kind": "label", "label": entry["smoothed"], "subject": entry["subject"]}
                 )
-            elif kind == "reset":
+            elif isinstance(message, ResetMessage):
                 self._events(stream).append(
-                    {
-                        "ts": ts,
-                        "kind": "reset",
-                        "reason": message.get("reason"),
-                        "segment": message.get("segment"),
-                    }
+                    {"ts": ts, "kind": "reset", "reason": message.reason, "segment": message.segment}
                 )
-            elif kind == "segment" and message.get("subject") and message.get("box") is not None:
-                self._people.get(stream, {}).pop(str(message["subject"]), None)  # that person's clips ended
+            elif message.subject and message.box is not None:  # that person's clips ended
+                self._people.get(stream, {}).pop(message.subject, None)
 
     def snapshot(self, stream: str) -> dict[str, Any]:
         """The page's view of ``stream``: latest label, people, timeline (oldest first), trimmed to timeline_s."""
@@ -216,7 +210,7 @@ class ViewServer:
         self,
         cfg: ViewConfig,
         state: ViewState,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[], DaemonStatusBody],
         frames: FrameSource,
     ) -> None:
         self.cfg = cfg
@@ -268,10 +262,8 @@ class ViewServer:
         return {**info, **view}
 
     def status_json(self) -> bytes:
-        daemon = self._status()
-        streams = {
-            name: self._stream_json(name, info) for name, info in (daemon.get("streams") or {}).items()
-        }
+        daemon = self._status().model_dump(mode="json")
+        streams = {name: self._stream_json(name, info) for name, info in daemon["streams"].items()}
         return json.dumps(
             {
                 **daemon,
@@ -354,7 +346,7 @@ def _handler(view: ViewServer) -> type[BaseHTTPRequestHandler]:
 def start_view(
     cfg: ViewConfig,
     publisher: Any,
-    status: Callable[[], dict[str, Any]],
+    status: Callable[[], DaemonStatusBody],
     frames: FrameSource,
 ) -> ViewServer:
     """Tap ``publisher`` for the page's labels and serve the page; a port that cannot be bound is a ConfigError."""

@@ -1,7 +1,10 @@
-"""A small client for the daemon's messages: typed parsing, a gap-reporting ``Subscriber``, and ``vstmon listen``.
+"""A small client for the daemon's messages: a gap-reporting ``Subscriber`` yielding typed messages, and
+``vstmon listen``.
 
-Formats: docs/PROTOCOL.md. ``parse_message`` accepts any schema version-1 message and ignores fields it does not
-know (new fields are added without bumping ``v``); a message with another ``v`` is an error.
+Formats: docs/PROTOCOL.md; the message models are ``vstmon.wire.protocol``'s (re-exported here, so that
+``from vstmon.wire.client import LabelMessage, Subscriber`` works). ``parse_message`` accepts any schema
+version-1 message and ignores fields it does not know (new fields are added without bumping ``v``); a message
+with another ``v`` is an error.
 
 ``vstmon listen ENDPOINT [--topic PREFIX ...] [--count N] [--timeout-s S]`` prints one compact JSON object per
 line: ``{"topic": <topic>, **message}`` (the message's own fields, unchanged, after the topic). Gaps in a stream's
@@ -19,8 +22,8 @@ import re
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -28,8 +31,26 @@ import zmq
 from vstmon.errors import VstmonError
 from vstmon.wire.keys import describe_handshake_failure, secure_client_socket
 from vstmon.wire.pretty import pretty_line
+from vstmon.wire.protocol import (
+    Box,
+    ClipInfo,
+    DaemonStatus,
+    LabelMessage,
+    Message,
+    MessageError,
+    ResetMessage,
+    Score,
+    SegmentLabel,
+    SegmentMessage,
+    StatusMessage,
+    StreamEntry,
+    SubjectMessage,
+    SubjectSlot,
+    parse_message,
+)
 
 __all__ = [
+    "Box",
     "ClipInfo",
     "DaemonStatus",
     "Gap",
@@ -41,7 +62,9 @@ __all__ = [
     "SegmentLabel",
     "SegmentMessage",
     "StatusMessage",
+    "StreamEntry",
     "SubjectMessage",
+    "SubjectSlot",
     "Subscriber",
     "add_arguments",
     "add_key_arguments",
@@ -51,367 +74,6 @@ __all__ = [
     "read_handshake",
     "run",
 ]
-
-SCHEMA_VERSION = 1
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 normalised to the source frame (0..1)
-
-
-class MessageError(VstmonError):
-    """A received message does not follow the protocol (the message says which field and why)."""
-
-
-# -- typed messages ---------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class Score:
-    """One entry of a top-k list."""
-
-    label: str
-    index: int
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class ClipInfo:
-    """The frames a label was computed from."""
-
-    start_ts: float
-    end_ts: float
-    first_frame: int
-    last_frame: int
-    frames: int
-
-
-@dataclass(frozen=True, slots=True)
-class LabelMessage:
-    """``label.<stream>``: the classification of one clip."""
-
-    topic: str
-    v: int
-    ts: float
-    stream: str
-    seq: int
-    segment: int
-    subject: str | None
-    clip: ClipInfo
-    top: tuple[Score, ...]
-    smoothed: tuple[Score, ...]
-    latency_ms: float
-    model: str
-    untrained: bool = False
-    box: Box | None = None  # the subject's box at the clip's end (streams that track subjects)
-
-
-@dataclass(frozen=True, slots=True)
-class ResetMessage:
-    """``reset.<stream>``: a new segment started."""
-
-    topic: str
-    v: int
-    ts: float
-    stream: str
-    seq: int
-    segment: int
-    previous_segment: int
-    subject: str | None
-    reason: str
-    box: Box | None = None  # where the subject is (per-subject mode; null otherwise)
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentLabel:
-    """Per-label statistics of a closed segment."""
-
-    label: str
-    index: int
-    clips: int
-    seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class SegmentMessage:
-    """``segment.<stream>``: summary of a closed segment."""
-
-    topic: str
-    v: int
-    ts: float
-    stream: str
-    seq: int
-    segment: int
-    subject: str | None
-    start_ts: float
-    end_ts: float
-    clips: int
-    labels: tuple[SegmentLabel, ...]
-    box: Box | None = None  # where the subject last was (per-subject mode; null otherwise)
-
-
-@dataclass(frozen=True, slots=True)
-class StatusMessage:
-    """``status.<stream>``: the source's state and counters."""
-
-    topic: str
-    v: int
-    ts: float
-    stream: str
-    seq: int
-    state: str
-    reason: str
-    fps_in: float
-    frames_dropped: int
-    clips_dropped: int
-    reconnects: int
-    clips: int
-    people: int | None = None  # people in view (None: the stream does not track subjects)
-    subject: str | None = None
-    subjects: tuple[Mapping[str, Any], ...] | None = (
-        None  # per-subject mode: {subject, box, segment, clips} each
-    )
-    waiting: int | None = None  # per-subject mode: people who count but have no slot
-
-
-@dataclass(frozen=True, slots=True)
-class SubjectMessage:
-    """``subject.<stream>``: the stream's subject entered, changed or left (after the reset it caused)."""
-
-    topic: str
-    v: int
-    ts: float
-    stream: str
-    seq: int
-    event: str  # enter | change | leave
-    segment: int  # the segment the event opened
-    subject: str | None  # the subject from now on (null after leave)
-    previous: str | None  # the subject before (null on enter)
-    box: Box | None  # the new subject's box; on leave, the leaving subject's last box
-    score: float | None
-    people: int
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonStatus:
-    """``status``: the daemon's heartbeat."""
-
-    topic: str
-    v: int
-    ts: float
-    uptime_s: float
-    device: tuple[str, ...]
-    model: str
-    streams: Mapping[str, Any] = field(default_factory=dict)
-    state: str = "running"  # "stopped" in the daemon's last status before its sockets close
-
-
-Message = LabelMessage | ResetMessage | SegmentMessage | StatusMessage | SubjectMessage | DaemonStatus
-
-
-# -- parsing ----------------------------------------------------------------------------------------------------
-class _Fields:
-    """Typed access to one JSON object; errors name the topic and the field path."""
-
-    def __init__(self, data: Mapping[str, Any], where: str) -> None:
-        self.data = data
-        self.where = where
-
-    def _get(self, name: str) -> Any:
-        if name not in self.data:
-            raise MessageError(f"{self.where}: missing field {name!r}")
-        return self.data[name]
-
-    def _fail(self, name: str, expected: str, value: Any) -> MessageError:
-        return MessageError(f"{self.where}: field {name!r} must be {expected}, got {type(value).__name__}")
-
-    def text(self, name: str) -> str:
-        value = self._get(name)
-        if not isinstance(value, str):
-            raise self._fail(name, "a string", value)
-        return value
-
-    def opt_text(self, name: str) -> str | None:
-        value = self._get(name)
-        if value is not None and not isinstance(value, str):
-            raise self._fail(name, "a string or null", value)
-        return value
-
-    def integer(self, name: str) -> int:
-        value = self._get(name)
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise self._fail(name, "an integer", value)
-        return value
-
-    def number(self, name: str) -> float:
-        value = self._get(name)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise self._fail(name, "a number", value)
-        return float(value)
-
-    def opt_integer(self, name: str) -> int | None:
-        """An integer, or null; an absent field (an older daemon) is None too."""
-        if self.data.get(name) is None:
-            return None
-        return self.integer(name)
-
-    def opt_box(self, name: str) -> Box | None:
-        """[x0, y0, x1, y1] in 0..1, or null; an absent field (an older daemon) is None too."""
-        value = self.data.get(name)
-        if value is None:
-            return None
-        if (
-            not isinstance(value, list)
-            or len(value) != 4
-            or not all(isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= 1 for v in value)
-        ):
-            raise MessageError(f"{self.where}: field {name!r} must be [x0, y0, x1, y1] in 0..1 or null")
-        x0, y0, x1, y1 = (float(v) for v in value)
-        return (x0, y0, x1, y1)
-
-    def obj(self, name: str) -> _Fields:
-        value = self._get(name)
-        if not isinstance(value, dict):
-            raise self._fail(name, "an object", value)
-        return _Fields(value, f"{self.where}.{name}")
-
-    def objs(self, name: str) -> list[_Fields]:
-        value = self._get(name)
-        if not isinstance(value, list):
-            raise self._fail(name, "a list", value)
-        out = []
-        for i, item in enumerate(value):
-            if not isinstance(item, dict):
-                raise MessageError(f"{self.where}.{name}[{i}]: must be an object, got {type(item).__name__}")
-            out.append(_Fields(item, f"{self.where}.{name}[{i}]"))
-        return out
-
-
-def _scores(fields: _Fields, name: str) -> tuple[Score, ...]:
-    return tuple(Score(f.text("label"), f.integer("index"), f.number("score")) for f in fields.objs(name))
-
-
-def _decode(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
-    if isinstance(topic, bytes):
-        try:
-            topic = topic.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MessageError(f"topic {topic[:40]!r} is not UTF-8") from None
-    if isinstance(body, Mapping):
-        return topic, dict(body)
-    if isinstance(body, bytes):
-        try:
-            body = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise MessageError(f"{topic}: body is not UTF-8") from None
-    try:
-        data = json.loads(body)
-    except json.JSONDecodeError as error:
-        raise MessageError(f"{topic}: body is not valid JSON ({error.msg} at position {error.pos})") from None
-    if not isinstance(data, dict):
-        raise MessageError(f"{topic}: body must be a JSON object, got {type(data).__name__}")
-    return topic, data
-
-
-def parse_message(topic: bytes | str, body: bytes | str | Mapping[str, Any]) -> Message:
-    """Parse one message (its two frames) into a typed object; raises ``MessageError`` naming the problem."""
-    topic, data = _decode(topic, body)
-    f = _Fields(data, topic)
-    kind, _, topic_stream = topic.partition(".")
-    version = f.integer("v")
-    if version != SCHEMA_VERSION:
-        raise MessageError(f"{topic}: schema version {version} is not supported (this client reads v=1)")
-    msg_type = f.text("type")
-    if msg_type != kind:
-        raise MessageError(f"{topic}: type {msg_type!r} does not match the topic")
-    ts = f.number("ts")
-    if kind == "status" and not topic_stream:
-        streams = f.obj("streams").data
-        device = data.get("device")
-        if isinstance(device, str):
-            device = [device]
-        if not isinstance(device, list) or not all(isinstance(d, str) for d in device):
-            raise MessageError(f"{topic}: field 'device' must be a list of strings")
-        state = f.text("state") if "state" in data else "running"
-        return DaemonStatus(
-            topic, version, ts, f.number("uptime_s"), tuple(device), f.text("model"), dict(streams), state
-        )
-    if not topic_stream:
-        raise MessageError(f"{topic}: a {kind!r} topic must name a stream ({kind}.<stream>)")
-    stream, seq = f.text("stream"), f.integer("seq")
-    if stream != topic_stream:
-        raise MessageError(f"{topic}: stream {stream!r} does not match the topic")
-    envelope = (topic, version, ts, stream, seq)
-    if kind == "label":
-        clip = f.obj("clip")
-        untrained = data.get("untrained", False)
-        if not isinstance(untrained, bool):
-            raise MessageError(f"{topic}: field 'untrained' must be a boolean")
-        return LabelMessage(
-            *envelope,
-            segment=f.integer("segment"),
-            subject=f.opt_text("subject"),
-            clip=ClipInfo(
-                clip.number("start_ts"),
-                clip.number("end_ts"),
-                clip.integer("first_frame"),
-                clip.integer("last_frame"),
-                clip.integer("frames"),
-            ),
-            top=_scores(f, "top"),
-            smoothed=_scores(f, "smoothed"),
-            latency_ms=f.number("latency_ms"),
-            model=f.text("model"),
-            untrained=untrained,
-            box=f.opt_box("box"),
-        )
-    if kind == "reset":
-        return ResetMessage(
-            *envelope,
-            segment=f.integer("segment"),
-            previous_segment=f.integer("previous_segment"),
-            subject=f.opt_text("subject"),
-            reason=f.text("reason"),
-            box=f.opt_box("box"),
-        )
-    if kind == "segment":
-        labels = tuple(
-            SegmentLabel(g.text("label"), g.integer("index"), g.integer("clips"), g.number("seconds"))
-            for g in f.objs("labels")
-        )
-        return SegmentMessage(
-            *envelope,
-            segment=f.integer("segment"),
-            subject=f.opt_text("subject"),
-            start_ts=f.number("start_ts"),
-            end_ts=f.number("end_ts"),
-            clips=f.integer("clips"),
-            labels=labels,
-            box=f.opt_box("box"),
-        )
-    if kind == "status":
-        return StatusMessage(
-            *envelope,
-            state=f.text("state"),
-            reason=f.text("reason"),
-            fps_in=f.number("fps_in"),
-            frames_dropped=f.integer("frames_dropped"),
-            clips_dropped=f.integer("clips_dropped"),
-            reconnects=f.integer("reconnects"),
-            clips=f.integer("clips"),
-            people=f.opt_integer("people"),
-            subject=f.opt_text("subject") if "subject" in data else None,
-            subjects=tuple(g.data for g in f.objs("subjects")) if data.get("subjects") is not None else None,
-            waiting=f.opt_integer("waiting"),
-        )
-    if kind == "subject":
-        score = data.get("score")
-        return SubjectMessage(
-            *envelope,
-            event=f.text("event"),
-            segment=f.integer("segment"),
-            subject=f.opt_text("subject"),
-            previous=f.opt_text("previous"),
-            box=f.opt_box("box"),
-            score=None if score is None else f.number("score"),
-            people=f.integer("people"),
-        )
-    raise MessageError(f"{topic}: unknown message type {kind!r}")
 
 
 # -- endpoints --------------------------------------------------------------------------------------------------
@@ -503,6 +165,22 @@ def read_handshake(monitor: zmq.Socket, curve: bool) -> str | None:
     return problem
 
 
+def _json_object(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
+    """(topic, body) of a message's two frames, the body a JSON object; ``MessageError`` otherwise."""
+    if len(frames) != 2:
+        raise MessageError(f"expected 2 frames (topic, JSON), got {len(frames)}")
+    try:
+        topic = frames[0].decode("utf-8")
+        data = json.loads(frames[1].decode("utf-8"))
+    except UnicodeDecodeError:
+        raise MessageError(f"{frames[0][:40]!r}: not UTF-8") from None
+    except json.JSONDecodeError as error:
+        raise MessageError(f"{topic}: body is not valid JSON ({error.msg} at position {error.pos})") from None
+    if not isinstance(data, dict):
+        raise MessageError(f"{topic}: body must be a JSON object, got {type(data).__name__}")
+    return topic, data
+
+
 # -- subscriber -------------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Gap:
@@ -584,49 +262,63 @@ class Subscriber:
         self.last_error: str | None = None
         self.gap_log: deque[Gap] = deque(maxlen=1000)
 
-    def recv_raw(self, timeout_s: float | None = -1.0) -> tuple[str, dict[str, Any], list[Gap]] | None:
-        """Next ``(topic, message dict, new gaps)``; None after ``timeout_s`` (default: the instance's)."""
-        timeout = self.timeout_s if timeout_s == -1.0 else timeout_s
-        deadline = None if timeout is None else time.monotonic() + timeout
+    def _frames(self, deadline: float | None) -> list[bytes] | None:
+        """The next multipart message's frames; None at ``deadline`` (monotonic seconds; None: wait forever)."""
         while True:
             wait_ms = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             ready = dict(self._poller.poll(wait_ms))
             if self._monitor in ready:
                 self._check_handshake()
-            if self._socket not in ready:
-                if not ready or (deadline is not None and time.monotonic() >= deadline):
-                    return None
-                continue
-            frames = self._socket.recv_multipart()
+            if self._socket in ready:
+                return self._socket.recv_multipart()
+            if not ready or (deadline is not None and time.monotonic() >= deadline):
+                return None
+
+    def _deadline(self, timeout_s: float | None) -> float | None:
+        timeout = self.timeout_s if timeout_s == -1.0 else timeout_s
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _refuse(self, error: MessageError) -> None:
+        self.malformed += 1
+        self.last_error = str(error)
+
+    def recv(self, timeout_s: float | None = -1.0) -> Message | None:
+        """Next typed message; None after ``timeout_s`` (default: the instance's). Messages that do not follow
+        the protocol are skipped and counted in ``malformed``."""
+        deadline = self._deadline(timeout_s)
+        while (frames := self._frames(deadline)) is not None:
             try:
                 if len(frames) != 2:
                     raise MessageError(f"expected 2 frames (topic, JSON), got {len(frames)}")
-                topic, data = _decode(frames[0], frames[1])
+                message = parse_message(frames[0], frames[1])
             except MessageError as error:
-                self.malformed += 1
-                self.last_error = str(error)
+                self._refuse(error)
                 continue
             self.received += 1
-            return topic, data, self._track(data)
+            self._track(getattr(message, "stream", None), getattr(message, "seq", None))
+            return message
+        return None
 
-    def recv(self, timeout_s: float | None = -1.0) -> Message | None:
-        """Next typed message; None after ``timeout_s`` (default: the instance's)."""
-        while True:
-            raw = self.recv_raw(timeout_s)
-            if raw is None:
-                return None
+    def recv_raw(self, timeout_s: float | None = -1.0) -> tuple[str, dict[str, Any], list[Gap]] | None:
+        """Next ``(topic, the JSON object as sent, new gaps)``, not checked against the protocol: for printing a
+        message unchanged (``vstmon listen``); ``recv`` gives the typed message. None after ``timeout_s``."""
+        deadline = self._deadline(timeout_s)
+        while (frames := self._frames(deadline)) is not None:
             try:
-                return parse_message(raw[0], raw[1])
+                topic, data = _json_object(frames)
             except MessageError as error:
-                self.malformed += 1
-                self.last_error = str(error)
+                self._refuse(error)
+                continue
+            self.received += 1
+            return topic, data, self._track(data.get("stream"), data.get("seq"))
+        return None
 
     def __iter__(self) -> Iterator[Message]:
         while (message := self.recv()) is not None:
             yield message
 
-    def _track(self, data: Mapping[str, Any]) -> list[Gap]:
-        stream, seq = data.get("stream"), data.get("seq")
+    def _track(self, stream: Any, seq: Any) -> list[Gap]:
+        """Note ``seq`` of ``stream``; the gap it reveals, if any (nothing for the daemon status)."""
         if not isinstance(stream, str) or not isinstance(seq, int) or isinstance(seq, bool):
             return []
         last = self._last_seq.get(stream)
@@ -664,6 +356,14 @@ class Subscriber:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _pretty(topic: str, data: dict[str, Any], colour: bool) -> str:
+    """``--pretty``'s line for a message; a message that does not follow the protocol says what is wrong."""
+    try:
+        return pretty_line(parse_message(topic, data), colour)
+    except MessageError as error:
+        return f"{topic}: not shown: {error}"
 
 
 # -- vstmon listen ----------------------------------------------------------------------------------------------
@@ -768,7 +468,7 @@ def run(args: argparse.Namespace) -> int:
                 )
             data.pop("topic", None)
             if args.pretty:
-                sys.stdout.write(pretty_line(topic, data, colour) + "\n")
+                sys.stdout.write(_pretty(topic, data, colour) + "\n")
             else:
                 sys.stdout.write(json.dumps({"topic": topic, **data}, separators=(",", ":")) + "\n")
             sys.stdout.flush()

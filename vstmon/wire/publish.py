@@ -1,6 +1,8 @@
-"""ZeroMQ side of the daemon: ``Publisher`` (PUB, never blocks) and ``ControlServer`` (REP, own thread).
+"""The daemon's PUB socket: ``Publisher`` (never blocks) and, for it and the control socket
+(``vstmon.wire.control``), the CURVE server side (``CurveServer``, ``curve_context``).
 
-The message formats are a public contract, documented in docs/PROTOCOL.md.
+The messages are the models of ``vstmon.wire.protocol`` (a public contract, documented in docs/PROTOCOL.md); the
+publisher adds their envelope and serialises them.
 
 Thread safety of ``Publisher``: ZeroMQ sockets must not be used by two threads at once, and several daemon
 threads publish (engine results, stream workers, heartbeat). A lock around the socket serialises them. Every
@@ -18,70 +20,22 @@ a context of its own (unless the caller passes one), and its owner starts and st
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import threading
 import time
-import traceback
-import unicodedata
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import zmq
 
 from vstmon.config import CurveConfig, PublishConfig
-from vstmon.errors import ConfigError, ConfigKeyError, VstmonError
+from vstmon.errors import ConfigError, ConfigKeyError
 from vstmon.log import get_logger, redact
+from vstmon.wire.protocol import SCHEMA_VERSION, Body, Message, MessageError, parse_message
 
-__all__ = [
-    "CONTROL_COMMANDS",
-    "DEFAULT_CONTROL_ENDPOINT",
-    "MAX_REQUEST_BYTES",
-    "MAX_REQUEST_DEPTH",
-    "MAX_STREAM_CHARS",
-    "MAX_SUBJECT_CHARS",
-    "SCHEMA_VERSION",
-    "ControlField",
-    "ControlServer",
-    "CurveServer",
-    "Publisher",
-    "validate_request",
-]
+__all__ = ["CurveServer", "Publisher", "curve_context"]
 
-SCHEMA_VERSION = 1
-DEFAULT_CONTROL_ENDPOINT = "tcp://127.0.0.1:5557"
-MAX_REQUEST_BYTES = 64 * 1024  # larger control requests get an error reply
-_HARD_MAX_REQUEST_BYTES = 1024 * 1024  # ZMQ_MAXMSGSIZE: larger ones are cut off by libzmq (no reply possible)
-MAX_REQUEST_DEPTH = 8  # JSON nesting of a control request (a valid one has 1 level)
-MAX_STREAM_CHARS = 64  # as stream names in the config
-MAX_SUBJECT_CHARS = 128  # a subject id rides on every later label message of its stream
-_ECHO_CHARS = 32  # at most this much of an offending value is quoted back in an error
-_ECHO_NAMES = 5  # at most this many unknown field names are quoted back
-_MAX_REPORTED_BUGS = 64  # distinct handler failures logged with a traceback; repeats get one line
-_HEADER_KEYS = ("v", "type", "ts", "stream", "seq")
 _SNDBUF_BYTES = 256 * 1024  # per subscriber connection: ample for a LAN (~250 MB/s at 1 ms RTT), and bounded
-
-
-class ControlField(NamedTuple):
-    """One field of a control request: accepted JSON types, whether it is required, its length limit."""
-
-    types: tuple[type, ...]
-    required: bool
-    max_chars: int
-
-
-# known commands -> {field: ControlField}. Every string is 1..max_chars characters without control
-# characters (Unicode categories Cc, Cf, Cs, Zl, Zp: C0/C1 controls, DEL, bidi overrides, zero-width
-# characters, lone surrogates, line and paragraph separators).
-CONTROL_COMMANDS: dict[str, dict[str, ControlField]] = {
-    "reset": {
-        "stream": ControlField((str,), True, MAX_STREAM_CHARS),
-        "subject": ControlField((str, type(None)), False, MAX_SUBJECT_CHARS),
-    },
-    "status": {},
-}
-_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
-
 _log = get_logger("publish")
 _MAX_REPORTED_CLIENTS = 256  # distinct refused client keys logged one by one; later ones are only counted
 
@@ -182,10 +136,10 @@ class CurveServer:
             auth.stop()
 
 
-def _curve_context(
+def curve_context(
     cfg: CurveConfig | None, context: zmq.Context | None, name: str
 ) -> tuple[zmq.Context, CurveServer | None, bool]:
-    """(context, started CurveServer or None, whether the context is ours to terminate)."""
+    """For a socket of ``name``: (context, started CurveServer or None, whether the context is ours to end)."""
     if cfg is None or not cfg.enabled:
         return (context if context is not None else zmq.Context.instance()), None, False
     own = context is None
@@ -220,13 +174,13 @@ class Publisher:
     """
 
     def __init__(self, cfg: PublishConfig, context: zmq.Context | None = None) -> None:
-        self._context, self.curve, self._own_context = _curve_context(cfg.curve, context, "publish")
+        self._context, self.curve, self._own_context = curve_context(cfg.curve, context, "publish")
         self._lock = threading.Lock()
         self._seq: dict[str, int] = {}
         self.sent = 0
         self.dropped = 0
         self.errors = 0
-        self._taps: list[Callable[[str, dict[str, Any]], None]] = []
+        self._taps: list[Callable[[str, Message], None]] = []
         self.endpoints: list[str] = []
         socket = self._context.socket(zmq.PUB)
         if self.curve is not None:
@@ -248,19 +202,25 @@ class Publisher:
             self.endpoints.append(socket.getsockopt_string(zmq.LAST_ENDPOINT))
         self._socket: zmq.Socket | None = socket
 
-    def publish(self, topic: str, payload: dict[str, Any], stream: str | None = None) -> bool:
-        """Send ``payload`` under ``topic``; True when queued, False when dropped. Never blocks, never raises.
+    def publish(self, topic: str, body: Body, stream: str | None = None) -> bool:
+        """Send ``body`` (a model of ``vstmon.wire.protocol``) under ``topic`` with the envelope added; True when
+        queued, False when dropped. Never blocks, never raises.
 
-        For ``<type>.<stream>`` topics the stream is taken from the topic unless ``stream`` is given.
-        Envelope keys win over payload keys of the same name.
+        For ``<type>.<stream>`` topics the stream is taken from the topic unless ``stream`` is given. A body
+        that does not belong on ``topic`` (a ``LabelBody`` on ``reset.cam1``) is a bug: logged and dropped.
         """
         kind, _, topic_stream = topic.partition(".")
         if stream is None and topic_stream:
             stream = topic_stream
-        # status reasons are free text about sources: mask credentials here too (heartbeat rate, cheap)
-        message: dict[str, Any] = (
-            redact(payload, mask_secret_keys=False) if kind == "status" else dict(payload)
-        )
+        pattern = f"{kind}.<stream>" if stream is not None else kind
+        if getattr(body, "topic_pattern", None) != pattern:
+            with self._lock:
+                self.errors += 1
+            _log.error("message does not belong on its topic, dropped", topic=topic, body=type(body).__name__)
+            return False
+        message = body.model_dump(mode="json")
+        if kind == "status":  # status reasons are free text about sources: mask credentials here too
+            message = redact(message, mask_secret_keys=False)
         with self._lock:
             if self._socket is None:
                 self.dropped += 1
@@ -274,18 +234,15 @@ class Publisher:
                 message["stream"] = stream
                 message["seq"] = seq
             try:
-                body = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+                data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
             except (TypeError, ValueError) as error:
                 self.errors += 1
                 _log.error("message not JSON-serialisable, dropped", topic=topic, error=str(error))
                 return False
-            for tap in self._taps:  # in-process readers (the live page) see every message, in order
-                try:
-                    tap(topic, message)
-                except Exception as error:
-                    _log.error("message tap failed", topic=topic, error=str(error))
+            if self._taps:  # in-process readers (the live page) see every message, typed, in order
+                self._tap(topic, data)
             try:
-                self._socket.send_multipart((topic.encode(), body), flags=zmq.NOBLOCK, copy=True)
+                self._socket.send_multipart((topic.encode(), data), flags=zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 self.dropped += 1
                 return False
@@ -296,9 +253,22 @@ class Publisher:
             self.sent += 1
             return True
 
-    def add_tap(self, tap: Callable[[str, dict[str, Any]], None]) -> None:
-        """Also hand every message (topic, the message with its envelope) to ``tap``, under the publish lock: a
-        tap must be quick and must not change the message. Add taps before publishing starts."""
+    def _tap(self, topic: str, data: bytes) -> None:
+        """Hand the message, parsed as a subscriber would parse it, to every tap (publish lock held)."""
+        try:
+            message = parse_message(topic, data)
+        except MessageError as error:  # a producer bug: subscribers will count it as malformed too
+            _log.error("message does not follow the protocol", topic=topic, error=str(error))
+            return
+        for tap in self._taps:
+            try:
+                tap(topic, message)
+            except Exception as error:
+                _log.error("message tap failed", topic=topic, error=str(error))
+
+    def add_tap(self, tap: Callable[[str, Message], None]) -> None:
+        """Also hand every message (topic, the typed message with its envelope) to ``tap``, under the publish
+        lock: a tap must be quick. Add taps before publishing starts."""
         self._taps.append(tap)
 
     def stats(self) -> dict[str, int]:
@@ -320,291 +290,3 @@ class Publisher:
         if self._own_context:
             self._own_context = False
             self._context.term()  # waits for the socket's linger (100 ms) at most
-
-
-def _is_local(endpoint: str) -> bool:
-    """True for ipc://, inproc:// and tcp:// on a loopback address (``endpoint`` as bound: an address, not *)."""
-    scheme, _, rest = endpoint.partition("://")
-    if scheme != "tcp":
-        return True
-    host = rest.rpartition(":")[0].strip("[]").partition("%")[0]
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _error_text(error: BaseException) -> str:
-    if isinstance(error, KeyError) and error.args:
-        return str(error.args[0])
-    return str(error) or type(error).__name__
-
-
-def _echo(value: str) -> str:
-    """``value`` quoted for an error message, cut to ``_ECHO_CHARS`` characters (an error never echoes a flood)."""
-    if len(value) <= _ECHO_CHARS:
-        return repr(value)
-    return f"{value[:_ECHO_CHARS]!r}... ({len(value)} characters)"
-
-
-def _check_text(cmd: str, name: str, value: str, max_chars: int) -> None:
-    if not value:
-        raise ValueError(f'{cmd}: field "{name}" must not be empty')
-    if len(value) > max_chars:
-        raise ValueError(f'{cmd}: field "{name}" is {len(value)} characters long (limit {max_chars})')
-    for position, char in enumerate(value):
-        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
-            raise ValueError(
-                f'{cmd}: field "{name}" must not contain control characters '
-                f"(U+{ord(char):04X} at character {position + 1})"
-            )
-
-
-def validate_request(request: Any) -> dict[str, Any]:
-    """Check a parsed control request; returns it, raises ``ValueError`` naming the problem.
-
-    Errors name the field and the limit and quote at most ``_ECHO_CHARS`` characters of what was sent.
-    """
-    if not isinstance(request, dict):
-        raise ValueError(f"request must be a JSON object, got {type(request).__name__}")
-    known = ", ".join(CONTROL_COMMANDS)
-    cmd = request.get("cmd")
-    if cmd is None:
-        raise ValueError(f'request has no "cmd" (known commands: {known})')
-    if not isinstance(cmd, str):
-        raise ValueError(f'"cmd" must be a string, got {type(cmd).__name__}')
-    fields = CONTROL_COMMANDS.get(cmd)
-    if fields is None:
-        raise ValueError(f"unknown command {_echo(cmd)} (known commands: {known})")
-    unknown = sorted(set(request) - set(fields) - {"cmd"})
-    if unknown:
-        names = ", ".join(_echo(k) for k in unknown[:_ECHO_NAMES])
-        more = f" and {len(unknown) - _ECHO_NAMES} more" if len(unknown) > _ECHO_NAMES else ""
-        raise ValueError(f"{cmd}: unknown field(s) {names}{more}")
-    for name, spec in fields.items():
-        if name not in request:
-            if spec.required:
-                raise ValueError(f'{cmd}: field "{name}" is required')
-            continue
-        value = request[name]
-        if not isinstance(value, spec.types) or isinstance(value, bool):
-            expected = " or ".join(
-                "null" if t is type(None) else t.__name__.replace("str", "string") for t in spec.types
-            )
-            raise ValueError(f'{cmd}: field "{name}" must be {expected}, got {type(value).__name__}')
-        if isinstance(value, str):
-            _check_text(cmd, name, value, spec.max_chars)
-    return request
-
-
-def _nesting_depth(value: Any) -> int:
-    """Levels of JSON arrays/objects in ``value`` (0 for a scalar); iterative, so any depth is safe."""
-    depth = 0
-    level = [value] if isinstance(value, dict | list) else []
-    while level:
-        depth += 1
-        children: list[Any] = []
-        for container in level:
-            items = container.values() if isinstance(container, dict) else container
-            children.extend(v for v in items if isinstance(v, dict | list))
-        level = children
-    return depth
-
-
-class _DuplicateField(ValueError):
-    pass
-
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _DuplicateField(f"request has field {_echo(key)} twice")
-        obj[key] = value
-    return obj
-
-
-def _failure_site(error: BaseException) -> tuple[str, str, int]:
-    """(exception type, file, line) where ``error`` was raised: repeats of one bug share it."""
-    frames = traceback.extract_tb(error.__traceback__)
-    last = frames[-1] if frames else None
-    return type(error).__name__, last.filename if last else "", (last.lineno or 0) if last else 0
-
-
-class ControlServer:
-    """The control socket: a REP socket served by its own thread, one JSON object in, one JSON object out.
-
-    Known commands are validated here (``CONTROL_COMMANDS``: ``reset`` with ``stream``, 1-64 characters, and
-    optional ``subject``, 1-128 characters or null, no control characters; ``status``); ``handler(request) ->
-    dict`` does the work and its dict becomes the reply with ``"ok": true`` added. Any problem (oversized,
-    nested deeper than ``MAX_REQUEST_DEPTH``, bad JSON, duplicate or unknown fields, wrong types or lengths,
-    unknown command, the handler raising ``VstmonError``/``KeyError``/``ValueError``) is answered
-    ``{"ok": false, "error": "..."}`` and logged as one line. Any other exception from the handler is a bug:
-    answered the same way and logged with its traceback the first time, as one line when it repeats (a client
-    cannot flood the log with tracebacks). Replies pass through ``redact`` (no credentials in URLs). The
-    thread never dies on a bad request.
-
-    ``curve`` (``publish.curve``; None or both keys null = off): the socket is a CURVE server and only clients
-    with an allowed key can send a request; the ``CurveServer`` (``self.curve``) starts in ``start`` and
-    stops when the serving thread ends. Bound beyond loopback without CURVE, ``start`` logs a warning: anyone
-    who can reach the port can reset streams.
-    """
-
-    def __init__(
-        self,
-        endpoint: str,
-        handler: Callable[[dict[str, Any]], dict[str, Any]],
-        context: zmq.Context | None = None,
-        max_request_bytes: int = MAX_REQUEST_BYTES,
-        poll_interval_s: float = 0.1,
-        curve: CurveConfig | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self._handler = handler
-        self._given_context = context
-        self._context: zmq.Context | None = None
-        self._own_context = False
-        self._curve_cfg = curve
-        self.curve: CurveServer | None = None
-        self._max_request_bytes = max_request_bytes
-        self._poll_ms = max(1, int(poll_interval_s * 1000))
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._socket: zmq.Socket | None = None
-        self.requests = 0
-        self.errors = 0
-        self.bound_endpoint: str | None = None
-        self._reported_failures: set[tuple[str, str, int]] = set()
-
-    def start(self) -> None:
-        """Bind (errors raise ``VstmonError`` here, in the caller) and start serving."""
-        if self._thread is not None:
-            raise RuntimeError("ControlServer already started")
-        self._context, self.curve, self._own_context = _curve_context(
-            self._curve_cfg, self._given_context, "control"
-        )
-        socket = self._context.socket(zmq.REP)
-        if self.curve is not None:
-            self.curve.secure(socket)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.MAXMSGSIZE, max(_HARD_MAX_REQUEST_BYTES, self._max_request_bytes * 2))
-        try:
-            socket.bind(self.endpoint)
-        except zmq.ZMQError as error:
-            socket.close(linger=0)
-            self._release()
-            raise ConfigKeyError("publish.control", f"cannot bind {self.endpoint}: {error}") from None
-        self.bound_endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        if self.curve is None and not _is_local(self.bound_endpoint):
-            _log.warning(
-                "the control socket is reachable beyond this machine without CURVE: anyone who can connect can "
-                "reset streams and read their status; bind publish.control to 127.0.0.1 or set publish.curve",
-                endpoint=self.bound_endpoint,
-            )
-        self._socket = socket  # handed to the thread; never used by this thread again
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._serve, name="vstmon-control", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Ask the thread to finish (it notices within one poll interval)."""
-        self._stop.set()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def join(self, timeout_s: float | None = None) -> None:
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def close(self, timeout_s: float = 2.0) -> None:
-        """Stop and join."""
-        self.stop()
-        self.join(timeout_s)
-
-    def _serve(self) -> None:
-        socket = self._socket
-        assert socket is not None
-        try:
-            while not self._stop.is_set():
-                try:
-                    if not socket.poll(self._poll_ms, zmq.POLLIN):
-                        continue
-                    frames = socket.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    continue
-                except zmq.ZMQError as error:
-                    if self._stop.is_set():
-                        break
-                    _log.error("control socket receive failed", error=str(error))
-                    continue
-                reply = self._answer(frames)
-                try:
-                    socket.send(json.dumps(reply, separators=(",", ":")).encode(), zmq.NOBLOCK)
-                except zmq.ZMQError as error:  # the requester went away; REP state resets on its own
-                    _log.warning("control reply not sent", error=str(error))
-        finally:
-            socket.close(linger=0)
-            self._socket = None
-            self._release()
-
-    def _release(self) -> None:
-        """Stop CURVE's ZAP handler and end a context of our own (after the socket is closed)."""
-        if self.curve is not None:
-            self.curve.stop()
-        if self._own_context and self._context is not None:
-            self._own_context = False
-            self._context.term()
-
-    def _answer(self, frames: list[bytes]) -> dict[str, Any]:
-        self.requests += 1
-        try:
-            request = self._parse(frames)
-            result = self._handler(request)
-            if not isinstance(result, dict):
-                raise TypeError(f"control handler returned {type(result).__name__}, not a dict")
-            reply = redact({"ok": True, **result}, mask_secret_keys=False)
-            json.dumps(reply)  # fail here (and answer) rather than after the reply is half built
-            return reply
-        except (VstmonError, KeyError, ValueError) as error:
-            self.errors += 1
-            text = redact(_error_text(error))
-            _log.info("control request rejected", error=text)
-            return {"ok": False, "error": text}
-        except Exception as error:  # a handler bug must not kill the control thread
-            self.errors += 1
-            text = redact(_error_text(error))
-            site = _failure_site(error)
-            if site in self._reported_failures:
-                _log.error("control handler failed again", error=text, where=f"{site[1]}:{site[2]}")
-            else:
-                if len(self._reported_failures) < _MAX_REPORTED_BUGS:
-                    self._reported_failures.add(site)
-                _log.exception("control handler failed", error=text)
-            return {"ok": False, "error": f"internal error: {text}"}
-
-    def _parse(self, frames: list[bytes]) -> dict[str, Any]:
-        if len(frames) != 1:
-            raise ValueError(f"request must be one message frame, got {len(frames)}")
-        data = frames[0]
-        if len(data) > self._max_request_bytes:
-            raise ValueError(f"request too large: {len(data)} bytes (limit {self._max_request_bytes})")
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            raise ValueError("request is not UTF-8") from None
-        too_deep = f"request nested too deeply (limit {MAX_REQUEST_DEPTH} levels)"
-        try:
-            request = json.loads(text, object_pairs_hook=_refuse_duplicates)
-        except RecursionError:  # the C parser's guard; far deeper than the limit below
-            raise ValueError(too_deep) from None
-        except json.JSONDecodeError as error:
-            raise ValueError(f"request is not valid JSON: {error.msg} at position {error.pos}") from None
-        except _DuplicateField as error:
-            raise ValueError(str(error)) from None
-        except ValueError as error:  # e.g. an integer of more than 4300 digits
-            raise ValueError(f"request is not valid JSON: {str(error).split(':')[0]}") from None
-        if _nesting_depth(request) > MAX_REQUEST_DEPTH:
-            raise ValueError(too_deep)
-        return validate_request(request)
