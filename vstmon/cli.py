@@ -30,7 +30,7 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vstmon.train.command", "fine-tune on your own labelled videos (one folder per class)"),
     "eval": ("vstmon.train.evaluate", "score a checkpoint on labelled videos (official multi-view test)"),
     "serve": (
-        "vstmon.inference.serve",
+        "vstmon.service.serve",
         "run a Triton inference server with the model, for daemons on inference.backend: triton",
     ),
     "weights": ("vstmon.model.fetch", "list or download official Video Swin checkpoints"),

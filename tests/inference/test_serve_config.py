@@ -10,7 +10,7 @@ import pytest
 from tests.helpers.cli import run_vstmon
 from vstmon.config import load_yaml_model
 from vstmon.errors import EX_CONFIG, ConfigError
-from vstmon.inference.serve import ServeConfig
+from vstmon.service.serve import ServeConfig
 
 
 def _serve_yaml(tmp_path: Path, text: str) -> Path:

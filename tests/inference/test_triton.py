@@ -192,7 +192,7 @@ def test_check_says_whether_the_server_answers(tmp_path, model_files, closed_por
 
 def test_the_shipped_serve_yaml_is_valid_and_serve_says_what_it_needs_without_pytriton():
     from vstmon.config import load_yaml_model
-    from vstmon.inference.serve import ServeConfig
+    from vstmon.service.serve import ServeConfig
 
     config = load_yaml_model(ServeConfig, REPO_ROOT / "serve.yaml")
     assert config.serve.grpc_port == 8001 and config.clip.frames == 32

@@ -55,7 +55,7 @@ def test_the_url_check_needs_no_opencv() -> None:
     code = (
         "import sys\n"
         "from vstmon.config import parse_config\n"
-        "from vstmon.config.files import stream_url_problems\n"
+        "from vstmon.service.preflight import stream_url_problems\n"
         "config = parse_config({'streams': [{'name': 'a', 'url': 'rtps://x'}]})\n"
         "print(len(stream_url_problems(config.streams)), 'cv2' in sys.modules)\n"
     )

@@ -27,6 +27,7 @@ from tests.helpers.wire import label_body, stream_entry
 from vstmon.config import CurveConfig, PublishConfig, load_config
 from vstmon.errors import ConfigError, VstmonError
 from vstmon.service.control_cli import request
+from vstmon.service.preflight import preflight
 from vstmon.wire.client import Subscriber
 from vstmon.wire.control import ControlServer
 from vstmon.wire.keys import generate_certificates
@@ -389,8 +390,8 @@ def _bad_cases(keys: Keys, tmp: Path) -> dict[str, tuple[dict[str, str], str, st
 def test_bad_key_files_are_one_line_config_errors(keys: Keys, tmp_path: Path) -> None:
     for case, (curve, field, text) in _bad_cases(keys, tmp_path).items():
         config = _write_config(tmp_path / "config.yaml", curve)
-        with pytest.raises(ConfigError) as caught:
-            load_config(config)
+        with pytest.raises(ConfigError) as caught:  # the schema at load, the files in preflight
+            preflight(load_config(config))
         lines = str(caught.value).splitlines()
         assert len(lines) == 1, (case, lines)
         assert lines[0].startswith(f"{config}: publish.curve.{field}: "), (case, lines[0])
@@ -403,6 +404,7 @@ def test_bad_key_files_are_one_line_config_errors(keys: Keys, tmp_path: Path) ->
 def test_good_keys_pass_the_config(keys: Keys, tmp_path: Path) -> None:
     curve = {"secret_key": str(keys.server_secret), "allowed_keys": str(keys.allowed_dir)}
     config = load_config(_write_config(tmp_path / "config.yaml", curve))
+    preflight(config)  # the key files are readable and of the right kind
     assert config.publish.curve == keys.curve() and config.publish.curve.enabled
     assert not load_config(_write_config(tmp_path / "plain.yaml", {})).publish.curve.enabled
 

@@ -1,8 +1,8 @@
 """From a file (or a parsed tree) to a validated settings tree, with one error line per bad key.
 
 ``load_config(path) -> Config`` reads ``config.yaml`` with the hardened reader, drops top-level ``x-`` keys
-(a place for anchors), expands ``${VAR}``, validates the schema, then checks the CURVE key files the config
-names (``files.py``). ``load_yaml_model(Model, path)`` does the same for any ``LocatedModel`` or
+(a place for anchors), expands ``${VAR}`` and validates the schema; it opens no other file (the files the
+config names are checked by ``vstmon.service.preflight``). ``load_yaml_model(Model, path)`` does the same for any ``LocatedModel`` or
 ``StrictModel`` tree (``serve.yaml``, ``train.yaml``). Every error is ``SOURCE: key.path: message (line N)``,
 one line per key; an unknown key that is close to a known one at that level says ``did you mean `hop_s`?``.
 """
@@ -20,7 +20,6 @@ from pydantic import BaseModel, ValidationError
 
 from vstmon.config.base import KeyLocations, LocatedModel
 from vstmon.config.env import EnvError, expand_env
-from vstmon.config.files import key_file_problems, raise_problems
 from vstmon.config.reader import read_yaml
 from vstmon.config.root import Config
 from vstmon.errors import ConfigError
@@ -139,7 +138,6 @@ def validate_model(
 
 def _validate_config(data: Any, source: str, require_streams: bool, locations: KeyLocations | None) -> Config:
     config = validate_model(Config, data, source, locations, context={"require_streams": require_streams})
-    raise_problems(config, key_file_problems(config.publish))  # the CURVE key files: readable, right kind
     return config
 
 
@@ -162,9 +160,9 @@ def load_config(path: str | os.PathLike[str], *, require_streams: bool = True) -
     """Read and validate a YAML config file; relative checkpoint/label paths stay relative to the CWD.
 
     Refuses files over MAX_FILE_BYTES, bytes that are not UTF-8, duplicate keys, recursive aliases and
-    alias expansions over MAX_EXPANDED_NODES, each as a ConfigError naming the key path; then CURVE key
-    files that cannot be used. Other files (checkpoint, labels, detector, stream files) are checked by
-    ``vstmon check`` and at start (``service.check.preflight``), not here.
+    alias expansions over MAX_EXPANDED_NODES, each as a ConfigError naming the key path. The files the config
+    names (CURVE keys, checkpoint, labels, detector, stream files) are checked by ``vstmon check`` and at
+    start (``vstmon.service.preflight``), not here.
     """
     data, locations = read_yaml(os.fspath(path))
     return _validate_config(data, locations.source, require_streams, locations)

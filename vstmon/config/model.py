@@ -1,5 +1,5 @@
 """The ``model`` section (which network, which weights, which device) and the ``clip`` section (what the
-network sees: frames, sampling, crop size). Names and ranges only: whether the files exist is ``files.py``'s
+network sees: frames, sampling, crop size). Names and ranges only: whether the files exist is ``vstmon.service.preflight``'s
 question.
 """
 

@@ -1,5 +1,5 @@
 """The ``publish`` section (ZeroMQ PUB endpoints, the control socket) and its ``curve`` keys. The key files
-are read by ``files.py`` after validation, not here: the schema does no I/O.
+are read by ``vstmon.service.preflight`` after validation, not here: the schema does no I/O.
 """
 
 from __future__ import annotations

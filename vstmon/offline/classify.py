@@ -52,7 +52,7 @@ from vstmon.log import configure_logging, get_logger
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
 from vstmon.offline.annotate import Marks, draw_timeline, write_annotated_video
 from vstmon.offline.run import FileRun, OfflineStream
-from vstmon.service.check import preflight
+from vstmon.service.preflight import preflight
 from vstmon.stream.state import SegmentState
 from vstmon.subjects.detector import PersonDetector
 from vstmon.types import Box, ClipResult

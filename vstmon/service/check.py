@@ -2,7 +2,7 @@
 
 Catches, without starting anything, what would stop the daemon: the schema (key paths, bounds, the arch
 name, endpoint syntax and port ranges), devices that are not there (``cuda`` without CUDA), checkpoint, labels,
-detector and key files that cannot be read (``vstmon.config.files``), and (unless ``--no-model``) a checkpoint
+detector and key files that cannot be read (``service/preflight.py``), and (unless ``--no-model``) a checkpoint
 or label list that does not fit; and what the daemon would refuse at once without stopping: stream URLs with an
 unsupported scheme or naming a file that does not exist (the daemon fails those streams and runs the others).
 Exit 0 when everything is usable; otherwise the errors, one line per key, and exit 78 (EX_CONFIG), raised
@@ -12,35 +12,20 @@ as ``VstmonError`` to the CLI. The summary shows the RESOLVED device and precisi
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vstmon.config import Config, KeyLocations, load_config
-from vstmon.config.files import (
-    FileProblem,
-    detector_problems,
-    model_file_problems,
-    raise_problems,
-    stream_url_problems,
-)
+from vstmon.config import Config, load_config
 from vstmon.errors import CheckpointError, DetectorError, LabelsError
 from vstmon.log import redact_url
+from vstmon.service.preflight import ResolvedDevice, preflight
 
 if TYPE_CHECKING:
-    import torch
+    pass
 
-__all__ = ["ResolvedDevice", "add_arguments", "preflight", "run"]
+__all__ = ["add_arguments", "run"]
 
 _DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-
-
-@dataclass(frozen=True)
-class ResolvedDevice:
-    """A device the config resolves to, and the precision the engine will run it at."""
-
-    device: torch.device
-    precision: str  # fp32 | fp16 | bf16
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,67 +33,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-model", action="store_true", help="only validate the config and files, do not load the model"
     )
-
-
-def _device_problem(device: torch.device) -> str | None:
-    import torch
-
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = "built without CUDA" if torch.version.cuda is None else "no CUDA device or driver found"
-            return f"{device} was asked for, but torch sees no CUDA device ({built}); use cpu or auto"
-        count = torch.cuda.device_count()
-        index = 0 if device.index is None else device.index
-        if index >= count:
-            return f"{device} was asked for, but only {count} CUDA device(s) exist (cuda:0-cuda:{count - 1})"
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        return f"{device} was asked for, but this machine has no Apple MPS device; use cpu or auto"
-    return None
-
-
-def preflight(config: Config, source: str | None = None, *, streams: bool = False) -> list[ResolvedDevice]:
-    """Check what can be checked without starting: devices, precision, and the files the config names
-    (checkpoint, labels, detector; with ``streams``, the stream URLs the daemon would refuse at once).
-
-    Returns the resolved devices and precisions; raises ConfigError with one line per problem
-    (``config.yaml: model.device: ... (line N)``; ``source`` names a config that was not read from a file).
-    """
-    from vstmon.inference.runner import resolve_devices, resolve_dtype
-
-    problems: list[FileProblem] = []
-    resolved: list[ResolvedDevice] = []
-    model = config.model
-    for device in resolve_devices(model.device):
-        problem = _device_problem(device)
-        if problem is not None:
-            problems.append(FileProblem("model.device", problem))
-            continue
-        import torch
-
-        if (
-            model.precision == "bf16"
-            and device.type == "cuda"
-            and torch.cuda.get_device_capability(device) < (8, 0)
-        ):
-            problems.append(
-                FileProblem(
-                    "model.precision",
-                    f"{device} has no native bf16 (compute capability below 8.0); use fp16 or auto",
-                )
-            )
-            continue
-        dtype = resolve_dtype(model.precision, device)
-        resolved.append(
-            ResolvedDevice(device, _DTYPE_NAMES.get(str(dtype).removeprefix("torch."), str(dtype)))
-        )
-    problems += model_file_problems(model) + detector_problems(config.subjects)
-    if streams:
-        problems += stream_url_problems(config.streams)
-    if source is not None and source != config.source:
-        config = config.model_copy()
-        config.locate(KeyLocations(source))
-    raise_problems(config, problems)
-    return resolved
 
 
 def _describe_devices(devices: list[ResolvedDevice]) -> str:

@@ -16,6 +16,8 @@ performed on the stream's worker thread (vstmon/stream/worker.py), which is the 
 
 Signals only set the stop event; ``run`` then stops everything in order (sources, workers, engines, control,
 publisher) and returns 0.
+
+Over 500 lines: the supervisor builds, wires, starts, stops and reloads every stage, and answers status and control; each of those is short, and they share the daemon's state.
 """
 
 from __future__ import annotations

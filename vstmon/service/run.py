@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from vstmon.config import Config, load_config
 from vstmon.errors import VstmonError
 from vstmon.log import configure_logging, get_logger, redact_url
-from vstmon.service.check import preflight
+from vstmon.service.preflight import preflight
 
 if TYPE_CHECKING:
     from vstmon.service.daemon import Daemon

@@ -17,6 +17,8 @@ facts it needs from the frozen graph itself rather than from the training config
 
 The binary graph is read with a small protocol-buffer wire-format reader (only the ``GraphDef`` fields used
 here), so neither TensorFlow nor the protobuf package is needed.
+
+Over 500 lines: the TensorFlow text-graph description of the SSD, generated from the frozen graph.
 """
 
 from __future__ import annotations

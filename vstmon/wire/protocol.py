@@ -16,6 +16,8 @@ fields and bound every string; their errors name the field and the limit (``pars
 Pydantic only (no zmq, torch or cv2): every layer can import this module. It is longer than most (about 560
 lines, most of them the field descriptions PROTOCOL.md's tables are made from) because the contract is kept in
 one place on purpose; how its errors are worded is in ``vstmon.wire.protocol_errors``.
+
+Over 500 lines: the whole contract with subscribers and control clients, every field with its description (the source of docs/PROTOCOL.md's tables), is kept in one file so that it is read and changed in one place.
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ from pydantic import Field, model_validator
 
 from vstmon.config import ClipConfig, LocatedModel, LogConfig, ModelConfig, StrictModel, load_yaml_model
 from vstmon.config.base import fail_at
-from vstmon.config.files import model_file_problems
 from vstmon.errors import CheckpointError, ConfigError, LabelsError
 from vstmon.log import configure_logging, get_logger
+from vstmon.service.preflight import model_file_problems
 
 __all__ = ["ServeConfig", "add_arguments", "run"]
 
