@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 from collections import defaultdict
-from pathlib import Path
 
 from tests.helpers.cli import REPO_ROOT
 
@@ -93,7 +92,9 @@ def test_modules_over_500_lines_say_why_in_their_docstring() -> None:
     unexplained = []
     for path in sorted(PACKAGE.rglob("*.py")):
         lines = len(path.read_text().splitlines())
-        if lines > MAX_LINES and LONG_MODULE_MARK not in (ast.get_docstring(ast.parse(path.read_text())) or ""):
+        if lines > MAX_LINES and LONG_MODULE_MARK not in (
+            ast.get_docstring(ast.parse(path.read_text())) or ""
+        ):
             unexplained.append(f"{path.relative_to(REPO_ROOT)}: {lines} lines")
     assert not unexplained, "\n".join(unexplained)
 
