@@ -16,6 +16,7 @@ from vstmon.config import Config, StreamConfig
 from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.subject_crops import SubjectCrops
+from vstmon.stream.buffers import ClipBuffers
 from vstmon.stream.pipeline import StreamPipeline
 from vstmon.stream.sink import ClipSink
 from vstmon.stream.state import SegmentState
@@ -23,7 +24,7 @@ from vstmon.stream.subjects import StreamSubjects
 from vstmon.subjects.detector import PersonDetector
 from vstmon.types import ResetReason
 
-__all__ = ["StreamParts", "build_stream", "clip_span_frames", "ring_capacity_frames"]
+__all__ = ["StreamParts", "build_stream", "clip_slots", "clip_span_frames", "ring_capacity_frames"]
 
 _DEFAULT_FPS = 30.0  # a live source's rate before it is known (the ring is sized on it)
 
@@ -42,6 +43,12 @@ def ring_capacity_frames(config: Config, stream: StreamConfig, fps: float | None
     if stream.buffer_s is not None:
         return max(math.ceil(stream.buffer_s * fps), config.clip.frames + 1)
     return clip_span_frames(config, fps) + math.ceil(fps) + 2
+
+
+def clip_slots(config: Config, stream: StreamConfig) -> int:
+    """Clip streams a stream has arrays for: its own (slot 0), plus one per subject slot in per-subject mode."""
+    per_subject = config.subjects.mode == "per_subject" and config.subjects.detector is not None
+    return 1 + (config.subjects.max_subjects if per_subject and stream.subjects else 0)
 
 
 @dataclass
@@ -69,12 +76,15 @@ def build_stream(
     *,
     detector: PersonDetector | None = None,
     on_reset: Callable[[ResetReason], None] | None = None,
+    buffers: Callable[[int], ClipBuffers] | None = None,
 ) -> StreamParts:
     """The ring, state, people and pipeline of ``stream`` (see the module docstring).
 
     ``make_state(subject)`` makes a ``SegmentState`` publishing for this stream (``""``: the stream's own).
     People are tracked when ``subjects.detector`` is set and the stream does not opt out; ``detector`` is
-    the person detector to use (default: one loaded from ``subjects.detector``).
+    the person detector to use (default: one loaded from ``subjects.detector``). ``buffers(slot)`` gives the
+    clip arrays of the stream's clip streams (slot 0: whole frame; 1..: per-subject slots; default: plain
+    arrays for an engine in this process).
     """
     size_px = config.clip.size_px
     ring = RingBuffer(ring_capacity_frames(config, stream, fps), size_px, size_px, lossless=lossless)
@@ -104,5 +114,6 @@ def build_stream(
         subject_crops=crops,
         make_state=make_state,
         on_reset=on_reset,
+        buffers=buffers,
     )
     return StreamParts(ring, state, pipeline, subjects, crops)

@@ -4,8 +4,8 @@ A clip stream is a ring read by a ``ClipSampler``, a ``SegmentState`` that stamp
 key in the engine (``Clip.key``): the stream itself in whole-frame mode, one per tracked person in per-subject
 mode. Both kinds cut and submit the same way, here:
 
-- two preallocated clip arrays: the engine reads a clip's frames only while it is pending, and a clip stream has at
-  most one pending clip, so the array not holding the last submitted clip is always free to cut into;
+- two preallocated clip arrays (``stream/buffers.py``: who may cut into which, with the engine in this process or
+  in another);
 - live: ``submit`` never waits (a newer clip replaces a pending one, counted by the engine);
 - lossless (files read as fast as the model allows): ``submit`` waits for the clip stream's slot, giving up when
   ``interrupted()`` says so (the worker is stopping, or a reset of the stream is waiting).
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import numpy as np
-
 from vstmon.ingest.sampler import ClipSampler
+from vstmon.stream.buffers import ClipBuffers
 from vstmon.stream.sink import ClipSink
 from vstmon.stream.state import SegmentState
 from vstmon.types import Box, Clip
@@ -28,7 +27,7 @@ _SUBMIT_WAIT_S = 0.1  # lossless: how often a waiting submit checks whether it s
 
 
 class ClipStream:
-    """Sampler + two clip arrays + state + engine key of one clip stream (see the module docstring)."""
+    """Sampler + two clip arrays + state + sink key of one clip stream (see the module docstring)."""
 
     def __init__(
         self,
@@ -36,10 +35,9 @@ class ClipStream:
         sampler: ClipSampler,
         state: SegmentState,
         sink: ClipSink,
-        size_px: int,
         lossless: bool,
         interrupted: Callable[[], bool],
-        pool: np.ndarray | None = None,
+        buffers: ClipBuffers,
     ) -> None:
         self.key = key
         self.sampler = sampler
@@ -47,24 +45,20 @@ class ClipStream:
         self.sink = sink
         self.lossless = lossless
         self._interrupted = interrupted
-        shape = (2, sampler.frames, size_px, size_px, 3)  # (2, T, H, W, 3)
-        if pool is not None and (pool.shape != shape or pool.dtype != np.uint8):
-            raise ValueError(f"clip pool must be {shape} uint8, got {pool.shape} {pool.dtype}")
-        self._pool = (
-            np.zeros(shape, dtype=np.uint8) if pool is None else pool
-        )  # reused (a slot's, per subject)
-        self._last_buf = 1
+        self.buffers = buffers  # reused by every clip (and, per subject, by every person of the slot)
         self.clips_cut = 0
         self.clips_refused = 0
 
     @property
     def nbytes(self) -> int:
-        return int(self._pool.nbytes)
+        return int(self.buffers.arrays.nbytes)
 
     def cut_and_submit(self, box: Box | None = None) -> bool:
         """Cut the due clip (``sampler.cut``; raises ``FrameGone`` as it does) and submit it; True if queued."""
-        buf = 1 - self._last_buf
-        clip: Clip = self.sampler.cut(self._pool[buf])
+        index = self.buffers.acquire(self._interrupted)
+        if index is None:  # stopping, or a reset is waiting: the clip belongs to the closing segment
+            return False
+        clip: Clip = self.sampler.cut(self.buffers.arrays[index])
         clip.box = box
         clip.key = self.key
         self.clips_cut += 1
@@ -74,10 +68,10 @@ class ClipStream:
         if self.lossless:
             while not self._interrupted():
                 if self.sink.submit(clip, block=True, timeout_s=_SUBMIT_WAIT_S):
-                    self._last_buf = buf
+                    self.buffers.submitted(index)
                     return True
             return False
         if self.sink.submit(clip):
-            self._last_buf = buf
+            self.buffers.submitted(index)
             return True
         return False

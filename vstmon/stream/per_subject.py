@@ -23,12 +23,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
 from vstmon.config import Config
 from vstmon.ingest.ring import FrameGone
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.ingest.subject_crops import SubjectCrops
+from vstmon.stream.buffers import ClipBuffers
 from vstmon.stream.clip_stream import ClipStream
 from vstmon.stream.sink import ClipSink
 from vstmon.stream.state import SegmentState
@@ -63,7 +62,10 @@ class SubjectClipStreams:
         make_state: Callable[[str], SegmentState],
         lossless: bool,
         interrupted: Callable[[], bool],
+        buffers: list[ClipBuffers],
     ) -> None:
+        if len(buffers) != len(crops.rings):
+            raise ValueError(f"{len(crops.rings)} slots need as many clip buffers, got {len(buffers)}")
         self.stream = stream
         self.crops = crops
         self._config = config
@@ -77,8 +79,7 @@ class SubjectClipStreams:
             for ring in crops.rings
         ]
         self._slots: list[_Slot | None] = [None] * len(crops.rings)
-        # each slot's two clip arrays, made once and reused by every person who holds the slot
-        self._pools = np.zeros((len(crops.rings), 2, clip.frames, clip.size_px, clip.size_px, 3), np.uint8)
+        self._buffers = buffers  # each slot's two clip arrays, reused by every person who holds the slot
         self._by_key: dict[str, SegmentState] = {}  # engine key -> state, read by the engine thread
         self._lock = threading.Lock()
         self.subjects_started = 0
@@ -99,14 +100,7 @@ class SubjectClipStreams:
         sampler = self._samplers[change.slot]
         sampler.restart(sampler.ring.head_seq)
         clips = ClipStream(
-            key,
-            sampler,
-            state,
-            self._sink,
-            self._config.clip.size_px,
-            self._lossless,
-            self._interrupted,
-            pool=self._pools[change.slot],
+            key, sampler, state, self._sink, self._lossless, self._interrupted, self._buffers[change.slot]
         )
         with self._lock:
             self._by_key[key] = state
@@ -200,7 +194,7 @@ class SubjectClipStreams:
     @property
     def nbytes(self) -> int:
         """Fixed memory of this stream's per-subject mode: the crop rings and every slot's two clip arrays."""
-        return self.crops.nbytes + int(self._pools.nbytes)
+        return self.crops.nbytes + sum(int(b.arrays.nbytes) for b in self._buffers)
 
     # -- other threads ----------------------------------------------------------------------------------------
     def state_for(self, key: str) -> SegmentState | None:

@@ -34,11 +34,14 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from vstmon.config import Config
 from vstmon.ingest.ring import FrameGone, RingBuffer
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.ingest.subject_crops import SubjectCrops
 from vstmon.log import get_logger
+from vstmon.stream.buffers import AlternatingBuffers, ClipBuffers, clip_shape
 from vstmon.stream.clip_stream import ClipStream
 from vstmon.stream.per_subject import SubjectClipStreams
 from vstmon.stream.scene import MotionDetector, SceneChangeDetector
@@ -113,6 +116,7 @@ class StreamPipeline:
         make_state: Callable[[str], SegmentState] | None = None,
         interrupted: Callable[[], bool] = lambda: False,
         on_reset: Callable[[ResetReason], None] | None = None,
+        buffers: Callable[[int], ClipBuffers] | None = None,
     ) -> None:
         self.name = name
         self.ring = ring
@@ -123,14 +127,20 @@ class StreamPipeline:
         self.interrupted = interrupted  # a host that owns a stop event replaces it (see StreamWorker)
         self._on_reset = on_reset
         clip = config.clip
+        if buffers is None:  # the engine in this process
+
+            def buffers(_slot: int) -> ClipBuffers:
+                return AlternatingBuffers(np.zeros((2, *clip_shape(clip.frames, clip.size_px)), np.uint8))
+
         self.sampler = ClipSampler(ring, name, clip.frames, clip.frame_interval, clip.hop_s, clip.sample_fps)
         # per-subject mode: every person in a slot has a clip stream of their own (crops the source cuts)
         self.per_subject: SubjectClipStreams | None = None
         if subject_crops is not None:
             if subjects is None or subjects.slots is None or make_state is None:
                 raise ValueError("per-subject clips need subjects in per_subject mode and make_state")
+            slots = [buffers(1 + slot) for slot in range(len(subject_crops.rings))]
             self.per_subject = SubjectClipStreams(
-                name, config, subject_crops, sink, make_state, lossless, self._is_interrupted
+                name, config, subject_crops, sink, make_state, lossless, self._is_interrupted, slots
             )
         reset_cfg = config.reset
         self._scene = SceneChangeDetector(reset_cfg.scene_change) if reset_cfg.scene_change.enabled else None
@@ -141,9 +151,9 @@ class StreamPipeline:
             else None
         )
         self._idle_fired = False
-        self._clips = ClipStream(
-            name, self.sampler, state, sink, clip.size_px, lossless, self._is_interrupted
-        )
+        # whole-frame clips (slot 0); per subject, the people's clip streams cut instead and this one stays unused
+        own = buffers(0) if subject_crops is None else AlternatingBuffers(np.zeros((2, 1, 1, 1, 3), np.uint8))
+        self._clips = ClipStream(name, self.sampler, state, sink, lossless, self._is_interrupted, own)
         self.next_seq = 0  # the next ring seq to step
         self._generation = 0
         self._epoch: int | None = None  # source epoch of the frames being fed (None: take the next frame's)
