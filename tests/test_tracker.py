@@ -404,10 +404,8 @@ def switches(sequence: list) -> int:
 
 
 @pytest.fixture(scope="module")
-def detector(pedestrian_pb: Path, tmp_path_factory: pytest.TempPathFactory) -> PersonDetector:  # noqa: F811
-    return PersonDetector(
-        pedestrian_pb, score_threshold=0.3, cache_dir=tmp_path_factory.mktemp("detector-cache")
-    )
+def detector(pedestrian_pb: Path) -> PersonDetector:  # noqa: F811
+    return PersonDetector(pedestrian_pb, score_threshold=0.3)
 
 
 @pytest.fixture(scope="module")

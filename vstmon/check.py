@@ -120,6 +120,11 @@ def preflight(config: Config, source: str = "<config>") -> list[ResolvedDevice]:
         problem = _file_problem(Path(detector), hint)
         if problem is not None:
             problems.append(f"{source}: subjects.detector: {problem}")
+        from vstmon.subjects.detector import detector_device
+
+        problem = _device_problem(detector_device(config.subjects.device))
+        if problem is not None:
+            problems.append(f"{source}: subjects.device: {problem}")
     if problems:
         raise ConfigError("\n".join(problems))
     return resolved
@@ -178,12 +183,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         what = str(subjects.detector)
         if not args.no_model:
-            from vstmon.subjects.detector import PersonDetector
+            from vstmon.subjects.detector import PersonDetector, detector_device
 
             detector = PersonDetector(
-                Path(subjects.detector), subjects.score_threshold, subjects.person_class_id
+                Path(subjects.detector),
+                subjects.score_threshold,
+                subjects.person_class_id,
+                device=detector_device(subjects.device),
             )
-            what += f" ({detector.num_classes} class(es), {detector.input_size_px} px input)"
+            what += f" ({detector.num_classes} class(es), {detector.input_size_px} px input, torch on {detector.device})"
         streams_on = sum(stream.subjects for stream in config.streams)
         lines.append(
             f"subjects: {what}; {subjects.detect_fps:g} detections/s on {streams_on} stream(s), "

@@ -81,7 +81,7 @@ from vstmon.log import configure_logging, get_logger
 from vstmon.model.bundle import load_model_and_labels
 from vstmon.preprocess import FrameFitter, normalize_clips
 from vstmon.runner import resolve_dtype
-from vstmon.subjects.detector import PersonDetector
+from vstmon.subjects.detector import PersonDetector, detector_device
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Tracker
 from vstmon.types import Box, Clip, FrameMeta
@@ -466,11 +466,14 @@ def subject_prefix(path: Path) -> str:
 
 
 def build_detector(subjects: SubjectsConfig) -> PersonDetector:
-    """The person detector ``subjects`` names (its graph, score threshold, person class and threads)."""
+    """The person detector ``subjects`` names (its graph, score threshold, person class and device)."""
     if subjects.detector is None:
         raise ConfigError("per-subject mode needs a person detector: subjects.detector is not set")
     return PersonDetector(
-        Path(subjects.detector), subjects.score_threshold, subjects.person_class_id, threads=subjects.threads
+        Path(subjects.detector),
+        subjects.score_threshold,
+        subjects.person_class_id,
+        device=detector_device(subjects.device),
     )
 
 
