@@ -125,9 +125,45 @@ def preflight(config: Config, source: str = "<config>") -> list[ResolvedDevice]:
         problem = _device_problem(detector_device(config.subjects.device))
         if problem is not None:
             problems.append(f"{source}: subjects.device: {problem}")
+    problems += _decode_problems(config, source)
     if problems:
         raise ConfigError("\n".join(problems))
     return resolved
+
+
+def _decode_problems(config: Config, source: str) -> list[str]:
+    """``decode: nvdec`` (global or per stream) on a machine or a source that cannot have it: one line for what
+    the machine lacks per key that asked (``ingest.decode`` once, each ``streams[i].decode``), one per source
+    that NVDEC cannot read."""
+    from vstmon.config import stream_decode
+    from vstmon.ingest.capture import CaptureError, parse_source
+    from vstmon.ingest.decode import NVDEC_KINDS, probe_nvdec
+
+    asking = [
+        (index, stream)
+        for index, stream in enumerate(config.streams)
+        if stream_decode(config, stream) == "nvdec"
+    ]
+    if not asking:
+        return []
+    missing = probe_nvdec(config.ingest.gpu).missing
+    lines: list[str] = []
+    for index, stream in asking:
+        key = f"streams[{index}].decode" if stream.decode else "ingest.decode"
+        if missing:
+            line = f"{source}: {key}: nvdec, but {'; '.join(missing)}"
+            if line not in lines:
+                lines.append(line)
+        try:
+            kind = parse_source(stream.url).kind
+        except CaptureError:
+            continue  # the source says what is wrong with its URL when it opens
+        if kind not in NVDEC_KINDS:
+            lines.append(
+                f"{source}: {key}: nvdec, but stream {stream.name} is a {kind} source; NVDEC reads files and "
+                "rtsp:// streams (set its decode: cpu or auto)"
+            )
+    return lines
 
 
 def _describe_devices(devices: list[ResolvedDevice]) -> str:

@@ -45,6 +45,7 @@ __all__ = [
     "Config",
     "CurveConfig",
     "InferenceConfig",
+    "IngestConfig",
     "LogConfig",
     "MetricsConfig",
     "ModelConfig",
@@ -63,6 +64,7 @@ __all__ = [
     "load_config",
     "load_yaml_model",
     "parse_config",
+    "stream_decode",
     "validate_model",
 ]
 
@@ -367,6 +369,9 @@ class StreamConfig(_Strict):
     subjects: bool = Field(
         True, description="track the people in view on this stream (when subjects.detector is set)"
     )
+    decode: Literal["auto", "cpu", "nvdec"] | None = Field(
+        None, description="auto | cpu | nvdec: the decoder of this stream; null = ingest.decode"
+    )
 
     @field_validator("name")
     @classmethod
@@ -381,6 +386,23 @@ class StreamConfig(_Strict):
     @classmethod
     def _url_to_str(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class IngestConfig(_Strict):
+    """How streams are decoded (vstmon/ingest/decode.py)."""
+
+    decode: Literal["auto", "cpu", "nvdec"] = Field(
+        "cpu",
+        description="cpu: OpenCV/FFmpeg | nvdec: NVIDIA's hardware decoder (PyNvVideoCodec, a CUDA GPU; exit 78 "
+        "without them) | auto: NVDEC for files and RTSP when the GPU, the package and the codec allow, else cpu; "
+        "streams[].decode overrides it",
+    )
+    gpu: int = Field(0, ge=0, le=63, description="the CUDA device whose NVDEC decodes (cuda:N)")
+
+
+def stream_decode(config: Config, stream: StreamConfig) -> str:
+    """The decode setting of one stream: its own, else ``ingest.decode``."""
+    return stream.decode or config.ingest.decode
 
 
 class SceneChangeConfig(_Strict):
@@ -689,6 +711,7 @@ class Config(_Strict):
         max_length=1000,
         description="the video sources; the daemon and `vstmon check` need at least one",
     )
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="how streams are decoded")
     reset: ResetConfig = Field(default_factory=ResetConfig, description="automatic segment resets")
     subjects: SubjectsConfig = Field(
         default_factory=SubjectsConfig, description="people in view: detection, tracking, subject changes"

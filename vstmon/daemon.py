@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vstmon.config import Config, StreamConfig, load_config
+from vstmon.config import Config, StreamConfig, load_config, stream_decode
 from vstmon.engine import Engine, EnginePool
 from vstmon.errors import DetectorError, VstmonError
 from vstmon.health import DropLog, Throughput, stalled, status_line
@@ -316,6 +316,8 @@ class Daemon:
             lambda event, s=stream: self._on_event(s, event),
             detection_frames=subjects.frames if subjects is not None else None,
             subject_crops=crops,
+            decode=stream_decode(cfg, scfg),
+            gpu=cfg.ingest.gpu,
         )
 
     # -- callbacks (other threads) ----------------------------------------------------------------------------

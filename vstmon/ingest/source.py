@@ -77,8 +77,12 @@ class Source:
         on_event: Callable[[StreamEvent], None],
         detection_frames: DetectionFrames | None = None,
         subject_crops: SubjectCrops | None = None,
+        *,
+        decode: str = "cpu",
+        gpu: int = 0,
     ) -> None:
         self.cfg = cfg
+        self._decode, self._gpu = decode, gpu  # the decoder (vstmon.ingest.decode): cpu = OpenCV, as always
         self._detection_frames = detection_frames  # whole frames for the person detector, a few per second
         self._subject_crops = subject_crops  # per-subject mode: crops around each tracked person, every frame
         self.name = cfg.name
@@ -201,7 +205,7 @@ class Source:
         while not self._stop.is_set():
             opened_mono_s = time.monotonic()
             try:
-                reader = open_reader(self.cfg, spec)
+                reader = open_reader(self.cfg, spec, decode=self._decode, gpu=self._gpu)
             except CaptureError as error:
                 if self._stop.is_set():
                     return
