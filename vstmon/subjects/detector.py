@@ -53,6 +53,10 @@ def _shared_network(path: Path, device: torch.device) -> tuple[SsdLiteMobileNetV
         if key is not None and key in _NETWORKS:
             return _NETWORKS[key]
         loaded = load_ssd(path, device)
+        if (
+            device.type == "cpu"
+        ):  # oneDNN's depthwise convolutions: 37 instead of 64 ms per detection (1 thread)
+            loaded.model.to(memory_format=torch.channels_last)
         if key is not None:
             _NETWORKS[key] = (loaded.model, loaded.spec)
         return loaded.model, loaded.spec
@@ -179,7 +183,8 @@ class PersonDetector:
             x = rearrange(frames, "n h w c -> n c h w").float()  # (N, 3, S, S), 0..255
             if channels == "bgr":
                 x = x.flip(1)  # the graph wants RGB
-            boxes, scores = self.network(x.contiguous())  # (N, A, 4), (N, A, C + 1)
+            layout = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+            boxes, scores = self.network(x.contiguous(memory_format=layout))  # (N, A, 4), (N, A, C + 1)
             person = scores[..., self.person_class_id]  # (N, A)
             found = torch.cat([boxes, person[..., None]], dim=-1).cpu().numpy()  # (N, A, 5): one copy to host
         return [self._postprocess(rows) for rows in found]
