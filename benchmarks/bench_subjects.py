@@ -1,17 +1,20 @@
 """Subjects benchmark: the person detector's and the tracker's CPU cost per stream, and the tracker's ids.
 
     .venv/bin/python benchmarks/bench_subjects.py [--model PATH] [--frames 40] [--threads 1 2] [--paced-s 10]
-                                                  [--no-detector] [--no-tracker]
+                                                  [--batches 1 4 16] [--no-opencv] [--no-detector] [--no-tracker]
 
 Frames are real footage with people (opencv-doc's vtest.avi, tests/helpers/assets.py), scaled up to 854x480 and
-1920x1080 beforehand, as a camera would deliver them. For each input size and OpenCV thread count:
+1920x1080 beforehand, as a camera would deliver them. For each thread count (torch's and OpenCV's):
 
 1. per frame, the work the daemon does for one detection: the resize of the full frame to the network's square
-   input (INTER_LINEAR, aspect ratio not kept) and ``PersonDetector.detect``; wall ms (median, p90) and process
-   CPU ms (all threads), over ``--frames`` frames after a warm-up;
+   input (INTER_LINEAR, aspect ratio not kept) and ``PersonDetector.detect`` (torch, on the CPU); wall ms (median,
+   p90) and process CPU ms (all threads), over ``--frames`` frames after a warm-up; the same for the same graph on
+   OpenCV's DNN module (the path the torch detector replaced, now the tests' oracle: tests/helpers/opencv_ssd.py);
 2. the CPU share of one core at the default rate (``subjects.detect_fps``, or ``--rate``): computed (CPU ms per
    frame x rate / 1000), and measured by running the detector paced at that rate for ``--paced-s`` seconds
-   (process CPU time / wall time).
+   (process CPU time / wall time);
+3. batched across streams: ``PersonDetector.detect_batch`` on ``--batches`` frames already squeezed to 300x300 in
+   one forward; wall ms per batch and CPU ms per detection.
 
 Tracker (``vstmon.subjects.tracker``): the detector at the daemon's score threshold (0.3) on the frames of the
 whole vtest.avi (10 fps) that a stream detecting 5/s (every 2nd frame) or 2/s (every 5th) would see, then per
@@ -33,11 +36,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from tests.helpers.assets import ASSETS, asset_dir  # noqa: E402
+from tests.helpers.opencv_ssd import OpenCvSsd  # noqa: E402
 from tests.helpers.tracking import PEOPLE_PX, follow, switches  # noqa: E402
 from vstmon.config import SubjectsConfig  # noqa: E402
 from vstmon.subjects.detector import PersonDetector  # noqa: E402
@@ -76,14 +81,17 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q))
 
 
-def detect_once(detector: PersonDetector, frame: np.ndarray, square: np.ndarray) -> int:
+Detector = PersonDetector | OpenCvSsd
+
+
+def detect_once(detector: Detector, frame: np.ndarray, square: np.ndarray) -> int:
     """What the daemon does per detection: squeeze the frame to the network input, detect."""
     size = detector.input_size_px
     cv2.resize(frame, (size, size), dst=square, interpolation=cv2.INTER_LINEAR)
     return len(detector.detect(square))
 
 
-def per_frame(detector: PersonDetector, frames: list[np.ndarray]) -> dict[str, float]:
+def per_frame(detector: Detector, frames: list[np.ndarray]) -> dict[str, float]:
     size = detector.input_size_px
     square = np.empty((size, size, 3), dtype=np.uint8)
     for frame in frames[:3]:  # warm-up
@@ -108,7 +116,7 @@ def per_frame(detector: PersonDetector, frames: list[np.ndarray]) -> dict[str, f
     }
 
 
-def paced(detector: PersonDetector, frames: list[np.ndarray], seconds: float) -> float:
+def paced(detector: Detector, frames: list[np.ndarray], seconds: float) -> float:
     """Process CPU share of one core while detecting at RATE_HZ (waits on an event, not sleeps)."""
     size = detector.input_size_px
     square = np.empty((size, size, 3), dtype=np.uint8)
@@ -124,6 +132,40 @@ def paced(detector: PersonDetector, frames: list[np.ndarray], seconds: float) ->
         index += 1
         next_s += period_s
     return (time.process_time() - start_cpu_s) / (time.perf_counter() - start_wall_s)
+
+
+def batched(detector: PersonDetector, frames: list[np.ndarray], batch: int) -> dict[str, float]:
+    """detect_batch on ``batch`` squeezed frames at a time: wall ms per batch, CPU ms per detection."""
+    size = detector.input_size_px
+    squares = [cv2.resize(f, (size, size), interpolation=cv2.INTER_LINEAR) for f in frames]
+    batches = [
+        np.stack([squares[(i + k) % len(squares)] for k in range(batch)])
+        for i in range(0, len(squares), batch)
+    ]
+    detector.detect_batch(batches[0])  # warm-up
+    wall_ms = []
+    cpu_start_s = time.process_time()
+    for images in batches:
+        start_s = time.perf_counter()
+        detector.detect_batch(images)
+        wall_ms.append((time.perf_counter() - start_s) * 1e3)
+    cpu_ms = (time.process_time() - cpu_start_s) * 1e3 / (len(batches) * batch)
+    return {"wall_median_ms": statistics.median(wall_ms), "cpu_ms_per_detection": cpu_ms}
+
+
+def report(name: str, detector: Detector, source: list[np.ndarray], threads: int, paced_s: float) -> None:
+    for label, (width, height) in SIZES_PX.items():
+        frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in source]
+        stats = per_frame(detector, frames)
+        share = stats["cpu_ms"] * RATE_HZ / 1e3
+        line = (
+            f"{name} {label} {width}x{height}, {threads} thread(s): wall median {stats['wall_median_ms']:.1f}"
+            f" ms, p90 {stats['wall_p90_ms']:.1f} ms (resize {stats['resize_median_ms']:.2f} ms); CPU "
+            f"{stats['cpu_ms']:.1f} ms/frame -> {share * 100:.0f}% of one core at {RATE_HZ:g}/s"
+        )
+        if paced_s > 0:
+            line += f" (measured paced: {paced(detector, frames, paced_s) * 100:.0f}%)"
+        print(line + f"; {stats['people_per_frame']:.1f} people/frame", flush=True)
 
 
 def vtest_detections(detector: PersonDetector) -> tuple[dict[int, np.ndarray], float]:
@@ -179,8 +221,12 @@ def main() -> int:
         "--model", type=Path, default=None, help="frozen SSD graph (default: the pedestrian one)"
     )
     parser.add_argument("--frames", type=int, default=40, help="frames timed per configuration")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="OpenCV thread counts")
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="thread counts (torch's and OpenCV's)"
+    )
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 4, 16], help="detect_batch sizes")
     parser.add_argument("--paced-s", type=float, default=10.0, help="seconds of paced detection (0: skip)")
+    parser.add_argument("--no-opencv", action="store_true", help="skip OpenCV's DNN on the same graph")
     parser.add_argument("--no-detector", action="store_true", help="skip the detector's cost")
     parser.add_argument("--no-tracker", action="store_true", help="skip the tracker")
     parser.add_argument(
@@ -192,22 +238,24 @@ def main() -> int:
     model = args.model or default_model()
     source = [] if args.no_detector else read_frames(args.frames)
     print(
-        f"OpenCV {cv2.__version__}, model {model.name}; detector: {len(source)} vtest.avi frames, {RATE_HZ:g}/s"
+        f"torch {torch.__version__}, OpenCV {cv2.__version__}, model {model.name}; detector: {len(source)} "
+        f"vtest.avi frames, {RATE_HZ:g}/s"
     )
+    detector = PersonDetector(model)
+    oracle = None if args.no_opencv else OpenCvSsd(model)
     for threads in [] if args.no_detector else args.threads:
-        detector = PersonDetector(model, threads=threads)
-        for label, (width, height) in SIZES_PX.items():
-            frames = [cv2.resize(f, (width, height), interpolation=cv2.INTER_LINEAR) for f in source]
-            stats = per_frame(detector, frames)
-            share = stats["cpu_ms"] * RATE_HZ / 1e3
-            line = (
-                f"detector {label} {width}x{height}, {threads} thread(s): wall median {stats['wall_median_ms']:.1f}"
-                f" ms, p90 {stats['wall_p90_ms']:.1f} ms (resize {stats['resize_median_ms']:.2f} ms); CPU "
-                f"{stats['cpu_ms']:.1f} ms/frame -> {share * 100:.0f}% of one core at {RATE_HZ:g}/s"
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        report("torch detector", detector, source, threads, args.paced_s)
+        if oracle is not None:
+            report("OpenCV DNN (oracle)", oracle, source, threads, args.paced_s)
+        for batch in args.batches:
+            stats = batched(detector, source, batch)
+            print(
+                f"torch detect_batch({batch}), {threads} thread(s): wall median {stats['wall_median_ms']:.1f} ms per "
+                f"batch, CPU {stats['cpu_ms_per_detection']:.1f} ms per detection",
+                flush=True,
             )
-            if args.paced_s > 0:
-                line += f" (measured paced: {paced(detector, frames, args.paced_s) * 100:.0f}%)"
-            print(line + f"; {stats['people_per_frame']:.1f} people/frame", flush=True)
     if not args.no_tracker:
         found, fps = vtest_detections(PersonDetector(model, score_threshold=TRACKER_SCORE))
         people = len(PEOPLE_PX)

@@ -451,5 +451,5 @@ def test_cli_fetches_the_real_pedestrian_graph_and_it_runs(
     out = capsys.readouterr().out
     assert f"sha256 {DETECTORS[name].sha256} (verified)" in out
     assert f"person detector model: {tmp_path / (name + '.pb')} (person class 1)" in out
-    detector = PersonDetector(tmp_path / f"{name}.pb", cache_dir=tmp_path / "cache")
+    detector = PersonDetector(tmp_path / f"{name}.pb")
     assert detector.num_classes == 1 and detector.input_size_px == 300

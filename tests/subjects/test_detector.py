@@ -1,4 +1,4 @@
-"""PersonDetector on real footage with the real person-only SSDLite-MobileNetV2 graph (tests/helpers/assets.py).
+"""PersonDetector (torch SSDLite-MobileNetV2) on real footage with the real person-only graph (tests/helpers/assets.py).
 
 Detection quality is checked against people annotated by hand (by looking at the frames) on seven frames of
 opencv-doc's vtest.avi: a detection matches an unmatched annotated person when their IoU is at least 0.3
@@ -7,7 +7,9 @@ opencv-doc's vtest.avi: a detection matches an unmatched annotated person when t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -15,7 +17,8 @@ import pytest
 
 from vstmon.errors import DetectorError
 from vstmon.subjects.detector import PersonDetector
-from vstmon.subjects.ssd_graph import describe_ssd, load_ssd_description, parse_graph_def
+from vstmon.subjects.ssd_spec import describe_ssd
+from vstmon.subjects.tf_graph import FrozenGraph
 
 MATCH_IOU = 0.3
 VTEST_SIZE_PX = (768, 576)  # width, height
@@ -78,13 +81,8 @@ def match(detections: np.ndarray, people: list[tuple[int, int, int, int]]) -> in
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("detector-cache")
-
-
-@pytest.fixture(scope="module")
-def detector(pedestrian_pb: Path, cache: Path) -> PersonDetector:
-    return PersonDetector(pedestrian_pb, score_threshold=0.3, cache_dir=cache)
+def detector(pedestrian_pb: Path) -> PersonDetector:
+    return PersonDetector(pedestrian_pb, score_threshold=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +108,8 @@ def score(detector: PersonDetector, frames: dict[int, np.ndarray]) -> tuple[floa
 def test_recall_and_precision_on_annotated_vtest_frames(
     detector: PersonDetector, annotated: dict[int, np.ndarray]
 ) -> None:
-    # measured (OpenCV 4.11, 4.14 and 5.0 alike): recall 33/45 = 0.73, precision 33/35 = 0.94 at score 0.3
+    # measured (OpenCV 4.11, 4.14 and 5.0 alike, and the torch detector): recall 33/45 = 0.73, precision 33/35 = 0.94
+    # at score 0.3
     recall, precision, detail = score(detector, annotated)
     assert recall >= 0.65, detail
     assert precision >= 0.85, detail
@@ -118,11 +117,10 @@ def test_recall_and_precision_on_annotated_vtest_frames(
 
 def test_default_threshold_keeps_precision(
     pedestrian_pb: Path,
-    cache: Path,
     annotated: dict[int, np.ndarray],
 ) -> None:
     # measured at the default 0.5: recall 24/45 = 0.53, precision 24/26 = 0.92 (fewer, surer boxes)
-    strict = PersonDetector(pedestrian_pb, cache_dir=cache)
+    strict = PersonDetector(pedestrian_pb)
     recall, precision, detail = score(strict, annotated)
     assert precision >= 0.85, detail
     assert recall >= 0.4, detail
@@ -191,15 +189,18 @@ def test_a_bad_image_is_refused(detector: PersonDetector) -> None:
         detector.detect(np.zeros((300, 300, 4), dtype=np.uint8))
 
 
-# -- the graph and its description -------------------------------------------------------------------------------
+# -- the graph and what it says about itself ---------------------------------------------------------------------
 def test_the_pedestrian_graph_describes_itself(pedestrian_pb: Path) -> None:
-    spec = describe_ssd(parse_graph_def(pedestrian_pb.read_bytes()))
+    spec = describe_ssd(FrozenGraph.parse(pedestrian_pb.read_bytes()))
     assert spec.num_classes == 1  # person only: class 1
     assert spec.input_size_px == (300, 300) and spec.input_name == "image_tensor"
     assert spec.anchors_per_layer == (3, 6, 6, 6, 6, 6)
     assert spec.anchors_from_graph
     assert spec.variances == pytest.approx((0.1, 0.1, 0.2, 0.2))
     assert spec.score_converter == "sigmoid" and spec.preprocess == ("Preprocessor/mul", "Preprocessor/sub")
+    assert spec.input_scale == pytest.approx(2 / 255) and spec.input_shift == pytest.approx(
+        -1.0
+    )  # 0..255 -> -1..1
     # the anchors the graph carries are the SSDLite-MobileNetV2 config's: scales 0.2..0.95 over 6 heads
     assert spec.anchor_widths[0] == pytest.approx((0.1, 0.2 * 2**0.5, 0.2 * 0.5**0.5), rel=1e-5)
     assert spec.anchor_widths[1][0] == pytest.approx(0.35, rel=1e-5)
@@ -208,42 +209,24 @@ def test_the_pedestrian_graph_describes_itself(pedestrian_pb: Path) -> None:
 
 
 def test_without_the_anchor_generator_the_documented_defaults_are_used(pedestrian_pb: Path) -> None:
-    nodes = parse_graph_def(pedestrian_pb.read_bytes())
-    from_graph = describe_ssd(nodes)
-    stripped = describe_ssd([n for n in nodes if not n.name.startswith("MultipleGridAnchorGenerator/")])
+    graph = FrozenGraph.parse(pedestrian_pb.read_bytes())
+    from_graph = describe_ssd(graph)
+    del graph.graph_def.node[:]
+    graph.graph_def.node.extend(
+        n for n in graph.nodes if not n.name.startswith("MultipleGridAnchorGenerator/")
+    )
+    stripped = describe_ssd(FrozenGraph(graph.graph_def))
     assert not stripped.anchors_from_graph
     for ours, theirs in zip(stripped.anchor_widths, from_graph.anchor_widths, strict=True):
         assert ours == pytest.approx(theirs, rel=2e-4)  # the graph stores 1/3 as 0.3333
 
 
-def test_the_description_is_cached_and_reused(pedestrian_pb: Path, tmp_path: Path) -> None:
-    first = load_ssd_description(pedestrian_pb, nms_iou=0.45, confidence_threshold=0.5, cache_dir=tmp_path)
-    assert not first.from_cache and first.cache_path is not None and first.cache_path.is_file()
-    assert first.cache_path.parent == tmp_path / "detector"
-    second = load_ssd_description(pedestrian_pb, nms_iou=0.45, confidence_threshold=0.5, cache_dir=tmp_path)
-    assert second.from_cache and second.text == first.text and second.spec == first.spec
-    other = load_ssd_description(pedestrian_pb, nms_iou=0.6, confidence_threshold=0.5, cache_dir=tmp_path)
-    assert not other.from_cache and other.cache_path != first.cache_path  # settings are part of the key
-    assert "f: 0.6" in other.text
-    first.cache_path.write_text("garbage")  # a damaged cache entry is regenerated
-    third = load_ssd_description(pedestrian_pb, nms_iou=0.45, confidence_threshold=0.5, cache_dir=tmp_path)
-    assert not third.from_cache and third.text == first.text
-
-
-def test_an_unwritable_cache_only_costs_the_generation(pedestrian_pb: Path, tmp_path: Path) -> None:
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("")
-    detector = PersonDetector(pedestrian_pb, cache_dir=blocker)
-    assert detector.detect(np.zeros((300, 300, 3), dtype=np.uint8)).shape == (0, 5)
-
-
-def test_threads_sets_the_opencv_thread_count(pedestrian_pb: Path, cache: Path) -> None:
-    before = cv2.getNumThreads()
-    try:
-        PersonDetector(pedestrian_pb, threads=1, cache_dir=cache)
-        assert cv2.getNumThreads() == 1
-    finally:
-        cv2.setNumThreads(before)
+def test_detectors_of_one_graph_share_the_network(pedestrian_pb: Path, detector: PersonDetector) -> None:
+    other = PersonDetector(
+        pedestrian_pb, score_threshold=0.6
+    )  # one per stream worker: not another 18 MB copy
+    assert other.network is detector.network
+    assert other.score_threshold == 0.6 and detector.score_threshold == 0.3
 
 
 # -- bad model files and settings --------------------------------------------------------------------------------
@@ -275,7 +258,7 @@ def test_a_bad_model_file_gives_a_clear_error(tmp_path: Path, content: bytes, me
     path = tmp_path / "model.pb"
     path.write_bytes(content)
     with pytest.raises(DetectorError, match=message) as info:
-        PersonDetector(path, cache_dir=tmp_path / "cache")
+        PersonDetector(path)
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
 
@@ -284,18 +267,18 @@ def test_a_truncated_graph_gives_a_clear_error(pedestrian_pb: Path, tmp_path: Pa
     path = tmp_path / "truncated.pb"
     path.write_bytes(pedestrian_pb.read_bytes()[:5_000_000])
     with pytest.raises(DetectorError, match=r"truncated\.pb: not a TensorFlow frozen graph"):
-        PersonDetector(path, cache_dir=tmp_path / "cache")
+        PersonDetector(path)
 
 
 def test_a_missing_model_file_is_named(tmp_path: Path) -> None:
     path = tmp_path / "checkpoints" / "nowhere.pb"
     with pytest.raises(DetectorError, match=f"detector model {path}: no such file"):
-        PersonDetector(path, cache_dir=tmp_path)
+        PersonDetector(path)
 
 
-def test_a_person_class_the_graph_does_not_have(pedestrian_pb: Path, cache: Path) -> None:
+def test_a_person_class_the_graph_does_not_have(pedestrian_pb: Path) -> None:
     with pytest.raises(DetectorError, match=r"person class 2 is not one of its classes 1\.\.1"):
-        PersonDetector(pedestrian_pb, person_class_id=2, cache_dir=cache)
+        PersonDetector(pedestrian_pb, person_class_id=2)
 
 
 @pytest.mark.parametrize(
@@ -303,9 +286,46 @@ def test_a_person_class_the_graph_does_not_have(pedestrian_pb: Path, cache: Path
     [
         ({"score_threshold": 0.0}, "score threshold"),
         ({"nms_iou": 1.5}, "NMS IoU"),
-        ({"threads": 0}, "threads"),
+        ({"max_detections": 0}, "max detections"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path: Path, option: dict[str, float], message: str) -> None:
     with pytest.raises(DetectorError, match=message):
         PersonDetector(tmp_path / "unused.pb", **option)  # type: ignore[arg-type]
+
+
+def _edited(graph_path: Path, folder: Path, node_name: str, edit: Callable[[Any], None]) -> Path:
+    """A copy of the real graph with one node changed (the protobuf messages of vstmon.subjects.tf_graph)."""
+    graph = FrozenGraph.parse(graph_path.read_bytes())
+    edit(graph.by_name[node_name])
+    path = folder / "edited.pb"
+    path.write_bytes(graph.graph_def.SerializeToString())
+    return path
+
+
+def test_a_graph_with_another_stride_is_refused_naming_the_node(pedestrian_pb: Path, tmp_path: Path) -> None:
+    name = "FeatureExtractor/MobilenetV2/expanded_conv_1/depthwise/depthwise"
+
+    def stride_one(node: Any) -> None:
+        del node.attr["strides"].list.i[:]
+        node.attr["strides"].list.i.extend([1, 1, 1, 1])
+
+    with pytest.raises(
+        DetectorError, match=f"{name} has strides \\[1, 1, 1, 1\\]; SSDLite-MobileNetV2 has stride 2"
+    ):
+        PersonDetector(_edited(pedestrian_pb, tmp_path, name, stride_one))
+
+
+def test_weights_of_another_shape_are_refused_naming_the_tensor(pedestrian_pb: Path, tmp_path: Path) -> None:
+    def narrower(node: Any) -> None:  # Conv_1: 320 -> 1280 channels becomes 320 -> 640
+        tensor = node.attr["value"].tensor
+        tensor.tensor_shape.dim[3].size = 640
+        tensor.tensor_content = tensor.tensor_content[: 320 * 640 * 4]
+
+    path = _edited(pedestrian_pb, tmp_path, "FeatureExtractor/MobilenetV2/Conv_1/weights", narrower)
+    expected = (
+        r"Conv_1/weights has shape \(1, 1, 320, 640\); SSDLite-MobileNetV2 has \(1, 1, 320, 1280\) there"
+    )
+    with pytest.raises(DetectorError, match=expected) as info:
+        PersonDetector(path)
+    assert "\n" not in str(info.value)

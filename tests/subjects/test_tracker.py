@@ -323,10 +323,8 @@ def confirmed_ids(steps: dict[int, tuple[list[Track], list[Track]]]) -> set[int]
 
 
 @pytest.fixture(scope="module")
-def detector(pedestrian_pb: Path, tmp_path_factory: pytest.TempPathFactory) -> PersonDetector:
-    return PersonDetector(
-        pedestrian_pb, score_threshold=0.3, cache_dir=tmp_path_factory.mktemp("detector-cache")
-    )
+def detector(pedestrian_pb: Path) -> PersonDetector:
+    return PersonDetector(pedestrian_pb, score_threshold=0.3)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ The package, one responsibility a module:
   ``Config``; ``arch_names``: the model names, without importing the model;
 - ``reader``: the hardened YAML reader (size, UTF-8, alias/graph measurement, duplicate keys, key lines);
   ``env``: ``${VAR}`` expansion; ``load``: validation and error lines, ``load_config``;
-- ``files``: every check of a file the config names (key files, checkpoint, labels, detector, stream URLs);
 - ``reference``: renders the shipped config.yaml from the schema.
 """
 
@@ -32,7 +31,7 @@ from vstmon.config.reader import MAX_DEPTH, MAX_EXPANDED_CHARS, MAX_EXPANDED_NOD
 from vstmon.config.root import Config
 from vstmon.config.segments import ResetConfig, SceneChangeConfig, SmoothingConfig
 from vstmon.config.service import LogConfig, MetricsConfig, ServiceConfig, ViewConfig
-from vstmon.config.streams import ReconnectConfig, StreamConfig
+from vstmon.config.streams import IngestConfig, ReconnectConfig, StreamConfig, stream_decode
 from vstmon.config.subjects import SubjectsConfig
 
 __all__ = [
@@ -46,6 +45,7 @@ __all__ = [
     "Config",
     "CurveConfig",
     "InferenceConfig",
+    "IngestConfig",
     "KeyLocations",
     "LocatedModel",
     "LogConfig",
@@ -67,5 +67,6 @@ __all__ = [
     "load_config",
     "load_yaml_model",
     "parse_config",
+    "stream_decode",
     "validate_model",
 ]

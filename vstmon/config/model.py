@@ -16,7 +16,7 @@ from vstmon.config.base import StrictModel, check_crop_size
 
 __all__ = ["ClipConfig", "ModelConfig"]
 
-_DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,3}|mps)$")
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda|cuda:\d{1,3}|mps)$")
 
 
 class ModelConfig(StrictModel):
@@ -64,7 +64,7 @@ class ModelConfig(StrictModel):
         if len(devices) > 64:
             raise ValueError(f"{len(devices)} devices; at most 64")
         for device in devices:
-            if not isinstance(device, str) or not _DEVICE_RE.match(device):
+            if not isinstance(device, str) or not DEVICE_RE.match(device):
                 raise ValueError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N, mps or a list)")
         return value
 

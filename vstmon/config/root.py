@@ -13,7 +13,7 @@ from vstmon.config.model import ClipConfig, ModelConfig
 from vstmon.config.publish import PublishConfig
 from vstmon.config.segments import ResetConfig, SmoothingConfig
 from vstmon.config.service import LogConfig, MetricsConfig, ServiceConfig, ViewConfig
-from vstmon.config.streams import StreamConfig
+from vstmon.config.streams import IngestConfig, StreamConfig
 from vstmon.config.subjects import SubjectsConfig
 
 __all__ = ["Config"]
@@ -30,6 +30,7 @@ class Config(LocatedModel):
         max_length=1000,
         description="the video sources; the daemon and `vstmon check` need at least one",
     )
+    ingest: IngestConfig = Field(default_factory=IngestConfig, description="how streams are decoded")
     reset: ResetConfig = Field(default_factory=ResetConfig, description="automatic segment resets")
     subjects: SubjectsConfig = Field(
         default_factory=SubjectsConfig, description="people in view: detection, tracking, subject changes"

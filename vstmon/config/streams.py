@@ -11,7 +11,7 @@ from pydantic import Field, field_validator, model_validator
 
 from vstmon.config.base import StrictModel, fail_at
 
-__all__ = ["ReconnectConfig", "StreamConfig"]
+__all__ = ["IngestConfig", "ReconnectConfig", "StreamConfig", "stream_decode"]
 
 
 class ReconnectConfig(StrictModel):
@@ -97,6 +97,9 @@ class StreamConfig(StrictModel):
     subjects: bool = Field(
         True, description="track the people in view on this stream (when subjects.detector is set)"
     )
+    decode: Literal["auto", "cpu", "nvdec"] | None = Field(
+        None, description="auto | cpu | nvdec: the decoder of this stream; null = ingest.decode"
+    )
 
     @field_validator("name")
     @classmethod
@@ -111,3 +114,20 @@ class StreamConfig(StrictModel):
     @classmethod
     def _url_to_str(cls, value: Any) -> Any:
         return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class IngestConfig(StrictModel):
+    """How streams are decoded (vstmon/ingest/decode.py)."""
+
+    decode: Literal["auto", "cpu", "nvdec"] = Field(
+        "cpu",
+        description="cpu: OpenCV/FFmpeg | nvdec: NVIDIA's hardware decoder (PyNvVideoCodec, a CUDA GPU; exit 78 "
+        "without them) | auto: NVDEC for files and RTSP when the GPU, the package and the codec allow, else cpu; "
+        "streams[].decode overrides it",
+    )
+    gpu: int = Field(0, ge=0, le=63, description="the CUDA device whose NVDEC decodes (cuda:N)")
+
+
+def stream_decode(ingest: IngestConfig, stream: StreamConfig) -> str:
+    """The decode setting of one stream: its own, else ``ingest.decode``."""
+    return stream.decode or ingest.decode

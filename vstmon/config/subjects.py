@@ -7,9 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from vstmon.config.base import StrictModel, fail_at
+from vstmon.config.model import DEVICE_RE
 
 __all__ = ["SubjectsConfig"]
 
@@ -35,7 +36,16 @@ class SubjectsConfig(StrictModel):
     detect_fps: float = Field(
         2.0, ge=0.1, le=30, description="detections per second of stream time, per stream (each costs CPU)"
     )
-    threads: int = Field(1, ge=1, le=64, description="OpenCV threads per detection (process-wide setting)")
+    threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="unused (kept so older configs load): the torch detector uses inference.threads",
+    )
+    device: str = Field(
+        "cpu",
+        description="where the person detector runs: cpu | cuda | cuda:N | auto (cuda if present, else cpu)",
+    )
     select: Literal["largest", "central", "longest"] = Field(
         "largest",
         description="who becomes the subject: the largest box, the most central, or the one in view longest",
@@ -75,6 +85,13 @@ class SubjectsConfig(StrictModel):
         le=2,
         description="per_subject: the crop around a person grows by this fraction of the box on each side",
     )
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not DEVICE_RE.match(value):
+            raise ValueError(f"unknown device {value!r} (use auto, cpu, cuda, cuda:N or mps)")
+        return value
 
     @model_validator(mode="after")
     def _absent_after_lost(self) -> SubjectsConfig:

@@ -268,8 +268,58 @@ def _open_params(cfg: StreamConfig, live: bool) -> list[int]:
     return params
 
 
-def open_reader(cfg: StreamConfig, spec: SourceSpec) -> Reader:
-    """Open ``spec``; raises ``CaptureError`` (``permanent`` or not) with a reason free of credentials."""
+def _open_nvdec(cfg: StreamConfig, spec: SourceSpec, decode: str, gpu: int) -> Reader | None:
+    """The stream on NVDEC when ``decode`` (auto | nvdec) and the machine say so; None: use OpenCV (auto only).
+
+    ``nvdec`` on a machine without it never gets here (``vstmon check``/``run`` refuse the config, exit 78).
+    """
+    from vstmon.ingest.decode import DecodeUnavailable, choose_decode, probe_nvdec
+
+    try:
+        choice = choose_decode(decode, spec.kind, probe_nvdec(gpu))
+    except DecodeUnavailable as error:
+        raise CaptureError(f"{spec.display}: {error}", permanent=True) from None
+    if choice.path != "nvdec":
+        _log.debug("stream decoded by OpenCV", stream=spec.display, reason=choice.reason)
+        return None
+    from vstmon.ingest.nvdec import NvdecReader, NvdecUnsupported
+
+    try:
+        return NvdecReader(
+            str(spec.target),
+            spec.display,
+            kind=spec.kind,
+            requested=decode,
+            gpu=gpu,
+            open_timeout_s=cfg.open_timeout_s,
+            read_timeout_s=live_read_timeout_s(cfg) if spec.live else cfg.read_timeout_s,
+        )
+    except NvdecUnsupported as why:
+        _log.info("stream decoded by OpenCV", stream=spec.display, reason=str(why))
+        return None
+    except ValueError as error:  # decode: nvdec and a codec NVDEC refuses: retrying cannot help
+        raise CaptureError(str(error), permanent=True) from None
+    except TimeoutError as error:
+        raise CaptureError(
+            f"cannot open {spec.kind} stream {spec.display}: {error}", permanent=False
+        ) from None
+    except Exception as error:  # PyNvVideoCodec's demuxer could not open it
+        what = f"{type(error).__name__}: {error}"
+        if spec.kind == "file":
+            raise CaptureError(
+                f"{spec.display} is not a video NVDEC's demuxer can read ({what})", True
+            ) from None
+        raise CaptureError(
+            f"cannot open {spec.kind} stream {spec.display} on NVDEC ({what})", False
+        ) from None
+
+
+def open_reader(cfg: StreamConfig, spec: SourceSpec, *, decode: str = "cpu", gpu: int = 0) -> Reader:
+    """Open ``spec``; raises ``CaptureError`` (``permanent`` or not) with a reason free of credentials.
+
+    ``decode`` (auto | cpu | nvdec, :mod:`vstmon.ingest.decode`): ``cpu`` is OpenCV, as it always was; the others
+    may give an NVDEC reader (CUDA device ``gpu``) for files and RTSP streams.
+    """
     if spec.kind == "testsrc":
         return _testsrc(cfg, str(spec.target))
     if spec.kind == "webcam":
@@ -287,6 +337,8 @@ def open_reader(cfg: StreamConfig, spec: SourceSpec) -> Reader:
             raise CaptureError(f"cannot open webcam {spec.display} (V4L2)", permanent=False)
         return _CvReader(capture, "webcam")
 
+    if decode != "cpu" and (nvdec := _open_nvdec(cfg, spec, decode, gpu)) is not None:
+        return nvdec
     use_capture_options(cfg.transport if spec.kind == "rtsp" else None)
     started_s = time.monotonic()
     capture = cv2.VideoCapture(str(spec.target), cv2.CAP_FFMPEG, _open_params(cfg, spec.live))

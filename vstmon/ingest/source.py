@@ -76,10 +76,14 @@ class Source(Stage):
         on_event: Callable[[StreamEvent], None],
         detection_frames: DetectionFrames | None = None,
         subject_crops: SubjectCrops | None = None,
+        *,
+        decode: str = "cpu",
+        gpu: int = 0,
     ) -> None:
         super().__init__(f"source-{cfg.name}")
         self.cfg = cfg
         self.stream = cfg.name
+        self._decode, self._gpu = decode, gpu  # the decoder (vstmon.ingest.decode): cpu = OpenCV, as always
         self._detection_frames = detection_frames  # whole frames for the person detector, a few per second
         self.ring = ring
         self.size_px = size_px
@@ -180,7 +184,7 @@ class Source(Stage):
         while not self._stop.is_set():
             opened_mono_s = time.monotonic()
             try:
-                reader = open_reader(self.cfg, spec)
+                reader = open_reader(self.cfg, spec, decode=self._decode, gpu=self._gpu)
             except CaptureError as error:
                 if self._stop.is_set():
                     return

@@ -54,7 +54,7 @@ from vstmon.offline.annotate import Marks, draw_timeline, write_annotated_video
 from vstmon.offline.run import FileRun, OfflineStream
 from vstmon.service.preflight import preflight
 from vstmon.stream.state import SegmentState
-from vstmon.subjects.detector import PersonDetector
+from vstmon.subjects.detector import PersonDetector, detector_device
 from vstmon.types import Box, ClipResult
 
 if TYPE_CHECKING:
@@ -272,11 +272,14 @@ def subject_prefix(path: Path) -> str:
 
 
 def build_detector(subjects: SubjectsConfig) -> PersonDetector:
-    """The person detector ``subjects`` names (its graph, score threshold, person class and threads)."""
+    """The person detector ``subjects`` names (its graph, score threshold, person class and device)."""
     if subjects.detector is None:
         raise ConfigError("per-subject mode needs a person detector: subjects.detector is not set")
     return PersonDetector(
-        Path(subjects.detector), subjects.score_threshold, subjects.person_class_id, threads=subjects.threads
+        Path(subjects.detector),
+        subjects.score_threshold,
+        subjects.person_class_id,
+        device=detector_device(subjects.device),
     )
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vstmon.config import Config, load_config
-from vstmon.errors import CheckpointError, DetectorError, LabelsError
+from vstmon.errors import CheckpointError, LabelsError
 from vstmon.log import redact_url
 from vstmon.service.preflight import ResolvedDevice, preflight
 
@@ -87,15 +87,15 @@ def run(args: argparse.Namespace) -> int:
     else:
         what = str(subjects.detector)
         if not args.no_model:
-            from vstmon.subjects.detector import PersonDetector
+            from vstmon.subjects.detector import PersonDetector, detector_device
 
-            try:
-                detector = PersonDetector(
-                    Path(subjects.detector), subjects.score_threshold, subjects.person_class_id
-                )
-            except DetectorError as error:
-                raise config.config_error("subjects.detector", str(error), DetectorError) from None
-            what += f" ({detector.num_classes} class(es), {detector.input_size_px} px input)"
+            detector = PersonDetector(
+                Path(subjects.detector),
+                subjects.score_threshold,
+                subjects.person_class_id,
+                device=detector_device(subjects.device),
+            )
+            what += f" ({detector.num_classes} class(es), {detector.input_size_px} px input, torch on {detector.device})"
         streams_on = sum(stream.subjects for stream in config.streams)
         lines.append(
             f"subjects: {what}; {subjects.detect_fps:g} detections/s on {streams_on} stream(s), "

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from vstmon.config import Config, StreamConfig
+from vstmon.config import Config, StreamConfig, stream_decode
 from vstmon.errors import ConfigKeyError, DetectorError, VstmonError
 from vstmon.inference.engine import Engine, EnginePool
 from vstmon.ingest.capture import CaptureError, file_info, parse_source
@@ -285,6 +285,8 @@ class Daemon:
             lambda event, s=stream: self._on_event(s, event),
             detection_frames=parts.detection_frames,
             subject_crops=parts.crops,
+            decode=stream_decode(cfg.ingest, scfg),
+            gpu=cfg.ingest.gpu,
         )
 
     # -- callbacks (other threads) ----------------------------------------------------------------------------

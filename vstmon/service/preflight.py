@@ -23,7 +23,7 @@ from vstmon.config import Config, KeyLocations
 from vstmon.config.base import LocatedModel
 from vstmon.config.model import ModelConfig
 from vstmon.config.publish import PublishConfig
-from vstmon.config.streams import StreamConfig
+from vstmon.config.streams import StreamConfig, stream_decode
 from vstmon.config.subjects import SubjectsConfig
 from vstmon.errors import ConfigError
 from vstmon.ingest.urls import CaptureError, parse_source
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FileProblem",
     "ResolvedDevice",
+    "decode_problems",
     "detector_problems",
     "file_problem",
     "key_file_problems",
@@ -196,6 +197,13 @@ def preflight(config: Config, source: str | None = None, *, streams: bool = Fals
         )
     problems += key_file_problems(config.publish)
     problems += model_file_problems(model) + detector_problems(config.subjects)
+    if config.subjects.detector is not None:
+        from vstmon.subjects.detector import detector_device
+
+        problem = _device_problem(detector_device(config.subjects.device))
+        if problem is not None:
+            problems.append(FileProblem("subjects.device", problem))
+    problems += decode_problems(config)
     if streams:
         problems += stream_url_problems(config.streams)
     if source is not None and source != config.source:
@@ -203,3 +211,39 @@ def preflight(config: Config, source: str | None = None, *, streams: bool = Fals
         config.locate(KeyLocations(source))
     raise_problems(config, problems)
     return resolved
+
+
+def decode_problems(config: Config) -> list[FileProblem]:
+    """``decode: nvdec`` (global or per stream) on a machine or a source that cannot have it: what the machine
+    lacks, once per key that asked (``ingest.decode`` once, each ``streams[i].decode``), and each source NVDEC
+    cannot read."""
+    from vstmon.ingest.decode import NVDEC_KINDS, probe_nvdec
+
+    asking = [
+        (index, stream)
+        for index, stream in enumerate(config.streams)
+        if stream_decode(config.ingest, stream) == "nvdec"
+    ]
+    if not asking:
+        return []
+    missing = probe_nvdec(config.ingest.gpu).missing
+    problems: list[FileProblem] = []
+    for index, stream in asking:
+        key = f"streams[{index}].decode" if stream.decode else "ingest.decode"
+        if missing:
+            problem = FileProblem(key, f"nvdec, but {'; '.join(missing)}")
+            if problem not in problems:
+                problems.append(problem)
+        try:
+            kind = parse_source(stream.url).kind
+        except CaptureError:
+            continue  # the source says what is wrong with its URL when it opens
+        if kind not in NVDEC_KINDS:
+            problems.append(
+                FileProblem(
+                    key,
+                    f"nvdec, but stream {stream.name} is a {kind} source; NVDEC reads files and rtsp:// "
+                    "streams (set its decode: cpu or auto)",
+                )
+            )
+    return problems

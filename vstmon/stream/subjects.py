@@ -20,7 +20,7 @@ import numpy as np
 
 from vstmon.config import SubjectsConfig
 from vstmon.ingest.detection_frames import DetectionFrames
-from vstmon.subjects.detector import PersonDetector
+from vstmon.subjects.detector import PersonDetector, detector_device
 from vstmon.subjects.policy import SubjectEvent, SubjectPolicy
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Track, Tracker
@@ -66,8 +66,8 @@ class StreamSubjects:
         lossless: bool,
         detector: PersonDetector | None = None,
     ) -> StreamSubjects:
-        """A detector (its own network: not thread-safe; ``detector`` or one loaded from ``cfg.detector``) and the
-        detection frames the source fills for it.
+        """A detector (the network is shared by the streams, the buffers are not; ``detector`` or one loaded from
+        ``cfg.detector``) and the detection frames the source fills for it.
 
         Live, the source may run up to ``ring_frames`` frames ahead of the worker before the worker loses frames
         anyway: there are slots for the detection frames of that span (at ``fps``). Lossless, the source waits for
@@ -77,7 +77,10 @@ class StreamSubjects:
             if cfg.detector is None:
                 raise ValueError("subjects.detector is not set")
             detector = PersonDetector(
-                Path(cfg.detector), cfg.score_threshold, cfg.person_class_id, threads=cfg.threads
+                Path(cfg.detector),
+                cfg.score_threshold,
+                cfg.person_class_id,
+                device=detector_device(cfg.device),
             )
         frames_per_detection = max(1, math.floor(fps / cfg.detect_fps))
         slots = math.ceil(ring_frames / frames_per_detection) + 1

