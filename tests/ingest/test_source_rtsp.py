@@ -168,7 +168,7 @@ _SECRET_SCRIPT = textwrap.dedent(
         source.start()
         sources.append(source)
     threading.Event().wait(float(sys.argv[2]))
-    stats = {s.name: s.stats() for s in sources}
+    stats = {s.stream: s.stats() for s in sources}
     for source in sources:
         source.stop()
     for source in sources:

@@ -7,6 +7,7 @@ fraction of a second, with one line per problem (exit 78).
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import sys
@@ -95,22 +96,24 @@ def run(args: argparse.Namespace) -> int:
         _log.info("stopping")
     finally:
         daemon.stop()
-    _exit_past_lingering_threads()
-    return 0
+    _exit_now()
+    return 0  # not reached
 
 
-def _exit_past_lingering_threads() -> None:
-    """A stage thread still running past the shutdown deadline (an engine in the middle of a long CPU forward)
-    would be torn down in native code while the interpreter finalises, which aborts the process (SIGABRT, seen on
-    a loaded 2-core machine with Swin-T on the CPU). Everything was published and closed by ``stop``: exit now,
-    with the code a clean stop has, after saying so."""
+def _exit_now() -> None:
+    """End the process once the daemon has stopped: every message was published and every socket closed.
+
+    Not through the interpreter's finalisation: it resets the signal handlers first (a second SIGTERM from a
+    service manager that grew impatient would then kill the process, exit -15), and a stage thread still busy
+    past the shutdown deadline (an engine in a long CPU forward) would be torn down in native code (SIGABRT).
+    Both were seen on a loaded 2-core machine."""
     lingering = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()]
     stages = [name for name in lingering if name.startswith(("engine-", "worker-", "source-"))]
-    if not stages:
-        return
-    _log.warning(
-        "stage threads still busy after the shutdown deadline; exiting without waiting", threads=stages
-    )
+    if stages:
+        _log.warning(
+            "stage threads still busy after the shutdown deadline; exiting without them", threads=stages
+        )
+    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
