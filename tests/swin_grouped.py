@@ -31,7 +31,7 @@ from vstmon.model.swin3d import (
     window_reverse,
 )
 
-__all__ = ["WindowGroups", "group_shifted_windows", "grouped_attention"]
+__all__ = ["GroupedCaches", "WindowGroups", "group_shifted_windows", "grouped_attention"]
 
 
 class WindowGroups(NamedTuple):
@@ -67,16 +67,16 @@ def group_shifted_windows(
     return WindowGroups(order, tuple(counts.tolist()), masks, token_index, torch.argsort(token_index))
 
 
-class _Caches:
-    """What the older model cached in eager mode: the gathered bias per block and the groups per grid. Valid for
-    one ``with grouped_attention(...)`` block, during which the weights must not change."""
+class GroupedCaches:
+    """What the older model cached in eager mode: the gathered bias per block and the groups per grid. Valid
+    while the weights do not change (one ``with grouped_attention(...)`` block unless passed to several)."""
 
     def __init__(self) -> None:
         self.bias: dict[tuple[int, int, torch.dtype], Tensor] = {}
         self.groups: dict[tuple[Size3, Size3, Size3, torch.device], WindowGroups] = {}
 
 
-def _bias(attn: WindowAttention3D, n: int, dtype: torch.dtype, caches: _Caches) -> Tensor:
+def _bias(attn: WindowAttention3D, n: int, dtype: torch.dtype, caches: GroupedCaches) -> Tensor:
     key = (id(attn), n, dtype)
     hit = caches.bias.get(key)
     if hit is None:
@@ -88,7 +88,7 @@ def _bias(attn: WindowAttention3D, n: int, dtype: torch.dtype, caches: _Caches) 
 
 
 def _grouped_window_attention(
-    attn: WindowAttention3D, windows: Tensor, groups: WindowGroups | None, caches: _Caches
+    attn: WindowAttention3D, windows: Tensor, groups: WindowGroups | None, caches: GroupedCaches
 ) -> Tensor:
     b, nw, n, _ = windows.shape
     qkv = rearrange(
@@ -113,7 +113,7 @@ def _grouped_window_attention(
     return attn.proj_drop(attn.proj(out))
 
 
-def _grouped_block_attention(block: SwinTransformerBlock3D, x: Tensor, caches: _Caches) -> Tensor:
+def _grouped_block_attention(block: SwinTransformerBlock3D, x: Tensor, caches: GroupedCaches) -> Tensor:
     _, d, h, w, _ = x.shape
     window, shift = effective_window_and_shift((d, h, w), block.window_size, block.shift_size)
     dp, hp, wp = padded_grid((d, h, w), window)
@@ -144,9 +144,9 @@ def _grouped_block_attention(block: SwinTransformerBlock3D, x: Tensor, caches: _
 
 
 @contextlib.contextmanager
-def grouped_attention(model: nn.Module) -> Iterator[nn.Module]:
+def grouped_attention(model: nn.Module, caches: GroupedCaches | None = None) -> Iterator[nn.Module]:
     """Within the block, every Swin block of ``model`` runs the older grouped attention (eval, no dropout)."""
-    caches = _Caches()
+    caches = caches or GroupedCaches()
     blocks = [m for m in model.modules() if isinstance(m, SwinTransformerBlock3D)]
     for block in blocks:
         block._attention = lambda x, _shifted=None, _b=block: _grouped_block_attention(_b, x, caches)  # type: ignore[method-assign]

@@ -174,15 +174,15 @@ class ShiftedWindows(NamedTuple):
     ``token_index`` does roll + window partition in one gather and ``token_inverse`` undoes both in one more.
     Only windows on the last row of windows along a shifted dimension straddle two regions, so the shift mask of
     a window depends only on which shifted dimensions it is last along: its *class* (at most 8). The masks are
-    kept per class, (K, N, N), and gathered per window inside the forward.
+    kept per class, (K, N, N); ``BasicLayer.forward`` gathers them per window once per forward
+    (``window_masks``, transient: a stage's shifted blocks share it, nothing of that size is cached).
     """
 
     token_index: Tensor  # (nW * N,) int64: flat (d h w) grid position of every token of the rolled windows
     token_inverse: Tensor  # (Dp * Hp * Wp,) int64: where each grid position sits in ``token_index``
-    window_class: (
-        Tensor  # (nW,) int64 in [0, K): the shift-mask class of every window, window_partition order
-    )
+    window_class: Tensor  # (nW,) int64 in [0, K): each window's shift-mask class, window_partition order
     class_masks: Tensor  # (K, N, N) float32, K = 2 ** (shifted dimensions): 0 / -100 per class
+    window_masks: Tensor | None = None  # (nW, N, N) = class_masks[window_class] in the activations' dtype
 
 
 def window_classes(grid: Size3, window: Size3, shift: Size3, device: torch.device | None = None) -> Tensor:
@@ -342,7 +342,8 @@ class WindowAttention3D(nn.Module):
         Gathered from the table in every forward (one small gather): no cache to go stale when weights change.
         """
         index = self.relative_position_index[:num_tokens, :num_tokens]  # (N, N)
-        return rearrange(self.relative_position_bias_table[index], "i j h -> h i j")  # (heads, N, N)
+        # indexing the transposed table gives (heads, N, N) contiguous: what the masks built from it need
+        return self.relative_position_bias_table.t()[:, index]  # (heads, N, N)
 
     def forward(self, windows: Tensor, shifted: ShiftedWindows | None = None) -> Tensor:
         """(B, nW, N, C) windows -> (B, nW, N, C). ``shifted`` (shifted blocks only) holds the shift masks."""
@@ -360,8 +361,12 @@ class WindowAttention3D(nn.Module):
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop_p, scale=self.scale)
             out = rearrange(out, "(b w) h n d -> b w n (h d)", b=b)  # (B, nW, N, C)
         else:
-            masks = bias[None] + shifted.class_masks.to(qkv.dtype)[:, None]  # (K, heads, N, N)
-            mask = rearrange(masks[shifted.window_class], "w h i j -> (w h) i j")  # (nW*heads, N, N)
+            shift = shifted.window_masks
+            if shift is None:  # a block run on its own
+                shift = shifted.class_masks[shifted.window_class]  # (nW, N, N)
+            mask = rearrange(
+                bias[None] + shift.to(qkv.dtype)[:, None], "w h i j -> (w h) i j"
+            )  # (nW*heads, N, N): the one large op of the mask
             q, k, v = rearrange(
                 qkv, "b w n (three h d) -> three b (w h) n d", three=3, h=self.num_heads
             ).unbind(0)  # each (B, nW*heads, N, head_dim): one copy of qkv
@@ -548,6 +553,8 @@ class BasicLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """(B, D, H, W, C) -> (B, D, H, W, C), or merged (B, D, H/2, W/2, 2C) when the stage downsamples."""
         shifted = self.shifted_windows(tuple(x.shape[1:4]), x.device)
+        if shifted is not None:  # each window's shift mask, gathered once for all of this stage's blocks
+            shifted = shifted._replace(window_masks=shifted.class_masks.to(x.dtype)[shifted.window_class])
         checkpointing = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
             x = checkpoint(blk, x, shifted, use_reentrant=False) if checkpointing else blk(x, shifted)
