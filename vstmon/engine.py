@@ -64,7 +64,8 @@ class Engine:
     logged and counted, never fatal. ``result.extra`` carries ``submit_mono_s`` (when the clip was submitted)
     and ``done_mono_s`` (when its batch finished). ``on_batch(size, seconds)`` is called once per batch.
     ``normalize`` maps a uint8 (N, T, H, W, 3) tensor on the device to the model's float (N, 3, T, H, W) input
-    (default: ``vstmon.preprocess.normalize_clips``). The other arguments are the runner's and the batcher's.
+    (default: ``vstmon.preprocess.normalize_clips``). The other arguments are the runner's and the batcher's;
+    ``runner_options`` are further ``Runner`` keywords (``cast_weights``, ``fold_normalization``, ...).
     """
 
     def __init__(
@@ -82,10 +83,11 @@ class Engine:
         on_batch: Callable[[int, float], None] | None = None,
         clip_shape: Sequence[int] | None = None,
         compile_backend: Any = "inductor",
+        **runner_options: Any,
     ) -> None:
         runner = Runner(model, device, precision, max_batch, gpu_memory_fraction=gpu_memory_fraction,
                         compile=compile, normalize=normalize, name=name, clip_shape=clip_shape,
-                        compile_backend=compile_backend)  # fmt: skip
+                        compile_backend=compile_backend, **runner_options)  # fmt: skip
         self._wire(runner, max_wait_ms, on_result, on_batch)
 
     @classmethod
@@ -343,6 +345,7 @@ class EnginePool:
         on_batch: Callable[[str, int, float], None] | None = None,
         clip_shape: Sequence[int] | None = None,
         compile_backend: str = "inductor",
+        **runner_options: Any,
     ) -> None:
         # one list, duplicates dropped (cuda and cuda:0 are one device: one engine)
         resolved = resolve_devices(devices if isinstance(devices, str) else [str(d) for d in devices])
@@ -365,6 +368,7 @@ class EnginePool:
                     on_batch=(lambda n, s, name=str(device): on_batch(name, n, s)) if on_batch else None,
                     clip_shape=clip_shape,
                     compile_backend=compile_backend,
+                    **runner_options,
                 )
             )
         self._assigned: dict[str, Engine] = {}

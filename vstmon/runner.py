@@ -8,6 +8,13 @@ out-of-memory handling; it knows nothing of streams, slots or fairness (``batche
 there, runs the model under ``torch.inference_mode()`` and autocast, and returns every clip's fp32 softmax
 probabilities.
 
+Precision: by default the weights stay fp32 and a half ``precision`` runs the forward under autocast. With
+``cast_weights``, the weights themselves are bf16/fp16 (``model.inference.cast_for_inference``: LayerNorms and
+the head stay fp32) and no autocast runs. With ``fold_normalization``, the model normalises through its patch
+embedding's weights (``model.inference.fold_input_normalization``) and the clip is only converted to fp32
+(``normalize.clips_to_float``). Both are off by default: neither is bit-identical to
+the default path (see ``tests/test_inference_setup.py`` for the tolerances).
+
 Staging: one host buffer (pinned on CUDA), allocated once (at construction when ``clip_shape`` is given). The copy
 to the device is not overlapped with the previous batch's forward: measured on an H100 (docs/benchmarks.md, the
 "staging" table), the copy of a 16-clip batch of 32 x 224 x 224 clips is 1.4 ms, 3.7 % of its 39 ms forward, so
@@ -33,6 +40,7 @@ happens after the ``except`` block is left (its traceback holds the failed attem
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -155,13 +163,24 @@ class Runner:
         name: str | None = None,
         clip_shape: Sequence[int] | None = None,
         compile_backend: Any = "inductor",
+        cast_weights: bool = False,
+        fold_normalization: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if fold_normalization and normalize is not None:
+            raise ValueError("fold_normalization replaces normalize: pass one or the other")
         self.device = resolve_devices(str(device))[0] if isinstance(device, str) else device
         self.dtype = resolve_dtype(precision, self.device)
         self.name = name or str(self.device)
-        if normalize is None:
+        # half weights end to end (model.inference.cast_for_inference) instead of autocast; fp32: nothing to cast
+        self.cast_weights = bool(cast_weights) and self.dtype != torch.float32
+        self.fold_normalization = bool(fold_normalization)
+        if fold_normalization:  # the model normalises through its patch embedding; the clip is converted once
+            from vstmon.normalize import clips_to_float
+
+            normalize = functools.partial(clips_to_float, dtype=torch.float32)  # the folded conv runs in fp32
+        elif normalize is None:
             from vstmon.normalize import normalize_clips
 
             normalize = normalize_clips
@@ -172,12 +191,21 @@ class Runner:
         if self.device.type == "cuda" and gpu_memory_fraction is not None:
             torch.cuda.set_per_process_memory_fraction(float(gpu_memory_fraction), self.device)
         self.model = model.to(self.device).eval()
+        if self.cast_weights:
+            from vstmon.model.inference import cast_for_inference
+
+            cast_for_inference(self.model, self.dtype)
+        if self.fold_normalization:
+            from vstmon.model.inference import fold_input_normalization
+            from vstmon.normalize import MEAN_RGB, STD_RGB
+
+            fold_input_normalization(self.model, MEAN_RGB, STD_RGB)
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
         self._compile_backend = compile_backend if compile else None  # compiled in warm_up
         self.compiled = False  # the forward in use is the compiled one
         self.attention: str | None = None  # the SDPA kernel forwards run with (CUDA, picked at warm-up)
         self.attention_figures: dict[str, dict[str, float]] = {}  # kernel -> peak MiB and ms (warm-up)
-        self._autocast = self.dtype != torch.float32
+        self._autocast = self.dtype != torch.float32 and not self.cast_weights
         self.oom_splits = 0
         self.oom_dropped_batches = 0  # batches of one clip that did not fit even alone
         self.host: torch.Tensor | None = None  # (max_batch, T, H, W, 3) uint8, pinned on CUDA

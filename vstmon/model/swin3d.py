@@ -566,8 +566,9 @@ class PatchEmbed3D(nn.Module):
 
     With ``input_mean``/``input_std`` set (``vstmon.model.inference.fold_input_normalization``), the input is
     the raw clip (0-255 floats) and the normalisation ``(x - mean) / std`` is folded into the convolution's weight
-    and bias at every forward (a few tiny ops instead of passes over the clip); padding then uses the mean, the
-    value that normalises to the official zero. Both buffers are non-persistent: the state dict is unchanged.
+    and bias at every forward (a few tiny ops instead of passes over the clip; see ``_folded``); padding then
+    uses the mean, the value that normalises to the official zero. Both buffers are non-persistent: the state
+    dict is unchanged.
     """
 
     def __init__(
@@ -590,28 +591,40 @@ class PatchEmbed3D(nn.Module):
         self.register_buffer("input_std", None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C_in, T, H, W) -> channels-last tokens (B, D, H', W', C)."""
-        x = x.to(self.proj.weight.dtype)  # no-op unless the weights were cast (cast_for_inference)
+        """(B, C_in, T, H, W) -> channels-last tokens (B, D, H', W', C), in the weights' dtype."""
+        if self.input_mean is not None and self.input_std is not None:
+            x = self._folded(x.float(), self.input_mean, self.input_std)  # (B, C, D, H', W')
+        else:
+            x = self.proj(self._pad(x.to(self.proj.weight.dtype)))  # (B, C, D, H', W')
+        x = rearrange(x, "b c d h w -> b d h w c")  # (B, D, H', W', C)
+        return x if self.norm is None else self.norm(x)
+
+    def _pad(self, x: Tensor, value: Tensor | None = None) -> Tensor:
+        """Pad (B, C_in, T, H, W) at the end of T, H and W to whole patches, with zeros or ``value`` (C_in,)."""
         _, _, t, h, w = x.shape
         pt, ph, pw = self.patch_size
         pads = ((-w) % pw, (-h) % ph, (-t) % pt)
-        if any(pads):
-            x = F.pad(x, (0, pads[0], 0, pads[1], 0, pads[2]))  # (B, C_in, T', H', W')
-            if self.input_mean is not None:  # pad with the mean: the value that normalises to 0
-                mean = self.input_mean.to(x.dtype).view(1, -1, 1, 1, 1)  # (1, C_in, 1, 1, 1)
-                x[:, :, t:] = mean
-                x[:, :, :, h:] = mean
-                x[:, :, :, :, w:] = mean
-        if self.input_mean is None or self.input_std is None:
-            x = self.proj(x)  # (B, C, D, H', W')
-        else:
-            std = self.input_std.view(1, -1, 1, 1, 1)  # (1, C_in, 1, 1, 1)
-            weight = self.proj.weight / std.to(self.proj.weight.dtype)  # (C, C_in, Pt, Ph, Pw)
-            shift = torch.einsum("ocdhw,c->o", weight, self.input_mean.to(weight.dtype))  # (C,)
-            bias = self.proj.bias - shift if self.proj.bias is not None else -shift
-            x = F.conv3d(x, weight, bias, stride=self.patch_size)  # (B, C, D, H', W')
-        x = rearrange(x, "b c d h w -> b d h w c")  # (B, D, H', W', C)
-        return x if self.norm is None else self.norm(x)
+        if not any(pads):
+            return x
+        x = F.pad(x, (0, pads[0], 0, pads[1], 0, pads[2]))  # (B, C_in, T', H', W')
+        if value is not None:
+            fill = value.to(x.dtype).view(1, -1, 1, 1, 1)  # (1, C_in, 1, 1, 1)
+            x[:, :, t:] = fill
+            x[:, :, :, h:] = fill
+            x[:, :, :, :, w:] = fill
+        return x
+
+    def _folded(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """The convolution of a raw fp32 clip with the normalisation folded in: W' = W / std, b' = b - sum(W' *
+        mean), computed in fp32 even when the weights are half (the raw values are large and the sum cancels:
+        half W' and b' would lose the small difference), and padded with the mean (normalises to 0). The result
+        is cast to the weights' dtype. The embedding is ~0.3 % of Swin-T's FLOPs: fp32 here costs nothing."""
+        weight = self.proj.weight.float() / std.view(1, -1, 1, 1, 1)  # (C, C_in, Pt, Ph, Pw)
+        bias = -torch.einsum("ocdhw,c->o", weight, mean)  # (C,)
+        if self.proj.bias is not None:
+            bias = bias + self.proj.bias.float()
+        out = F.conv3d(self._pad(x, mean), weight, bias, stride=self.patch_size)  # (B, C, D, H', W') fp32
+        return out.to(self.proj.weight.dtype)
 
 
 class SwinTransformer3D(nn.Module):
