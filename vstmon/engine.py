@@ -77,7 +77,7 @@ class Engine:
         max_wait_ms: float,
         on_result: Callable[[ClipResult], None],
         gpu_memory_fraction: float | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         name: str | None = None,
         on_batch: Callable[[int, float], None] | None = None,
@@ -340,7 +340,7 @@ class EnginePool:
         max_wait_ms: float,
         on_result: Callable[[ClipResult], None],
         gpu_memory_fraction: float | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
         clip_shape: Sequence[int] | None = None,
@@ -415,9 +415,16 @@ class EnginePool:
             return cls.triton(inference.triton, inference.max_batch, inference.max_wait_ms, on_result,
                               clip_shape, on_batch=on_batch)  # fmt: skip
         assert model is not None
+        options: dict[str, Any] = {}
+        if (
+            inference.compile == "tensorrt"
+        ):  # keyed by the checkpoint's hash, cached beside it (before .to(device))
+            from vstmon.tensorrt_engine import tensorrt_options
+
+            options["engine"] = tensorrt_options(config.model.checkpoint, model)
         return cls(model, config.model.device, config.model.precision, inference.max_batch,
                    inference.max_wait_ms, on_result, gpu_memory_fraction=inference.gpu_memory_fraction,
-                   compile=inference.compile, on_batch=on_batch, clip_shape=clip_shape)  # fmt: skip
+                   compile=inference.compile, on_batch=on_batch, clip_shape=clip_shape, **options)  # fmt: skip
 
     @property
     def remote_model_id(self) -> str | None:

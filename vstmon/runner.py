@@ -50,6 +50,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from vstmon.cuda_graphs import CudaGraphs
+from vstmon.inference_cache import EngineKey, EngineOptions, load_or_build, weights_sha256
 from vstmon.log import get_logger
 from vstmon.types import Clip
 
@@ -71,6 +73,7 @@ _ATTENTION_KERNELS = ("cudnn", "efficient", "math")  # SDPA kernels that take a 
 _ATTENTION_MEMORY_SLACK = 1.10  # a kernel within this factor of the lowest peak memory may win on speed
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_PRECISION_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
 
 
 def resolve_devices(spec: str | Sequence[str]) -> list[torch.device]:
@@ -136,6 +139,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _default_engine_options(model: nn.Module) -> EngineOptions:
+    """TensorRT without a cache (a runner made without ``engine``): the weights' id from the state dict."""
+    from vstmon.tensorrt_engine import TensorRTBuilder
+
+    return EngineOptions(TensorRTBuilder(), None, weights_sha256(model))
+
+
 def copy_clips(clips: Sequence[Clip], buffer: np.ndarray, shape: tuple[int, ...]) -> None:
     """Copy each clip's frames into the rows of ``buffer`` (the staging of a runner), checking their shape."""
     for i, clip in enumerate(clips):
@@ -158,21 +173,29 @@ class Runner:
         precision: str,
         max_batch: int,
         gpu_memory_fraction: float | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         name: str | None = None,
         clip_shape: Sequence[int] | None = None,
         compile_backend: Any = "inductor",
         cast_weights: bool = False,
         fold_normalization: bool = False,
+        engine: EngineOptions | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if fold_normalization and normalize is not None:
             raise ValueError("fold_normalization replaces normalize: pass one or the other")
+        if compile not in (False, True, "inductor", "tensorrt"):
+            raise ValueError(f"compile must be false, true (inductor) or tensorrt; got {compile!r}")
         self.device = resolve_devices(str(device))[0] if isinstance(device, str) else device
         self.dtype = resolve_dtype(precision, self.device)
         self.name = name or str(self.device)
+        if (
+            compile == "tensorrt"
+        ):  # the engine is built from the model as it is: half weights for a half engine
+            cast_weights = True
         # half weights end to end (model.inference.cast_for_inference) instead of autocast; fp32: nothing to cast
         self.cast_weights = bool(cast_weights) and self.dtype != torch.float32
         self.fold_normalization = bool(fold_normalization)
@@ -201,8 +224,17 @@ class Runner:
 
             fold_input_normalization(self.model, MEAN_RGB, STD_RGB)
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
-        self._compile_backend = compile_backend if compile else None  # compiled in warm_up
-        self.compiled = False  # the forward in use is the compiled one
+        self._compile_backend = (
+            compile_backend if compile in (True, "inductor") else None
+        )  # compiled in warm_up
+        self._engine: EngineOptions | None = None  # compile: tensorrt, built or loaded in warm_up
+        if compile == "tensorrt":
+            self._engine = engine or _default_engine_options(self.model)
+            self._compile_backend = compile_backend if self._engine.fallback == "inductor" else None
+        self.backend = "eager"  # what forwards run: eager, inductor (torch.compile) or tensorrt
+        self.compiled = False  # the forward in use is a compiled one (inductor or tensorrt)
+        self._want_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self._graphs: CudaGraphs | None = None  # captured at warm-up (CUDA only)
         self.attention: str | None = None  # the SDPA kernel forwards run with (CUDA, picked at warm-up)
         self.attention_figures: dict[str, dict[str, float]] = {}  # kernel -> peak MiB and ms (warm-up)
         self._autocast = self.dtype != torch.float32 and not self.cast_weights
@@ -219,21 +251,26 @@ class Runner:
             self._allocate_staging(shape)
 
     def warm_up(self) -> None:
-        """Compile (if asked) and run every batch size once, on CUDA or when compiling; a no-op otherwise or
-        without a known clip shape. Blocks; the engine calls it in ``start``, before its thread runs."""
-        if self.host is None or (self.device.type != "cuda" and self._compile_backend is None):
+        """Build or load the engine, or compile (if asked), run every batch size once and capture CUDA graphs
+        (if asked), on CUDA or when compiling; a no-op otherwise or without a known clip shape. Blocks; the
+        engine calls it in ``start``, before its thread runs (and the daemon before READY)."""
+        accelerated = self._compile_backend is not None or self._engine is not None
+        if self.host is None or (self.device.type != "cuda" and not accelerated):
             return
         start_s = time.monotonic()
         if self.device.type == "cuda":
             self.attention = self.pick_attention()
-        if self._compile_backend is not None:
-            prepare = getattr(self.model, "prepare", None)
-            t, h, w, _ = self.host.shape[1:]
+        prepare = getattr(self.model, "prepare", None)
+        t, h, w, _ = self.host.shape[1:]
+        if self._engine is not None:
+            self._build_engine((t, h, w), prepare)
+        if self._compile_backend is not None and not self.compiled:
             try:
                 if prepare is not None:
                     prepare((t, h, w), self.device)
                 self._forward = torch.compile(self.model, backend=self._compile_backend)  # type: ignore[assignment]
                 self.compiled = True
+                self.backend = "inductor"
             except Exception as error:  # an optional speed-up must never stop the daemon
                 self._fall_back_to_eager(error)
         self.host.zero_()
@@ -244,15 +281,77 @@ class Runner:
             size += 1
             if self.device.type == "cuda":  # each size's cached blocks go back before the next size: kept,
                 torch.cuda.empty_cache()  # they added up to 10.4 GiB reserved for Swin-T sizes 1-16 on an H100
+        if self._want_graphs:
+            self._capture_graphs()
         _log.info(
             "runner warmed up",
             device=self.name,
             dtype=str(self.dtype).removeprefix("torch."),
+            backend=self.backend,
             compiled=self.compiled,
+            cast_weights=self.cast_weights,
+            cuda_graphs=sorted(self._graphs.sizes()) if self._graphs is not None else None,
             attention=self.attention,
             max_batch=self.max_batch,
             seconds=round(time.monotonic() - start_s, 2),
         )
+
+    def _build_engine(self, clip_shape: tuple[int, int, int], prepare: Callable[..., None] | None) -> None:
+        """Load the cached engine or build one (``inference_cache.load_or_build``); on any failure (builder not
+        installed, build error) log one error line and go on with the fallback (torch.compile or eager)."""
+        assert self._engine is not None and self.host is not None
+        options = self._engine
+        begin_s = time.monotonic()
+        try:
+            if prepare is not None:
+                prepare(clip_shape, self.device)
+            key = EngineKey.for_device(options.builder.version(), self.device, self.max_batch, clip_shape,
+                                       _PRECISION_NAMES[self.dtype], options.weights_sha256,
+                                       backend=options.builder.backend)  # fmt: skip
+            with torch.inference_mode():
+                example = self._normalize(self.host[:1].to(self.device))  # (1, 3, T, H, W) as forwards get it
+            example = example.clone()  # a normal tensor: export refuses inference tensors
+            engine, built = load_or_build(options, key, self.model, example, self.device)
+        except Exception as error:  # an optional speed-up must never stop the daemon
+            _log.error(
+                f"{options.builder.backend} engine unavailable; running {options.fallback} instead",
+                device=self.name,
+                error=_one_line(error),
+                seconds=round(time.monotonic() - begin_s, 1),
+            )
+            return
+        self._forward = engine
+        self.compiled = True
+        self.backend = options.builder.backend
+        self._compile_backend = None  # no torch.compile fallback at start: the engine is there
+        _log.info(
+            f"{options.builder.backend} engine ready",
+            device=self.name,
+            built=built,
+            seconds=round(time.monotonic() - begin_s, 1),
+            digest=key.digest(),
+        )
+
+    def _capture_graphs(self) -> None:
+        """Capture one CUDA graph per batch size (largest first, one memory pool), from static buffers."""
+        assert self.host is not None
+        graphs = CudaGraphs(self.device, tuple(self.host.shape[1:]))
+        for size in range(self.max_batch, 0, -1):
+            try:
+                graphs.capture(size, self._graph_step)
+            except Exception as error:  # out of memory, an op that cannot be captured: eager for this size
+                _log.warning("cuda graph not captured", device=self.name, batch=size, error=_one_line(error))
+        self._graphs = graphs if graphs.sizes() else None
+
+    def _graph_step(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, T, H, W, 3) on the device -> fp32 probabilities (N, C): what a graph captures."""
+        x = self._normalize(frames)  # (N, 3, T, H, W)
+        with (
+            torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast, cache_enabled=False),
+            attention_context(self.attention),
+        ):
+            logits = self._forward(x)  # (N, C)
+        return torch.softmax(logits.float(), dim=-1)  # (N, C) fp32
 
     def pick_attention(self) -> str | None:
         """Run one batch-1 forward with each attention kernel that takes a float mask; return the one with the
@@ -286,14 +385,17 @@ class Runner:
         return chosen
 
     def _fall_back_to_eager(self, error: BaseException) -> None:
+        what = "torch.compile" if self.backend in ("eager", "inductor") else f"the {self.backend} engine"
         _log.error(
-            "torch.compile failed; running eager from now on",
+            f"{what} failed; running eager from now on",
             device=self.name,
-            backend=self._compile_backend,
-            error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            backend=self._compile_backend if self.backend in ("eager", "inductor") else self.backend,
+            error=_one_line(error),
         )
         self._forward = self.model
         self.compiled = False
+        self.backend = "eager"
+        self._graphs = None  # they captured the failed forward
 
     def _allocate_staging(self, shape: tuple[int, ...]) -> None:
         pin = self.device.type == "cuda"
@@ -327,7 +429,7 @@ class Runner:
             probs = self._infer(host)
         except Exception as error:
             if not is_out_of_memory(error):
-                if not self.compiled:
+                if not self.compiled and self._graphs is None:
                     raise
                 failed_compiled = error
             out_of_memory = failed_compiled is None
@@ -375,10 +477,14 @@ class Runner:
             )
 
     def _infer(self, host: torch.Tensor) -> np.ndarray:
+        if self._graphs is not None:
+            probs = self._graphs.replay(host)  # (N, C) fp32 on the device, or None: no graph of that size
+            if probs is not None:
+                return probs.cpu().numpy()  # a synchronous copy, before any other replay
         with torch.inference_mode():
             frames = host.to(self.device, non_blocking=True)  # (N, T, H, W, 3) uint8
             x = self._normalize(frames)  # (N, 3, T, H, W) float
-            if self.compiled and x.shape[0] > 1:
+            if self.backend == "inductor" and x.shape[0] > 1:
                 torch._dynamo.mark_dynamic(x, 0)  # one graph for every batch size from 2 up (1 has its own)
             with (
                 torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast),

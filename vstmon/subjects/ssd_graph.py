@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from vstmon.errors import DetectorError
+from vstmon.paths import default_cache_dir  # re-exported: callers import it from here
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -735,14 +736,6 @@ class SsdDescription:
     spec: SsdSpec
     cache_path: Path | None  # where the description was read from or written to (None: memory only)
     from_cache: bool
-
-
-def default_cache_dir() -> Path:
-    """``$VSTMON_CACHE_DIR``, else systemd's ``$CACHE_DIRECTORY``, else ``$XDG_CACHE_HOME/vstmon`` (~/.cache)."""
-    for variable in ("VSTMON_CACHE_DIR", "CACHE_DIRECTORY"):
-        if value := os.environ.get(variable):
-            return Path(value.split(":", 1)[0])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vstmon"
 
 
 def _spec_to_json(spec: SsdSpec) -> str:
