@@ -10,8 +10,8 @@ Sections (``--sections``, all by default; each prints its table and is written t
   ratio of our latency to torchvision's.
 - ``modes``: each way the engine can run the model (the runner's whole step: uint8 clips staged, normalised,
   forward, softmax, probabilities back), at batch 1, 4, 16 and 32, per arch, ours and torchvision's in the same
-  run: eager, compiled (inductor), CUDA graphs, compiled + CUDA graphs, TensorRT (first build and cached start
-  timed), half weights (``cast_weights``), FP8 (torchao, compute capability 8.9+). Clips/s, latency, MFU
+  run: eager, compiled (inductor), compiled with flex_attention, CUDA graphs, compiled + CUDA graphs, TensorRT
+  (first build and cached start timed), half weights (``cast_weights``), FP8 (torchao, compute capability 8.9+). Clips/s, latency, MFU
   (FLOPs per clip counted with ``torch.utils.flop_counter``, against the GPU's dense half-precision peak, FP8's
   for FP8; ``--peak-tflops`` for a GPU the table lacks) and the max |probability difference| to eager fp32.
 - ``attention``: per SDPA kernel (flash, cuDNN, memory-efficient, math), peak memory and latency at batch 1 and
@@ -70,7 +70,8 @@ _MIB = 2**20
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SMALL = SwinConfig(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4), window_size=(4, 7, 7))
 _SECTIONS = ("model", "modes", "attention", "staging", "oom", "streams", "constant", "compiled")
-_MODES = ("eager", "compiled", "cuda graphs", "compiled + cuda graphs", "tensorrt", "half weights", "fp8")
+_MODES = ("eager", "compiled", "compiled + flex", "cuda graphs", "compiled + cuda graphs", "tensorrt", "half weights",
+          "fp8")  # fmt: skip
 # dense bf16/fp16 tensor-core peak, TFLOP/s, by a name fragment of torch.cuda.get_device_name (first match);
 # fp8 is twice that on Hopper and Ada. Vendor data sheets (no sparsity).
 _PEAK_HALF_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("GH200", 989.4),
@@ -397,8 +398,12 @@ def _mode_runner(
 
     options: dict[str, Any] = {}
     precision = precision or run.half()
-    if mode in ("compiled", "compiled + cuda graphs", "fp8"):
+    if mode in ("compiled", "compiled + flex", "compiled + cuda graphs", "fp8"):
         options["compile"] = True
+    if mode == "compiled + flex":  # the attention as flex_attention (bias and shift mask as a score_mod)
+        from vstmon.model.swin3d import use_flex_attention
+
+        use_flex_attention(model)
     if mode in ("cuda graphs", "compiled + cuda graphs"):
         if not run.cuda:
             raise RuntimeError("CUDA only")
