@@ -64,15 +64,13 @@ class SystemdNotifier:
     ) -> Iterator[None]:
         """While the block runs (a warm-up before READY that may build an engine for minutes), tell systemd every
         ``every_s`` that start-up needs ``extend_s`` more (``EXTEND_TIMEOUT_USEC``), so that ``TimeoutStartSec``
-        never fires; with a watchdog, ``WATCHDOG=1`` goes in the same message. The first message is sent on
-        entry. A thread sends them, so a build that blocks the caller (but not the GIL) is covered. A no-op
-        without ``$NOTIFY_SOCKET``."""
+        never fires. No ``WATCHDOG=1`` here: systemd's watchdog starts at READY, and the first ping follows it.
+        The first message is sent on entry. A thread sends them, so a build that blocks the caller (but not the
+        GIL) is covered. A no-op without ``$NOTIFY_SOCKET``."""
         if self._address is None:
             yield
             return
         message = f"EXTEND_TIMEOUT_USEC={round(extend_s * 1e6)}"
-        if self.watchdog_interval_s is not None:
-            message += "\nWATCHDOG=1"
         done = threading.Event()
 
         def extend() -> None:
