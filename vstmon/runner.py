@@ -259,7 +259,10 @@ class Runner:
         if self.host is None or (self.device.type != "cuda" and not accelerated):
             return
         start_s = time.monotonic()
-        if self.device.type == "cuda":
+        flex = any(
+            getattr(m, "flex", False) for m in self.model.modules()
+        )  # swin3d.use_flex_attention: no SDPA
+        if self.device.type == "cuda" and not flex:
             self.attention = self.pick_attention()
         prepare = getattr(self.model, "prepare", None)
         t, h, w, _ = self.host.shape[1:]
