@@ -8,6 +8,12 @@ Sections (``--sections``, all by default; each prints its table and is written t
 - ``model``: our Video Swin and torchvision's ``swin3d_*`` (the baseline, same run, same inputs) per arch, batch
   and precision, eager and compiled: clips/s, latency p50/p99, peak memory allocated and reserved, and the
   ratio of our latency to torchvision's.
+- ``modes``: each way the engine can run the model (the runner's whole step: uint8 clips staged, normalised,
+  forward, softmax, probabilities back), at batch 1, 4, 16 and 32, per arch, ours and torchvision's in the same
+  run: eager, compiled (inductor), compiled with flex_attention, CUDA graphs, compiled + CUDA graphs, TensorRT
+  (first build and cached start timed), half weights (``cast_weights``), FP8 (torchao, compute capability 8.9+). Clips/s, latency, MFU
+  (FLOPs per clip counted with ``torch.utils.flop_counter``, against the GPU's dense half-precision peak, FP8's
+  for FP8; ``--peak-tflops`` for a GPU the table lacks) and the max |probability difference| to eager fp32.
 - ``attention``: per SDPA kernel (flash, cuDNN, memory-efficient, math), peak memory and latency at batch 1 and
   the largest batch, and the kernel the engine's warm-up picks.
 - ``staging``: the host-to-device copy of a full batch of uint8 clips against that batch's forward (why the
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -62,7 +69,13 @@ __all__ = ["main"]
 _MIB = 2**20
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SMALL = SwinConfig(embed_dim=24, depths=(2, 2, 2, 2), num_heads=(1, 2, 3, 4), window_size=(4, 7, 7))
-_SECTIONS = ("model", "attention", "staging", "oom", "streams", "constant", "compiled")
+_SECTIONS = ("model", "modes", "attention", "staging", "oom", "streams", "constant", "compiled")
+_MODES = ("eager", "compiled", "compiled + flex", "cuda graphs", "compiled + cuda graphs", "tensorrt", "half weights",
+          "fp8")  # fmt: skip
+# dense bf16/fp16 tensor-core peak, TFLOP/s, by a name fragment of torch.cuda.get_device_name (first match);
+# fp8 is twice that on Hopper and Ada. Vendor data sheets (no sparsity).
+_PEAK_HALF_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("GH200", 989.4),
+                     ("A100", 312.0), ("L40S", 362.1), ("L40", 181.0), ("L4", 121.0), ("A10", 125.0))  # fmt: skip
 _KERNELS = ("flash", "cudnn", "efficient", "math")
 
 
@@ -342,6 +355,166 @@ def section_model(run: Run, args: argparse.Namespace, compiled: bool = False) ->
     if compile_s:
         text += f"\nFirst call of each compiled configuration (compilation included), seconds: {compile_s}\n"
     run.publish(name, text, data)
+
+
+def _flops_per_clip(model: nn.Module, run: Run) -> float:
+    """FLOP of one clip's forward (2 per multiply-add), counted by torch's flop counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, run.frames, run.size, run.size, device=run.device)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return float(counter.get_total_flops())
+
+
+def _peak_tflops(run: Run, args: argparse.Namespace, mode: str) -> float | None:
+    if args.peak_tflops:
+        peak = args.peak_tflops
+    elif run.cuda:
+        name = torch.cuda.get_device_name(run.device)
+        peak = next((p for fragment, p in _PEAK_HALF_TFLOPS if fragment in name), None)
+    else:
+        return None
+    return None if peak is None else peak * (2 if mode == "fp8" else 1)
+
+
+def _fp8(model: nn.Module) -> nn.Module:
+    """The model with float8 weights and dynamic float8 activations in its Linears (torchao; bf16 elsewhere)."""
+    from torchao.quantization import quantize_  # type: ignore[import-not-found]
+
+    try:
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig as Config  # type: ignore
+    except ImportError:
+        from torchao.quantization import float8_dynamic_activation_float8_weight as Config  # type: ignore
+    quantize_(model.to(torch.bfloat16), Config())
+    return model
+
+
+def _mode_runner(
+    model: nn.Module, mode: str, run: Run, max_batch: int, engines: Path, precision: str | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """A runner for ``mode`` (warmed up: compiled, built or captured), and what its start-up cost."""
+    from vstmon.inference.runner import Runner
+
+    options: dict[str, Any] = {}
+    precision = precision or run.half()
+    if mode in ("compiled", "compiled + flex", "compiled + cuda graphs", "fp8"):
+        options["compile"] = True
+    if mode == "compiled + flex":  # the attention as flex_attention (bias and shift mask as a score_mod)
+        from vstmon.model.swin3d import use_flex_attention
+
+        use_flex_attention(model)
+    if mode in ("cuda graphs", "compiled + cuda graphs"):
+        if not run.cuda:
+            raise RuntimeError("CUDA only")
+        options["cuda_graphs"] = True
+    if mode == "half weights":
+        options["cast_weights"] = True
+    if mode == "fp8":
+        if not run.cuda or torch.cuda.get_device_capability(run.device) < (8, 9):
+            raise RuntimeError("needs compute capability 8.9+")
+        model, precision = _fp8(model), "bf16"
+    if mode == "tensorrt":
+        from vstmon.inference.engine_cache import EngineOptions, weights_sha256
+        from vstmon.inference.tensorrt import TensorRTBuilder
+
+        TensorRTBuilder().version()  # ImportError here: a row that says so, not a silent fallback
+        options["compile"] = "tensorrt"
+        options["engine"] = EngineOptions(TensorRTBuilder(), engines, weights_sha256(model), fallback="eager")
+    clip_shape = (run.frames, run.size, run.size, 3)
+    begin = time.perf_counter()
+    runner = Runner(model, run.device, precision, max_batch, clip_shape=clip_shape, **options)
+    runner.warm_up()
+    start = {"start_s": time.perf_counter() - begin, "backend": runner.backend}
+    if mode == "tensorrt":
+        if runner.backend != "tensorrt":
+            raise RuntimeError("the TensorRT build failed (see the error line above)")
+        begin = time.perf_counter()  # a second start: from the cache
+        again = Runner(
+            copy.deepcopy(model), run.device, precision, max_batch, clip_shape=clip_shape, **options
+        )
+        again.warm_up()
+        start["cached_start_s"] = time.perf_counter() - begin
+        del again
+    return runner, start
+
+
+def section_modes(run: Run, args: argparse.Namespace) -> None:
+    """Every mode of the engine's step per arch and batch, ours and torchvision's (see the module docstring)."""
+    rows: list[list[Any]] = []
+    data: list[dict[str, Any]] = []
+    batches = args.mode_batches
+    clips = torch.randint(0, 256, (max(batches), run.frames, run.size, run.size, 3), dtype=torch.uint8)
+    with tempfile.TemporaryDirectory(prefix="kit-engines-") as engines:
+        for arch in args.archs:
+            for impl in ("vstmon", "torchvision"):
+                base = run.model(arch) if impl == "vstmon" else _torchvision(arch, run.small)
+                if base is None:
+                    continue
+                base = base.to(run.device)
+                flops = _flops_per_clip(base, run)
+                yardstick, _ = _mode_runner(
+                    copy.deepcopy(base), "eager", run, max(batches), Path(engines), "fp32"
+                )
+                expected = yardstick.infer(clips[: max(batches)].numpy())  # eager fp32
+                del yardstick
+                for mode in args.modes if impl == "vstmon" else ("eager", "compiled"):
+                    torch._dynamo.reset()
+                    _reset_memory(run.device)
+                    entry: dict[str, Any] = {
+                        "arch": arch,
+                        "impl": impl,
+                        "mode": mode,
+                        "gflop_per_clip": flops / 1e9,
+                    }
+                    try:
+                        runner, start = _mode_runner(
+                            copy.deepcopy(base), mode, run, max(batches), Path(engines)
+                        )
+                        entry.update(start)
+                    except Exception as error:  # not installed, not supported here, out of memory: say so
+                        entry["error"] = (
+                            f"{type(error).__name__}: {str(error).splitlines()[0][:100] if str(error) else ''}"
+                        )
+                        data.append(entry)
+                        rows.append(
+                            [arch, impl, mode, None, None, None, None, None, None, None, entry["error"]]
+                        )
+                        print(json.dumps(entry, default=str), flush=True)
+                        continue
+                    assert runner.host is not None
+                    runner.host.copy_(clips[: max(batches)])
+                    probs = runner.infer(clips[: max(batches)].numpy())
+                    diff = float(np.abs(probs - expected).max())
+                    for batch in batches:
+                        times = []
+                        for _ in range(run.iters):
+                            begin = time.perf_counter()
+                            runner.run(runner.host[:batch])
+                            times.append((time.perf_counter() - begin) * 1000.0)
+                        p50 = statistics.median(times)
+                        clips_s = batch * 1000.0 / p50
+                        peak = _peak_tflops(run, args, mode)
+                        mfu = clips_s * flops / (peak * 1e12) if peak else None
+                        row = {**entry, "batch": batch, "p50_ms": p50, "clips_s": clips_s, "mfu": mfu,
+                               "max_prob_diff": diff, "peak_tflops": peak}  # fmt: skip
+                        data.append(row)
+                        rows.append([arch, impl, mode, batch, clips_s, p50, mfu, diff, start.get("start_s"),
+                                     start.get("cached_start_s"), runner.backend])  # fmt: skip
+                        print(json.dumps(row, default=str), flush=True)
+                    del runner
+                    _reset_memory(run.device)
+                del base
+    head = ["arch", "impl", "mode", "batch", "clips/s", "p50 ms", "MFU", "max dp vs fp32", "start s",
+            "cached start s", "backend / note"]  # fmt: skip
+    flops_note = {f"{d['impl']} {d['arch']}": float(f"{d['gflop_per_clip']:.4g}") for d in data}
+    text = (
+        f"### Engine modes at {run.half()} (`modes`)\n\n" + _table(head, rows) + "\n\n"
+        f"GFLOP per clip (2 per multiply-add, torch's flop counter): {flops_note}. MFU = clips/s x FLOP per clip /"
+        f" the GPU's dense half-precision peak (FP8: twice that); the step timed is the engine's whole batch "
+        f"(uint8 in, probabilities out). max dp: max |probability - eager fp32's| on {max(batches)} random clips.\n"
+    )
+    run.publish("modes", text, data)
 
 
 def section_attention(run: Run, args: argparse.Namespace) -> None:
@@ -775,6 +948,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--oom-rounds", type=int, default=20, help="oom: rounds of max_batch clips under the cap")
     p.add_argument("--oom-recover-rounds", type=int, default=60, help="oom: rounds after the cap is lifted")
     p.add_argument("--threads", type=int, default=0, help="torch threads on CPU (0: torch's default)")
+    p.add_argument(
+        "--modes", help=f"modes of the modes section (default: all of {', '.join(_MODES)}; CPU: quick ones)"
+    )
+    p.add_argument("--mode-batches", help="batch sizes of the modes section (default 1,4,16,32; small: 1,2)")
+    p.add_argument(
+        "--peak-tflops", type=float, help="the GPU's dense bf16/fp16 peak, for MFU (default: a table)"
+    )
     return p.parse_args(argv)
 
 
@@ -811,7 +991,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args.compile_dtypes = _list(args.compile_dtypes, [run.half()])
     args.compile_batches = _list(args.compile_batches, args.batches, int)
-    sections = {"model": section_model, "attention": section_attention, "staging": section_staging,
+    # on a CPU, compiling takes minutes here and the GPU modes only say so: the quick rows by default
+    args.modes = _list(args.modes, list(_MODES) if cuda else ["eager", "cuda graphs", "tensorrt", "fp8"])
+    args.mode_batches = _list(args.mode_batches, [1, 2] if small else [1, 4, 16, 32], int)
+    sections = {"model": section_model, "modes": section_modes, "attention": section_attention, "staging": section_staging,
                 "streams": section_streams, "constant": section_constant, "oom": section_oom, "compiled": section_compiled}  # fmt: skip
     for name in _list(args.sections, list(_SECTIONS)):
         if name not in sections:

@@ -13,7 +13,7 @@ PACKAGE = REPO_ROOT / "vstmon"
 
 # lowest first; a part may import its own layer's parts (without a cycle) and the layers below, never above
 LAYERS: list[set[str]] = [
-    {"vstmon", "errors", "log", "types", "stage"},  # the core: shared by everything
+    {"vstmon", "errors", "log", "paths", "types", "stage"},  # the core: shared by everything
     {"config"},  # the settings tree: no I/O beyond the YAML file
     {"model", "ingest", "subjects", "wire"},  # the network, reading video, people, the wire protocol
     {"stream", "inference"},  # one stream's pipeline; running the model

@@ -43,6 +43,17 @@ def test_a_prepared_video_swin_traces_without_a_graph_break():
     assert explanation.graph_count == 1
 
 
+def test_an_unprepared_video_swin_also_traces_without_a_graph_break():
+    """Without ``prepare``, the shifted-window gathers and masks are computed inside the graph."""
+    torch._dynamo.reset()
+    model = tiny_model()
+    x = torch.randn(2, 3, T, S, S)
+    with torch.inference_mode():
+        explanation = torch._dynamo.explain(model)(x)
+    reasons = [str(b.reason).splitlines()[0] for b in explanation.break_reasons]
+    assert explanation.graph_break_count == 0, reasons
+
+
 def test_start_compiles_every_batch_size_and_no_graph_is_compiled_afterwards(engines):
     torch._dynamo.reset()
     model = tiny_model()

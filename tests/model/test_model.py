@@ -9,29 +9,21 @@ from itertools import pairwise
 import pytest
 import torch
 
+from tests.helpers.swin import TINY, clip, tiny_model
 from vstmon.model.presets import PRESETS, SwinConfig
 from vstmon.model.swin3d import (
     VideoSwin,
     build_model,
+    class_shift_masks,
     effective_window_and_shift,
-    group_shifted_windows,
     padded_grid,
     relative_position_index,
     shift_attention_mask,
+    shifted_windows,
+    window_classes,
     window_partition,
     window_reverse,
 )
-
-# Small enough to run in milliseconds, large enough that every stage pads, shifts and merges.
-TINY = SwinConfig(
-    embed_dim=8,
-    depths=(2, 2, 2, 2),
-    num_heads=(1, 2, 2, 4),
-    window_size=(2, 3, 3),
-    drop_path_rate=0.0,
-    num_classes=5,
-)
-TINY_CLIP = (2, 3, 8, 40, 40)  # tokens 4x10x10: windows pad to 4x12x12 and shift in every dimension
 
 
 @pytest.fixture(autouse=True)
@@ -40,15 +32,6 @@ def _one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-def tiny_model(seed: int = 0, **changes: object) -> VideoSwin:
-    torch.manual_seed(seed)
-    return build_model(TINY.with_(**changes))
-
-
-def clip(shape: tuple[int, ...] = TINY_CLIP, seed: int = 1) -> torch.Tensor:
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
 
 
 def expected_parameters(cfg: SwinConfig) -> int:
@@ -217,26 +200,25 @@ def test_shift_mask_ignores_an_unshifted_dimension() -> None:
         ((24, 6, 6), (8, 6, 6), (4, 0, 0)),
     ],
 )
-def test_window_groups_hold_each_windows_shift_mask_and_gather_the_rolled_windows(
+def test_each_windows_class_mask_is_its_shift_mask_and_the_gather_rolls_and_partitions(
     grid: tuple[int, int, int], window: tuple[int, int, int], shift: tuple[int, int, int]
 ) -> None:
     full = shift_attention_mask(grid, window, shift)  # (nW, N, N)
-    groups = group_shifted_windows(grid, window, shift)
-    assert sum(groups.counts) == full.shape[0] == groups.order.numel()
-    assert len(groups.counts) == groups.masks.shape[0] <= 8
-    assert sorted(groups.order.tolist()) == list(range(full.shape[0]))
+    sw = shifted_windows(grid, window, shift)
+    shifted_dims = sum(s > 0 for s in shift)
+    assert sw.class_masks.shape == (2**shifted_dims, *full.shape[1:])
+    assert sw.window_class.shape == (full.shape[0],)
+    assert torch.equal(sw.class_masks[sw.window_class], full)  # every window gets exactly its own mask
+    assert torch.equal(sw.class_masks, class_shift_masks(window, shift))
+    assert torch.equal(window_classes(grid, window, shift), sw.window_class)
+    assert len({m.numpy().tobytes() for m in sw.class_masks}) == 2**shifted_dims  # classes are distinct
     n = full.shape[1]
-    assert torch.equal(groups.token_index[groups.token_inverse], torch.arange(math.prod(grid)))
-    # the gather equals torch.roll by -shift, then window_partition, then the group order
+    assert torch.equal(sw.token_index[sw.token_inverse], torch.arange(math.prod(grid)))
+    # the gather equals torch.roll by -shift, then window_partition
     x = torch.randn(2, *grid, 3)
     rolled = torch.roll(x, shifts=tuple(-s for s in shift), dims=(1, 2, 3))
-    expected = window_partition(rolled, window)[:, groups.order]  # (B, nW, N, C)
-    gathered = x.reshape(2, -1, 3)[:, groups.token_index].reshape(2, -1, n, 3)
-    assert torch.equal(gathered, expected)
-    group_of_position = torch.repeat_interleave(torch.arange(len(groups.counts)), torch.tensor(groups.counts))
-    for position, window_index in enumerate(groups.order.tolist()):
-        assert torch.equal(full[window_index], groups.masks[group_of_position[position]])
-    assert len({m.numpy().tobytes() for m in groups.masks}) == len(groups.counts)  # groups are distinct
+    gathered = x.reshape(2, -1, 3)[:, sw.token_index].reshape(2, -1, n, 3)
+    assert torch.equal(gathered, window_partition(rolled, window))
 
 
 # ---- behaviour of the network ----------------------------------------------------------------------------------
@@ -321,7 +303,7 @@ def test_batch_rows_are_independent_clips() -> None:
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_bias_follows_new_weights() -> None:
+def test_the_bias_follows_new_weights() -> None:
     model, x = tiny_model(), clip()
     with torch.inference_mode():
         before = model(x)
@@ -355,4 +337,4 @@ def test_a_shifted_block_alone_equals_the_block_inside_its_stage() -> None:
     shifted = stage.blocks[1]
     assert shifted.shift_size == (1, 1, 1)
     with torch.inference_mode():
-        torch.testing.assert_close(shifted(x), shifted(x, stage.shift_groups((4, 10, 10), x.device)))
+        torch.testing.assert_close(shifted(x), shifted(x, stage.shifted_windows((4, 10, 10), x.device)))

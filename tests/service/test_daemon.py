@@ -6,6 +6,7 @@ test_daemon_e2e.py.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from pathlib import Path
@@ -355,3 +356,38 @@ def test_one_subscriber_fans_in_two_daemons_with_seq_per_stream(
     finally:
         for daemon in daemons:
             daemon.stop()
+
+
+def test_compile_tensorrt_without_torch_tensorrt_extends_the_start_then_falls_back_with_one_error_line(
+    tmp_path: Path,
+    model_files: tuple[Path, Path],
+    run_daemon,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``inference.compile: tensorrt`` here (no torch-tensorrt, no GPU): the warm-up runs inside systemd start-up
+    extensions (EXTEND_TIMEOUT_USEC before READY=1), the build fails with one error line, torch.compile takes over
+    and labels flow. TorchDynamo is switched off (its own setting) so that the fallback compile costs nothing
+    here; tests/test_engine_compile.py compiles for real."""
+    from tests.helpers.notify_listener import NotifyListener
+    from vstmon.log import configure_logging
+
+    configure_logging("info", "json")
+    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    checkpoint, labels = model_files
+    video = write_mjpg(tmp_path / "clip.avi", [("moving", range(24))])
+    with NotifyListener(tmp_path / "notify.sock") as listener:
+        monkeypatch.setenv("NOTIFY_SOCKET", listener.address)
+        data = daemon_config(checkpoint, labels, [{"name": "cam", "url": str(video)}],
+                             inference={"compile": "tensorrt"})  # fmt: skip
+        daemon, sub = run_daemon(data)
+        messages = listener.wait_for(lambda m: b"READY=1" in m, timeout_s=60)
+        ready = messages.index(b"READY=1")
+        assert any(m.startswith(b"EXTEND_TIMEOUT_USEC=") for m in messages[:ready])
+        assert daemon.pool is not None and daemon.pool.engines[0].runner.backend == "inductor"
+        collect(sub, lambda by_stream: any(t.startswith("label.") for t, _m in by_stream.get("cam", [])))
+    errors = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    errors = [r for r in errors if r.get("level") == "error"]
+    assert len(errors) == 1, errors
+    assert errors[0]["event"] == "tensorrt engine unavailable; running inductor instead"
+    assert errors[0]["error"].startswith("ModuleNotFoundError")

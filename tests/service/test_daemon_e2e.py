@@ -48,7 +48,10 @@ def test_vstmon_process_serves_files_and_control_and_exits_0_on_sigterm(
     notify_env = {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": "1000000"}
     process = vstmon_process(data, notify_env)
     told = notify.wait_for(lambda m: b"WATCHDOG=1" in m, timeout_s=60)
-    assert told[: told.index(b"WATCHDOG=1")] == [b"READY=1"]  # ready first, then pings
+    before_pings = told[: told.index(b"WATCHDOG=1")]
+    ready = before_pings.index(b"READY=1")
+    assert before_pings[ready:] == [b"READY=1"]  # ready first, then pings
+    assert before_pings[:ready] and all(m.startswith(b"EXTEND_TIMEOUT_USEC=") for m in before_pings[:ready])
     process.wait_running()
     with Subscriber(process.pub) as sub:
 

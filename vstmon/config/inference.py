@@ -65,10 +65,12 @@ class InferenceConfig(StrictModel):
     gpu_memory_fraction: float | None = Field(
         None, gt=0, le=1, description="cap this process's share of GPU memory (0..1]; null = no cap"
     )
-    compile: bool = Field(
+    compile: bool | Literal["tensorrt"] = Field(
         False,
-        description="torch.compile the model, every batch size before READY (Swin-T on an H100: ~70 s more "
-        "start-up, +20% clips/s at batch 16); a failed compile falls back to eager",
+        description="true = torch.compile the model, every batch size before READY (Swin-T on an H100: ~70 s "
+        "more start-up, +20% clips/s at batch 16); tensorrt = a TensorRT engine (torch-tensorrt), built at the "
+        "first start per GPU, shape, precision and weights (minutes) and cached next to the checkpoint (else in "
+        "the cache directory); a failed build falls back to torch.compile, a failed compile to eager",
     )
     threads: int | None = Field(
         None, ge=1, le=1024, description="torch CPU threads; null = torch's choice (one per core)"

@@ -64,7 +64,8 @@ class Engine:
     logged and counted, never fatal. ``result.extra`` carries ``submit_mono_s`` (when the clip was submitted)
     and ``done_mono_s`` (when its batch finished). ``on_batch(size, seconds)`` is called once per batch.
     ``normalize`` maps a uint8 (N, T, H, W, 3) tensor on the device to the model's float (N, 3, T, H, W) input
-    (default: ``vstmon.ingest.fit.normalize_clips``). The other arguments are the runner's and the batcher's.
+    (default: ``vstmon.model.normalize.normalize_clips``). The other arguments are the runner's and the batcher's;
+    ``runner_options`` are further ``Runner`` keywords (``cast_weights``, ``fold_normalization``, ...).
     """
 
     def __init__(
@@ -76,16 +77,17 @@ class Engine:
         max_wait_ms: float,
         on_result: Callable[[ClipResult], None],
         gpu_memory_fraction: float | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         name: str | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         clip_shape: Sequence[int] | None = None,
         compile_backend: Any = "inductor",
+        **runner_options: Any,
     ) -> None:
         runner = Runner(model, device, precision, max_batch, gpu_memory_fraction=gpu_memory_fraction,
                         compile=compile, normalize=normalize, name=name, clip_shape=clip_shape,
-                        compile_backend=compile_backend)  # fmt: skip
+                        compile_backend=compile_backend, **runner_options)  # fmt: skip
         self._wire(runner, max_wait_ms, on_result, on_batch)
 
     @classmethod
@@ -341,11 +343,12 @@ class EnginePool:
         max_wait_ms: float,
         on_result: Callable[[ClipResult], None],
         gpu_memory_fraction: float | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         on_batch: Callable[[str, int, float], None] | None = None,
         clip_shape: Sequence[int] | None = None,
         compile_backend: str = "inductor",
+        **runner_options: Any,
     ) -> None:
         # one list, duplicates dropped (cuda and cuda:0 are one device: one engine)
         resolved = resolve_devices(devices if isinstance(devices, str) else [str(d) for d in devices])
@@ -368,6 +371,7 @@ class EnginePool:
                     on_batch=(lambda n, s, name=str(device): on_batch(name, n, s)) if on_batch else None,
                     clip_shape=clip_shape,
                     compile_backend=compile_backend,
+                    **runner_options,
                 )
             )
         self._assigned: dict[str, Engine] = {}
@@ -414,9 +418,16 @@ class EnginePool:
             return cls.triton(inference.triton, inference.max_batch, inference.max_wait_ms, on_result,
                               clip_shape, on_batch=on_batch)  # fmt: skip
         assert model is not None
+        options: dict[str, Any] = {}
+        if (
+            inference.compile == "tensorrt"
+        ):  # keyed by the checkpoint's hash, cached beside it (before .to(device))
+            from vstmon.inference.tensorrt import tensorrt_options
+
+            options["engine"] = tensorrt_options(config.model.checkpoint, model)
         return cls(model, config.model.device, config.model.precision, inference.max_batch,
                    inference.max_wait_ms, on_result, gpu_memory_fraction=inference.gpu_memory_fraction,
-                   compile=inference.compile, on_batch=on_batch, clip_shape=clip_shape)  # fmt: skip
+                   compile=inference.compile, on_batch=on_batch, clip_shape=clip_shape, **options)  # fmt: skip
 
     @property
     def remote_model_id(self) -> str | None:

@@ -8,6 +8,13 @@ out-of-memory handling; it knows nothing of streams, slots or fairness (``batche
 there, runs the model under ``torch.inference_mode()`` and autocast, and returns every clip's fp32 softmax
 probabilities.
 
+Precision: by default the weights stay fp32 and a half ``precision`` runs the forward under autocast. With
+``cast_weights``, the weights themselves are bf16/fp16 (``model.inference.cast_for_inference``: LayerNorms and
+the head stay fp32) and no autocast runs. With ``fold_normalization``, the model normalises through its patch
+embedding's weights (``model.inference.fold_input_normalization``) and the clip is only converted to fp32
+(``normalize.clips_to_float``). Both are off by default: neither is bit-identical to
+the default path (see ``tests/test_inference_setup.py`` for the tolerances).
+
 Staging: one host buffer (pinned on CUDA), allocated once (at construction when ``clip_shape`` is given). The copy
 to the device is not overlapped with the previous batch's forward: measured on an H100 (docs/benchmarks.md, the
 "staging" table), the copy of a 16-clip batch of 32 x 224 x 224 clips is 1.4 ms, 3.7 % of its 39 ms forward, so
@@ -22,8 +29,9 @@ with one clear log line, at start or on any later batch. An out-of-memory error 
 
 Attention kernel (CUDA): the model's attention takes a float mask (relative-position bias, plus the shift mask),
 which FlashAttention does not take; of the kernels that do (cuDNN, memory-efficient, math), warm-up runs one
-batch-1 forward with each, and keeps the one with the lowest peak memory, or a faster one whose peak is within
-10 % of it (``pick_attention``; the kit's "attention" table shows the figures per kernel).
+forward of ``max_batch`` clips (the size the engine runs under load: on an H100 the faster kernel at batch 1 was
+18 % slower at batch 16) with each, and keeps the one with the lowest peak memory, or a faster one whose peak
+is within 10 % of it (``pick_attention``; the kit's "attention" table shows the figures per kernel).
 
 Out of memory: the batch is split in halves and ``max_batch`` lowered below the size that failed; the retry
 happens after the ``except`` block is left (its traceback holds the failed attempt's tensors), and after
@@ -33,6 +41,7 @@ happens after the ``except`` block is left (its traceback holds the failed attem
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +51,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from vstmon.inference.cuda_graphs import CudaGraphs
+from vstmon.inference.engine_cache import EngineKey, EngineOptions, load_or_build, weights_sha256
 from vstmon.log import get_logger
+from vstmon.model.devices import auto_half_dtype, resolve_devices, resolve_dtype
 from vstmon.types import Clip
 
 __all__ = [
@@ -62,42 +74,7 @@ _GROW_AFTER = 50  # batches in a row without out-of-memory before max_batch grow
 _ATTENTION_KERNELS = ("cudnn", "efficient", "math")  # SDPA kernels that take a float attention mask
 _ATTENTION_MEMORY_SLACK = 1.10  # a kernel within this factor of the lowest peak memory may win on speed
 
-_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_devices(spec: str | Sequence[str]) -> list[torch.device]:
-    """``auto`` -> cuda if available else cpu; ``cuda`` -> cuda:0; a list -> each of them (order kept)."""
-    items = [spec] if isinstance(spec, str) else list(spec)
-    devices: list[torch.device] = []
-    for item in items:
-        if item == "auto":
-            device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
-        elif item == "cuda":
-            device = torch.device("cuda:0")
-        else:
-            device = torch.device(item)
-        if device not in devices:
-            devices.append(device)
-    return devices
-
-
-def auto_half_dtype(capability: tuple[int, int]) -> torch.dtype:
-    """The half precision a GPU of this compute capability runs natively: bf16 from 8.0 (Ampere, Jetson Orin),
-    fp16 before (T4, V100, Jetson Xavier; their bf16 is emulated and slow)."""
-    return torch.bfloat16 if capability >= (8, 0) else torch.float16
-
-
-def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """``auto`` = on CUDA, bf16 or fp16 by the capability of ``device`` itself (``auto_half_dtype``; not
-    ``torch.cuda.is_bf16_supported()``, which counts emulation and asks the current device); fp32 elsewhere."""
-    if precision == "auto":
-        if device.type == "cuda":
-            return auto_half_dtype(torch.cuda.get_device_capability(device))
-        return torch.float32
-    try:
-        return _DTYPES[precision]
-    except KeyError:
-        raise ValueError(f"unknown precision {precision!r} (auto, fp32, fp16 or bf16)") from None
+_PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
 def sdpa_backend(name: str) -> Any:
@@ -128,6 +105,18 @@ def is_out_of_memory(error: BaseException) -> bool:
     return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
+def _default_engine_options(model: nn.Module) -> EngineOptions:
+    """TensorRT without a cache (a runner made without ``engine``): the weights' id from the state dict."""
+    from vstmon.inference.tensorrt import TensorRTBuilder
+
+    return EngineOptions(TensorRTBuilder(), None, weights_sha256(model))
+
+
 def copy_clips(clips: Sequence[Clip], buffer: np.ndarray, shape: tuple[int, ...]) -> None:
     """Copy each clip's frames into the rows of ``buffer`` (the staging of a runner), checking their shape."""
     for i, clip in enumerate(clips):
@@ -150,18 +139,37 @@ class Runner:
         precision: str,
         max_batch: int,
         gpu_memory_fraction: float | None = None,
-        compile: bool = False,
+        compile: bool | str = False,
         normalize: Callable[[torch.Tensor], torch.Tensor] | None = None,
         name: str | None = None,
         clip_shape: Sequence[int] | None = None,
         compile_backend: Any = "inductor",
+        cast_weights: bool = False,
+        fold_normalization: bool = False,
+        engine: EngineOptions | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        if fold_normalization and normalize is not None:
+            raise ValueError("fold_normalization replaces normalize: pass one or the other")
+        if compile not in (False, True, "inductor", "tensorrt"):
+            raise ValueError(f"compile must be false, true (inductor) or tensorrt; got {compile!r}")
         self.device = resolve_devices(str(device))[0] if isinstance(device, str) else device
         self.dtype = resolve_dtype(precision, self.device)
         self.name = name or str(self.device)
-        if normalize is None:
+        if (
+            compile == "tensorrt"
+        ):  # the engine is built from the model as it is: half weights for a half engine
+            cast_weights = True
+        # half weights end to end (model.inference.cast_for_inference) instead of autocast; fp32: nothing to cast
+        self.cast_weights = bool(cast_weights) and self.dtype != torch.float32
+        self.fold_normalization = bool(fold_normalization)
+        if fold_normalization:  # the model normalises through its patch embedding; the clip is converted once
+            from vstmon.model.normalize import clips_to_float
+
+            normalize = functools.partial(clips_to_float, dtype=torch.float32)  # the folded conv runs in fp32
+        elif normalize is None:
             from vstmon.model.normalize import normalize_clips
 
             normalize = normalize_clips
@@ -172,12 +180,30 @@ class Runner:
         if self.device.type == "cuda" and gpu_memory_fraction is not None:
             torch.cuda.set_per_process_memory_fraction(float(gpu_memory_fraction), self.device)
         self.model = model.to(self.device).eval()
+        if self.cast_weights:
+            from vstmon.model.inference import cast_for_inference
+
+            cast_for_inference(self.model, self.dtype)
+        if self.fold_normalization:
+            from vstmon.model.inference import fold_input_normalization
+            from vstmon.model.normalize import MEAN_RGB, STD_RGB
+
+            fold_input_normalization(self.model, MEAN_RGB, STD_RGB)
         self._forward: Callable[[torch.Tensor], torch.Tensor] = self.model
-        self._compile_backend = compile_backend if compile else None  # compiled in warm_up
-        self.compiled = False  # the forward in use is the compiled one
+        self._compile_backend = (
+            compile_backend if compile in (True, "inductor") else None
+        )  # compiled in warm_up
+        self._engine: EngineOptions | None = None  # compile: tensorrt, built or loaded in warm_up
+        if compile == "tensorrt":
+            self._engine = engine or _default_engine_options(self.model)
+            self._compile_backend = compile_backend if self._engine.fallback == "inductor" else None
+        self.backend = "eager"  # what forwards run: eager, inductor (torch.compile) or tensorrt
+        self.compiled = False  # the forward in use is a compiled one (inductor or tensorrt)
+        self._want_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self._graphs: CudaGraphs | None = None  # captured at warm-up (CUDA only)
         self.attention: str | None = None  # the SDPA kernel forwards run with (CUDA, picked at warm-up)
         self.attention_figures: dict[str, dict[str, float]] = {}  # kernel -> peak MiB and ms (warm-up)
-        self._autocast = self.dtype != torch.float32
+        self._autocast = self.dtype != torch.float32 and not self.cast_weights
         self.oom_splits = 0
         self.oom_dropped_batches = 0  # batches of one clip that did not fit even alone
         self.host: torch.Tensor | None = None  # (max_batch, T, H, W, 3) uint8, pinned on CUDA
@@ -191,21 +217,29 @@ class Runner:
             self._allocate_staging(shape)
 
     def warm_up(self) -> None:
-        """Compile (if asked) and run every batch size once, on CUDA or when compiling; a no-op otherwise or
-        without a known clip shape. Blocks; the engine calls it in ``start``, before its thread runs."""
-        if self.host is None or (self.device.type != "cuda" and self._compile_backend is None):
+        """Build or load the engine, or compile (if asked), run every batch size once and capture CUDA graphs
+        (if asked), on CUDA or when compiling; a no-op otherwise or without a known clip shape. Blocks; the
+        engine calls it in ``start``, before its thread runs (and the daemon before READY)."""
+        accelerated = self._compile_backend is not None or self._engine is not None
+        if self.host is None or (self.device.type != "cuda" and not accelerated):
             return
         start_s = time.monotonic()
-        if self.device.type == "cuda":
+        flex = any(
+            getattr(m, "flex", False) for m in self.model.modules()
+        )  # swin3d.use_flex_attention: no SDPA
+        if self.device.type == "cuda" and not flex:
             self.attention = self.pick_attention()
-        if self._compile_backend is not None:
-            prepare = getattr(self.model, "prepare", None)
-            t, h, w, _ = self.host.shape[1:]
+        prepare = getattr(self.model, "prepare", None)
+        t, h, w, _ = self.host.shape[1:]
+        if self._engine is not None:
+            self._build_engine((t, h, w), prepare)
+        if self._compile_backend is not None and not self.compiled:
             try:
                 if prepare is not None:
                     prepare((t, h, w), self.device)
                 self._forward = torch.compile(self.model, backend=self._compile_backend)  # type: ignore[assignment]
                 self.compiled = True
+                self.backend = "inductor"
             except Exception as error:  # an optional speed-up must never stop the daemon
                 self._fall_back_to_eager(error)
         self.host.zero_()
@@ -216,31 +250,94 @@ class Runner:
             size += 1
             if self.device.type == "cuda":  # each size's cached blocks go back before the next size: kept,
                 torch.cuda.empty_cache()  # they added up to 10.4 GiB reserved for Swin-T sizes 1-16 on an H100
+        if self._want_graphs:
+            self._capture_graphs()
         _log.info(
             "runner warmed up",
             device=self.name,
             dtype=str(self.dtype).removeprefix("torch."),
+            backend=self.backend,
             compiled=self.compiled,
+            cast_weights=self.cast_weights,
+            cuda_graphs=sorted(self._graphs.sizes()) if self._graphs is not None else None,
             attention=self.attention,
             max_batch=self.max_batch,
             seconds=round(time.monotonic() - start_s, 2),
         )
 
-    def pick_attention(self) -> str | None:
-        """Run one batch-1 forward with each attention kernel that takes a float mask; return the one with the
-        lowest peak memory, or a faster one within ``_ATTENTION_MEMORY_SLACK`` of it (None: none ran, leave it to
-        torch). CUDA only; uses the staging buffer's first clip."""
+    def _build_engine(self, clip_shape: tuple[int, int, int], prepare: Callable[..., None] | None) -> None:
+        """Load the cached engine or build one (``inference_cache.load_or_build``); on any failure (builder not
+        installed, build error) log one error line and go on with the fallback (torch.compile or eager)."""
+        assert self._engine is not None and self.host is not None
+        options = self._engine
+        begin_s = time.monotonic()
+        try:
+            if prepare is not None:
+                prepare(clip_shape, self.device)
+            key = EngineKey.for_device(options.builder.version(), self.device, self.max_batch, clip_shape,
+                                       _PRECISION_NAMES[self.dtype], options.weights_sha256,
+                                       backend=options.builder.backend)  # fmt: skip
+            with torch.inference_mode():
+                example = self._normalize(self.host[:1].to(self.device))  # (1, 3, T, H, W) as forwards get it
+            example = example.clone()  # a normal tensor: export refuses inference tensors
+            engine, built = load_or_build(options, key, self.model, example, self.device)
+        except Exception as error:  # an optional speed-up must never stop the daemon
+            _log.error(
+                f"{options.builder.backend} engine unavailable; running {options.fallback} instead",
+                device=self.name,
+                error=_one_line(error),
+                seconds=round(time.monotonic() - begin_s, 1),
+            )
+            return
+        self._forward = engine
+        self.compiled = True
+        self.backend = options.builder.backend
+        self._compile_backend = None  # no torch.compile fallback at start: the engine is there
+        _log.info(
+            f"{options.builder.backend} engine ready",
+            device=self.name,
+            built=built,
+            seconds=round(time.monotonic() - begin_s, 1),
+            digest=key.digest(),
+        )
+
+    def _capture_graphs(self) -> None:
+        """Capture one CUDA graph per batch size (largest first, one memory pool), from static buffers."""
         assert self.host is not None
+        graphs = CudaGraphs(self.device, tuple(self.host.shape[1:]))
+        for size in range(self.max_batch, 0, -1):
+            try:
+                graphs.capture(size, self._graph_step)
+            except Exception as error:  # out of memory, an op that cannot be captured: eager for this size
+                _log.warning("cuda graph not captured", device=self.name, batch=size, error=_one_line(error))
+        self._graphs = graphs if graphs.sizes() else None
+
+    def _graph_step(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 (N, T, H, W, 3) on the device -> fp32 probabilities (N, C): what a graph captures."""
+        x = self._normalize(frames)  # (N, 3, T, H, W)
+        with (
+            torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast, cache_enabled=False),
+            attention_context(self.attention),
+        ):
+            logits = self._forward(x)  # (N, C)
+        return torch.softmax(logits.float(), dim=-1)  # (N, C) fp32
+
+    def pick_attention(self) -> str | None:
+        """Run one forward of ``max_batch`` clips with each attention kernel that takes a float mask; return the
+        one with the lowest peak memory, or a faster one within ``_ATTENTION_MEMORY_SLACK`` of it (None: none
+        ran, leave it to torch). CUDA only; uses the staging buffer (a kernel out of memory is left out)."""
+        assert self.host is not None
+        batch = self.host[: self.max_batch]
         figures: dict[str, dict[str, float]] = {}
         for name in _ATTENTION_KERNELS:
             self.attention = name
             try:
-                self._infer(self.host[:1])  # first run: kernel selection, workspace, cuDNN plans
+                self._infer(batch)  # first run: kernel selection, workspace, cuDNN plans
                 torch.cuda.synchronize(self.device)
                 base = torch.cuda.memory_allocated(self.device)
                 torch.cuda.reset_peak_memory_stats(self.device)
                 begin_s = time.perf_counter()
-                self._infer(self.host[:1])
+                self._infer(batch)
                 torch.cuda.synchronize(self.device)
                 elapsed_ms = (time.perf_counter() - begin_s) * 1000.0
                 peak_mib = (torch.cuda.max_memory_allocated(self.device) - base) / 2**20
@@ -258,14 +355,17 @@ class Runner:
         return chosen
 
     def _fall_back_to_eager(self, error: BaseException) -> None:
+        what = "torch.compile" if self.backend in ("eager", "inductor") else f"the {self.backend} engine"
         _log.error(
-            "torch.compile failed; running eager from now on",
+            f"{what} failed; running eager from now on",
             device=self.name,
-            backend=self._compile_backend,
-            error=f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+            backend=self._compile_backend if self.backend in ("eager", "inductor") else self.backend,
+            error=_one_line(error),
         )
         self._forward = self.model
         self.compiled = False
+        self.backend = "eager"
+        self._graphs = None  # they captured the failed forward
 
     def _allocate_staging(self, shape: tuple[int, ...]) -> None:
         pin = self.device.type == "cuda"
@@ -310,7 +410,7 @@ class Runner:
             probs = self._infer(host)
         except Exception as error:
             if not is_out_of_memory(error):
-                if not self.compiled:
+                if not self.compiled and self._graphs is None:
                     raise
                 failed_compiled = error
             out_of_memory = failed_compiled is None
@@ -358,10 +458,14 @@ class Runner:
             )
 
     def _infer(self, host: torch.Tensor) -> np.ndarray:
+        if self._graphs is not None:
+            probs = self._graphs.replay(host)  # (N, C) fp32 on the device, or None: no graph of that size
+            if probs is not None:
+                return probs.cpu().numpy()  # a synchronous copy, before any other replay
         with torch.inference_mode():
             frames = host.to(self.device, non_blocking=True)  # (N, T, H, W, 3) uint8
             x = self._normalize(frames)  # (N, 3, T, H, W) float
-            if self.compiled and x.shape[0] > 1:
+            if self.backend == "inductor" and x.shape[0] > 1:
                 torch._dynamo.mark_dynamic(x, 0)  # one graph for every batch size from 2 up (1 has its own)
             with (
                 torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast),

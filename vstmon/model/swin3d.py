@@ -14,17 +14,19 @@ and mmaction's I3D head, so ``VideoSwin.state_dict()`` keys are exactly an offic
 Layouts: a video is ``(B, C, D, H, W)`` at the module boundaries and channels-last ``(B, D, H, W, C)`` inside
 the stages; windows are ``(B, nW, N, C)`` with ``N = Wd * Wh * Ww``. No I/O and no logging here.
 
-Attention goes through ``scaled_dot_product_attention`` with the relative-position bias (plus the shift mask in
-shifted blocks) as one additive float mask. Shifted windows are gathered in groups that share a mask (at most 8),
-so the mask is broadcast per group instead of being materialised as (B * nW, heads, N, N). Without autograd the
-gathered bias is cached per window size, and each stage caches its shifted-window groups per padded grid.
+Attention is one call per block (``WindowAttention3D``): ``scaled_dot_product_attention`` with the
+relative-position bias, plus the shift mask in shifted blocks, as one additive float mask, or ``flex_attention``
+with both as a score modifier (``use_flex_attention``). The shift masks come in at most 8 window classes
+(``ShiftedWindows``), computed once per padded grid and cached by each stage.
 
-Under ``torch.compile`` none of those caches is touched (their keys read ``data_ptr``, ``_version`` and the
-inference mode, which Dynamo cannot trace): the bias is gathered inside the graph (one small gather per block),
-and the shifted-window groups come from ``VideoSwin.prepare(clip_shape, device)``, called once before compiling,
-so that the traced forward has no graph break and only the batch dimension varies.
+Under ``torch.compile`` no cache is touched: the shifted-window gathers and masks come from
+``VideoSwin.prepare(clip_shape, device)``, called once before compiling (or are computed inside the graph), so
+that the traced forward has no graph break and only the batch dimension varies.
 
-Over 500 lines: the whole network, readable top to bottom in one sitting (window maths, attention, blocks, stages, head), as the model files it follows are.
+Inference helpers (``cast_for_inference``, ``fold_input_normalization``) are in ``vstmon.model.inference``.
+
+Over 500 lines: the whole network, readable top to bottom in one sitting (window maths, attention, blocks,
+stages, head), as the model files it follows are.
 """
 
 from __future__ import annotations
@@ -48,17 +50,20 @@ __all__ = [
     "Mlp",
     "PatchEmbed3D",
     "PatchMerging",
+    "ShiftedWindows",
     "SwinTransformer3D",
     "SwinTransformerBlock3D",
     "VideoSwin",
     "WindowAttention3D",
-    "WindowGroups",
     "build_model",
+    "class_shift_masks",
     "effective_window_and_shift",
-    "group_shifted_windows",
     "padded_grid",
     "relative_position_index",
     "shift_attention_mask",
+    "shifted_windows",
+    "use_flex_attention",
+    "window_classes",
     "window_partition",
     "window_reverse",
 ]
@@ -166,43 +171,83 @@ def shift_attention_mask(
     )
 
 
-class WindowGroups(NamedTuple):
-    """Windows of a shifted grid grouped by their (identical) shift mask.
+class ShiftedWindows(NamedTuple):
+    """What a shifted block needs on one padded grid, computed once per grid (``shifted_windows``).
 
-    Only windows on the last row of windows along a shifted dimension straddle two regions, so a grid has at
-    most 8 distinct masks. Attention runs once per group with that group's mask broadcast (never expanded to
-    (nW, heads, N, N)). ``token_index`` does roll + window partition + grouping in one gather.
+    ``token_index`` does roll + window partition in one gather and ``token_inverse`` undoes both in one more.
+    Only windows on the last row of windows along a shifted dimension straddle two regions, so the shift mask of
+    a window depends only on which shifted dimensions it is last along: its *class* (at most 8). The masks are
+    kept per class, (K, N, N); ``BasicLayer.forward`` gathers them per window once per forward
+    (``window_masks``, transient: a stage's shifted blocks share it, nothing of that size is cached).
     """
 
-    order: Tensor  # (nW,) int64: window indices (window_partition order of the rolled grid), grouped
-    counts: tuple[int, ...]  # windows per group, in ``order``
-    masks: Tensor  # (G, N, N) float32: the shift mask of each group (0 / -100)
-    token_index: Tensor  # (nW * N,) int64: flat (d h w) grid position of every window token, grouped order
+    token_index: Tensor  # (nW * N,) int64: flat (d h w) grid position of every token of the rolled windows
     token_inverse: Tensor  # (Dp * Hp * Wp,) int64: where each grid position sits in ``token_index``
+    window_class: Tensor  # (nW,) int64 in [0, K): each window's shift-mask class, window_partition order
+    class_masks: Tensor  # (K, N, N) float32, K = 2 ** (shifted dimensions): 0 / -100 per class
+    window_masks: Tensor | None = None  # (nW, N, N) = class_masks[window_class] in the activations' dtype
 
 
-def group_shifted_windows(
-    grid: Size3, window: Size3, shift: Size3, device: torch.device | None = None
-) -> WindowGroups:
-    """Group the windows of a padded ``grid`` by shift mask (see ``WindowGroups``)."""
+def window_classes(grid: Size3, window: Size3, shift: Size3, device: torch.device | None = None) -> Tensor:
+    """The shift-mask class of every window of a padded ``grid`` (window_partition order): int64 (nW,).
+
+    Bit ``i`` of a class is set when the window is the last one along the ``i``-th shifted dimension.
+    """
     counts_per_dim = [g // w for g, w in zip(grid, window, strict=True)]
     kind = torch.zeros(counts_per_dim, dtype=torch.int64, device=device)  # (nd, nh, nw)
+    bit = 0
     for axis, (n, s) in enumerate(zip(counts_per_dim, shift, strict=True)):
         if s > 0:
             last = (torch.arange(n, device=device) == n - 1).to(torch.int64)  # (n,)
             view = [1, 1, 1]
             view[axis] = n
-            kind = kind + last.view(view) * (1 << axis)
-    kind = kind.flatten()  # (nW,), in window_partition order
-    order = torch.argsort(kind, stable=True)  # (nW,)
-    _, counts = torch.unique_consecutive(kind[order], return_counts=True)  # (G,)
-    firsts = torch.cumsum(counts, 0) - counts  # (G,) first position of each group in ``order``
-    masks = shift_attention_mask(grid, window, shift, device)[order[firsts]]  # (G, N, N)
+            kind = kind + last.view(view) * (1 << bit)
+            bit += 1
+    return kind.flatten()  # (nW,)
+
+
+def class_shift_masks(window: Size3, shift: Size3, device: torch.device | None = None) -> Tensor:
+    """The shift mask of each window class (see ``window_classes``): float32 (K, N, N), 0 or -100.
+
+    Along a shifted dimension, the last window holds the regions ``[G - w, G - s)`` and ``[G - s, G)`` (its
+    first ``w - s`` and last ``s`` tokens); every other window lies inside region ``[0, G - w)``. Equal to
+    ``shift_attention_mask(grid, ...)[i]`` for a window ``i`` of that class, whatever the grid.
+    """
+    axes = [axis for axis, s in enumerate(shift) if s > 0]
+    masks = []
+    for code in range(2 ** len(axes)):
+        labels = torch.zeros(window, dtype=torch.int64, device=device)  # (Wd, Wh, Ww) region id per token
+        for bit, axis in enumerate(axes):
+            if code >> bit & 1:
+                w, s = window[axis], shift[axis]
+                region = (torch.arange(w, device=device) >= w - s).to(torch.int64)  # (w,) 0 then 1
+                view = [1, 1, 1]
+                view[axis] = w
+                labels = labels * 2 + region.view(view)
+        ids = labels.flatten()  # (N,)
+        different = ids[:, None] != ids[None, :]  # (N, N)
+        masks.append(
+            torch.zeros(different.shape, dtype=torch.float32, device=device).masked_fill_(
+                different, _MASK_VALUE
+            )
+        )
+    return torch.stack(masks)  # (K, N, N)
+
+
+def shifted_windows(
+    grid: Size3, window: Size3, shift: Size3, device: torch.device | None = None
+) -> ShiftedWindows:
+    """The gathers and shift masks of a padded ``grid`` (see ``ShiftedWindows``); no data-dependent shapes."""
     # token p of the rolled grid is token p + shift of the grid (torch.roll by -shift)
     position = torch.arange(math.prod(grid), device=device).view(grid)  # (Dp, Hp, Wp)
     rolled = torch.roll(position, shifts=tuple(-s for s in shift), dims=(0, 1, 2))  # (Dp, Hp, Wp)
-    token_index = window_partition(rolled[None, ..., None], window)[0, ..., 0][order].flatten()  # (nW * N,)
-    return WindowGroups(order, tuple(counts.tolist()), masks, token_index, torch.argsort(token_index))
+    token_index = window_partition(rolled[None, ..., None], window)[0, ..., 0].flatten()  # (nW * N,)
+    return ShiftedWindows(
+        token_index,
+        torch.argsort(token_index),
+        window_classes(grid, window, shift, device),
+        class_shift_masks(window, shift, device),
+    )
 
 
 def _remember(cache: dict[tuple, _T], key: tuple, value: _T) -> _T:
@@ -250,10 +295,19 @@ class Mlp(nn.Module):
 
 
 class WindowAttention3D(nn.Module):
-    """Multi-head self-attention inside 3D windows with a learned relative-position bias.
+    """Multi-head self-attention inside 3D windows with a learned relative-position bias: one attention call.
 
-    The bias (and the shift mask, when given) form one additive float mask for
-    ``scaled_dot_product_attention``. In no-grad mode the gathered bias is cached per window size.
+    Plain blocks: q, k, v are views (B * nW, heads, N, head_dim) of the qkv projection, and the bias
+    (heads, N, N) is broadcast over every window. Shifted blocks: the bias and each window's shift mask are
+    added into one (nW, heads, N, N) mask, and the windows and heads share SDPA's head axis, (B, nW * heads, N,
+    head_dim) (one copy of qkv), so the mask is broadcast over the batch. That mask is built in every forward
+    (two ops; one fused kernel when compiled) in the attention dtype and lives for one block: it does not grow
+    with the batch. Swin-T on 32 x 224 x 224 clips (window 8 x 7 x 7, N = 392): 59.0 M elements in stage 1
+    (128 windows x 3 heads), 29.5 M in stage 2, 14.8 M in stage 3, 7.4 M in stage 4: 118 MB at most in bf16.
+
+    ``flex = True`` (``use_flex_attention``) computes the same thing with ``flex_attention``: the bias and the
+    shift mask are added to the scores as a ``score_mod`` and never materialised. It is meant for compiled
+    forwards on a GPU (eager, it falls back to a slow reference implementation) and has no attention dropout.
     """
 
     def __init__(
@@ -283,61 +337,81 @@ class WindowAttention3D(nn.Module):
         self.attn_drop = float(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
-        self._bias_cache: dict[tuple, Tensor] = {}
+        self.flex = False  # attention through flex_attention (see the class docstring)
 
-    def relative_position_bias(self, num_tokens: int, dtype: torch.dtype) -> Tensor:
-        """Bias for a window of ``num_tokens`` tokens: (heads, N, N), from the top-left N x N of the index."""
-        table = self.relative_position_bias_table
-        cacheable = not torch.compiler.is_compiling() and not torch.is_grad_enabled()
-        if cacheable:
-            key = (
-                num_tokens,
-                dtype,
-                table.device,
-                table.data_ptr(),
-                table._version,
-                torch.is_inference_mode_enabled(),
-            )
-            hit = self._bias_cache.get(key)
-            if hit is not None:
-                return hit
-        index = self.relative_position_index[:num_tokens, :num_tokens]  # (N, N)
-        bias = rearrange(table[index.reshape(-1)], "(i j) h -> h i j", i=num_tokens)  # (heads, N, N)
-        bias = bias.to(dtype).contiguous()
-        return _remember(self._bias_cache, key, bias) if cacheable else bias
+    def relative_position_bias(self, num_tokens: int) -> Tensor:
+        """Bias for a window of ``num_tokens`` tokens: (heads, N, N), from the top-left N x N of the index.
 
-    def forward(self, windows: Tensor, groups: WindowGroups | None = None) -> Tensor:
-        """(B, nW, N, C) windows -> (B, nW, N, C).
-
-        ``groups`` (shifted blocks only) carries the shift masks; the windows then come in ``groups.order``.
+        Gathered from the table in every forward (one small gather): no cache to go stale when weights change.
         """
+        index = self.relative_position_index[:num_tokens, :num_tokens]  # (N, N)
+        # indexing the transposed table gives (heads, N, N) contiguous: what the masks built from it need
+        return self.relative_position_bias_table.t()[:, index]  # (heads, N, N)
+
+    def forward(self, windows: Tensor, shifted: ShiftedWindows | None = None) -> Tensor:
+        """(B, nW, N, C) windows -> (B, nW, N, C). ``shifted`` (shifted blocks only) holds the shift masks."""
         b, nw, n, _ = windows.shape
-        qkv = rearrange(
-            self.qkv(windows), "b w n (three h d) -> three b w h n d", three=3, h=self.num_heads
-        )  # (3, B, nW, heads, N, head_dim)
-        q, k, v = qkv.unbind(0)
-        bias = self.relative_position_bias(n, q.dtype)  # (heads, N, N)
-        if groups is None:
-            masks, counts = bias[None], (nw,)  # (1, heads, N, N)
-        else:
-            masks, counts = bias[None] + groups.masks.to(q.dtype)[:, None], groups.counts  # (G, heads, N, N)
+        qkv = self.qkv(windows)  # (B, nW, N, 3C)
+        bias = self.relative_position_bias(n).to(qkv.dtype)  # (heads, N, N)
+        if self.flex:
+            return self._project(self._flex(qkv, bias, shifted))
         drop_p = self.attn_drop if self.training else 0.0
-        outs = []
-        start = 0
-        for mask, count in zip(masks, counts, strict=True):
-            part = [
-                t[:, start : start + count].flatten(0, 1) for t in (q, k, v)
-            ]  # (B*cnt, heads, N, head_dim)
+        if shifted is None:
+            q, k, v = rearrange(
+                qkv, "b w n (three h d) -> three (b w) h n d", three=3, h=self.num_heads
+            ).unbind(0)  # each (B*nW, heads, N, head_dim), views
+            mask = bias.expand(b * nw, -1, -1, -1)  # (B*nW, heads, N, N), a stride-0 view
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop_p, scale=self.scale)
+            out = rearrange(out, "(b w) h n d -> b w h n d", b=b)  # (B, nW, heads, N, head_dim), a view
+        else:
+            shift = shifted.window_masks
+            if shift is None:  # a block run on its own
+                shift = shifted.class_masks[shifted.window_class]  # (nW, N, N)
+            mask = rearrange(
+                bias[None] + shift.to(qkv.dtype)[:, None], "w h i j -> (w h) i j"
+            )  # (nW*heads, N, N): the one large op of the mask
+            q, k, v = rearrange(
+                qkv, "b w n (three h d) -> three b (w h) n d", three=3, h=self.num_heads
+            ).unbind(0)  # each (B, nW*heads, N, head_dim): one copy of qkv
             out = F.scaled_dot_product_attention(
-                *part,
-                attn_mask=mask.expand(b * count, -1, -1, -1),  # (B*cnt, heads, N, N), a stride-0 view
-                dropout_p=drop_p,
-                scale=self.scale,
-            )
-            outs.append(rearrange(out, "(b w) h n d -> b w n (h d)", b=b))  # (B, cnt, N, C)
-            start += count
-        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)  # (B, nW, N, C)
-        return self.proj_drop(self.proj(out))
+                q, k, v, attn_mask=mask.expand(b, -1, -1, -1), dropout_p=drop_p, scale=self.scale
+            )  # (B, nW*heads, N, head_dim)
+            out = rearrange(out, "b (w h) n d -> b w h n d", h=self.num_heads)  # (B, nW, heads, N, head_dim)
+        return self._project(out)
+
+    def _project(self, heads: Tensor) -> Tensor:
+        """(B, nW, heads, N, head_dim) -> (B, nW, N, C): merge the heads, then the output projection.
+
+        Under ``torch.export`` (ONNX, TensorRT) the merge is folded into the projection as one einsum: a reshape
+        of the transposed tensor with a symbolic batch decomposes into an invalid view there, which stopped the
+        ONNX export. Elsewhere it stays reshape + Linear: the einsum measured up to 1.8x slower on a CPU."""
+        if torch.compiler.is_exporting():
+            weight = self.proj.weight.view(self.dim, self.num_heads, -1)  # (C, heads, head_dim)
+            out = torch.einsum("bwhnd,chd->bwnc", heads, weight)  # (B, nW, N, C)
+            return self.proj_drop(out if self.proj.bias is None else out + self.proj.bias)
+        return self.proj_drop(self.proj(rearrange(heads, "b w h n d -> b w n (h d)")))  # (B, nW, N, C)
+
+    def _flex(self, qkv: Tensor, bias: Tensor, shifted: ShiftedWindows | None) -> Tensor:
+        """The attention of ``forward`` through ``flex_attention``: (B, nW, N, 3C) -> (B, nW, heads, N, head_dim)."""
+        from torch.nn.attention.flex_attention import flex_attention
+
+        b, nw = qkv.shape[:2]
+        q, k, v = rearrange(qkv, "b w n (three h d) -> three (b w) h n d", three=3, h=self.num_heads).unbind(
+            0
+        )  # each (B*nW, heads, N, head_dim), views
+        if shifted is None:
+
+            def score_mod(score: Tensor, bw: Tensor, h: Tensor, i: Tensor, j: Tensor) -> Tensor:
+                return score + bias[h, i, j]
+
+        else:
+            window_class, class_masks = shifted.window_class, shifted.class_masks
+
+            def score_mod(score: Tensor, bw: Tensor, h: Tensor, i: Tensor, j: Tensor) -> Tensor:
+                return score + bias[h, i, j] + class_masks[window_class[bw % nw], i, j]
+
+        out = flex_attention(q, k, v, score_mod=score_mod, scale=self.scale)  # (B*nW, heads, N, head_dim)
+        return rearrange(out, "(b w) h n d -> b w h n d", b=b)  # (B, nW, heads, N, head_dim)
 
 
 class SwinTransformerBlock3D(nn.Module):
@@ -366,8 +440,9 @@ class SwinTransformerBlock3D(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
 
-    def _attention(self, x: Tensor, groups: WindowGroups | None) -> Tensor:
-        """Windowed attention of an already normalised (B, D, H, W, C) grid."""
+    def _attention(self, x: Tensor, shifted: ShiftedWindows | None) -> Tensor:
+        """Windowed attention of an already normalised (B, D, H, W, C) grid. ``shifted``: the stage's gathers
+        and masks for this grid (computed here when the block runs on its own)."""
         _, d, h, w, _ = x.shape
         window, shift = effective_window_and_shift((d, h, w), self.window_size, self.shift_size)
         dp, hp, wp = padded_grid((d, h, w), window)
@@ -375,16 +450,16 @@ class SwinTransformerBlock3D(nn.Module):
         if padded:  # zeros after norm1, as the official model
             x = F.pad(x, (0, 0, 0, wp - w, 0, hp - h, 0, dp - d))  # (B, Dp, Hp, Wp, C)
         if any(s > 0 for s in shift):
-            if groups is None:  # a block used on its own; BasicLayer passes its cached groups
-                groups = group_shifted_windows((dp, hp, wp), window, shift, x.device)
-            # roll by -shift, partition and group the windows in one gather; undo all three in one more
+            if shifted is None:  # a block used on its own; BasicLayer passes its cached ones
+                shifted = shifted_windows((dp, hp, wp), window, shift, x.device)
+            # roll by -shift and partition in one gather; undo both in one more
             flat = rearrange(x, "b d h w c -> b (d h w) c")  # (B, Dp*Hp*Wp, C)
             windows = rearrange(
-                flat.index_select(1, groups.token_index), "b (w n) c -> b w n c", n=math.prod(window)
-            )  # (B, nW, N, C), grouped
-            windows = rearrange(self.attn(windows, groups), "b w n c -> b (w n) c")  # (B, nW*N, C)
+                flat.index_select(1, shifted.token_index), "b (w n) c -> b w n c", n=math.prod(window)
+            )  # (B, nW, N, C)
+            windows = rearrange(self.attn(windows, shifted), "b w n c -> b (w n) c")  # (B, nW*N, C)
             x = rearrange(
-                windows.index_select(1, groups.token_inverse), "b (d h w) c -> b d h w c", d=dp, h=hp, w=wp
+                windows.index_select(1, shifted.token_inverse), "b (d h w) c -> b d h w c", d=dp, h=hp, w=wp
             )  # (B, Dp, Hp, Wp, C)
         else:
             windows = self.attn(window_partition(x, window))  # (B, nW, N, C)
@@ -393,9 +468,9 @@ class SwinTransformerBlock3D(nn.Module):
             x = x[:, :d, :h, :w, :]  # (B, D, H, W, C)
         return x
 
-    def forward(self, x: Tensor, groups: WindowGroups | None = None) -> Tensor:
-        """(B, D, H, W, C) -> same shape. ``groups`` are the layer's shift masks, used only if this block shifts."""
-        x = x + self.drop_path(self._attention(self.norm1(x), groups))
+    def forward(self, x: Tensor, shifted: ShiftedWindows | None = None) -> Tensor:
+        """(B, D, H, W, C) -> same shape. ``shifted``: the layer's shift gathers, used only if this block shifts."""
+        x = x + self.drop_path(self._attention(self.norm1(x), shifted))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
@@ -459,45 +534,57 @@ class BasicLayer(nn.Module):
             for i in range(depth)
         )
         self.downsample = PatchMerging(dim, layer_norm_eps) if downsample else None
-        self._groups_cache: dict[tuple, WindowGroups] = {}
-        self._prepared_groups: dict[Size3, WindowGroups] = {}  # token grid -> groups, for compiled forwards
+        # eager forwards: key (padded grid, window, shift, device, inference mode), at most _CACHE_ENTRIES
+        # entries, kept for the module's life; compiled forwards read ``_prepared`` (token grid -> value) only
+        self._shifted_cache: dict[tuple, ShiftedWindows] = {}
+        self._prepared: dict[Size3, ShiftedWindows] = {}
 
     def prepare(self, grid: Size3, device: torch.device) -> None:
-        """Compute the shifted-window groups of a (D, H, W) token grid ahead, for a compiled forward (which
+        """Compute the shifted-window gathers of a (D, H, W) token grid ahead, for a compiled forward (which
         reads them without a cache key). Made outside inference mode, so that training can use them too."""
         window, shift = effective_window_and_shift(grid, self.window_size, self.shift_size)
         if any(s > 0 for s in shift):
             with torch.inference_mode(False), torch.no_grad():
-                groups = group_shifted_windows(padded_grid(grid, window), window, shift, device)
-            self._prepared_groups[tuple(grid)] = groups
+                value = shifted_windows(padded_grid(grid, window), window, shift, device)
+            self._prepared[tuple(grid)] = value
 
-    def shift_groups(self, grid: Size3, device: torch.device) -> WindowGroups | None:
-        """The shifted windows of this stage on a (D, H, W) token grid (cached), or None when nothing shifts."""
-        if torch.compiler.is_compiling():
-            prepared = self._prepared_groups.get(tuple(grid))
-            if prepared is not None:
-                return prepared
+    def shifted_windows(self, grid: Size3, device: torch.device) -> ShiftedWindows | None:
+        """This stage's shifted-window gathers and masks on a (D, H, W) token grid, or None when nothing shifts.
+
+        Compiled: the prepared value, or (not prepared) one computed inside the graph; eager: cached."""
         window, shift = effective_window_and_shift(grid, self.window_size, self.shift_size)
         if not any(s > 0 for s in shift):
             return None
         padded = padded_grid(grid, window)
+        if torch.compiler.is_compiling():
+            prepared = self._prepared.get(tuple(grid))
+            return prepared if prepared is not None else shifted_windows(padded, window, shift, device)
         key = (padded, window, shift, device, torch.is_inference_mode_enabled())
-        hit = self._groups_cache.get(key)
+        hit = self._shifted_cache.get(key)
         if hit is not None:
             return hit
-        return _remember(self._groups_cache, key, group_shifted_windows(padded, window, shift, device))
+        return _remember(self._shifted_cache, key, shifted_windows(padded, window, shift, device))
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, D, H, W, C) -> (B, D, H, W, C), or merged (B, D, H/2, W/2, 2C) when the stage downsamples."""
-        groups = self.shift_groups(tuple(x.shape[1:4]), x.device)
+        shifted = self.shifted_windows(tuple(x.shape[1:4]), x.device)
+        if shifted is not None:  # each window's shift mask, gathered once for all of this stage's blocks
+            shifted = shifted._replace(window_masks=shifted.class_masks.to(x.dtype)[shifted.window_class])
         checkpointing = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for blk in self.blocks:
-            x = checkpoint(blk, x, groups, use_reentrant=False) if checkpointing else blk(x, groups)
+            x = checkpoint(blk, x, shifted, use_reentrant=False) if checkpointing else blk(x, shifted)
         return x if self.downsample is None else self.downsample(x)
 
 
 class PatchEmbed3D(nn.Module):
-    """Video to patch tokens: pad to whole patches, Conv3d (kernel = stride = patch), optional LayerNorm."""
+    """Video to patch tokens: pad to whole patches, Conv3d (kernel = stride = patch), optional LayerNorm.
+
+    With ``input_mean``/``input_std`` set (``vstmon.model.inference.fold_input_normalization``), the input is
+    the raw clip (0-255 floats) and the normalisation ``(x - mean) / std`` is folded into the convolution's weight
+    and bias at every forward (a few tiny ops instead of passes over the clip; see ``_folded``); padding then
+    uses the mean, the value that normalises to the official zero. Both buffers are non-persistent: the state
+    dict is unchanged.
+    """
 
     def __init__(
         self,
@@ -513,16 +600,46 @@ class PatchEmbed3D(nn.Module):
         self.embed_dim = embed_dim
         self.proj = nn.Conv3d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
         self.norm = nn.LayerNorm(embed_dim, eps=layer_norm_eps) if patch_norm else None
+        self.input_mean: Tensor | None  # (C_in,) float32, set only for a raw (unnormalised) input
+        self.input_std: Tensor | None
+        self.register_buffer("input_mean", None, persistent=False)
+        self.register_buffer("input_std", None, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, C_in, T, H, W) -> channels-last tokens (B, D, H', W', C)."""
+        """(B, C_in, T, H, W) -> channels-last tokens (B, D, H', W', C), in the weights' dtype."""
+        if self.input_mean is not None and self.input_std is not None:
+            x = self._folded(x.float(), self.input_mean, self.input_std)  # (B, C, D, H', W')
+        else:
+            x = self.proj(self._pad(x.to(self.proj.weight.dtype)))  # (B, C, D, H', W')
+        x = rearrange(x, "b c d h w -> b d h w c")  # (B, D, H', W', C)
+        return x if self.norm is None else self.norm(x)
+
+    def _pad(self, x: Tensor, value: Tensor | None = None) -> Tensor:
+        """Pad (B, C_in, T, H, W) at the end of T, H and W to whole patches, with zeros or ``value`` (C_in,)."""
         _, _, t, h, w = x.shape
         pt, ph, pw = self.patch_size
         pads = ((-w) % pw, (-h) % ph, (-t) % pt)
-        if any(pads):
-            x = F.pad(x, (0, pads[0], 0, pads[1], 0, pads[2]))  # (B, C_in, T', H', W')
-        x = rearrange(self.proj(x), "b c d h w -> b d h w c")  # (B, D, H', W', C)
-        return x if self.norm is None else self.norm(x)
+        if not any(pads):
+            return x
+        x = F.pad(x, (0, pads[0], 0, pads[1], 0, pads[2]))  # (B, C_in, T', H', W')
+        if value is not None:
+            fill = value.to(x.dtype).view(1, -1, 1, 1, 1)  # (1, C_in, 1, 1, 1)
+            x[:, :, t:] = fill
+            x[:, :, :, h:] = fill
+            x[:, :, :, :, w:] = fill
+        return x
+
+    def _folded(self, x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+        """The convolution of a raw fp32 clip with the normalisation folded in: W' = W / std, b' = b - sum(W' *
+        mean), computed in fp32 even when the weights are half (the raw values are large and the sum cancels:
+        half W' and b' would lose the small difference), and padded with the mean (normalises to 0). The result
+        is cast to the weights' dtype. The embedding is ~0.3 % of Swin-T's FLOPs: fp32 here costs nothing."""
+        weight = self.proj.weight.float() / std.view(1, -1, 1, 1, 1)  # (C, C_in, Pt, Ph, Pw)
+        bias = -torch.einsum("ocdhw,c->o", weight, mean)  # (C,)
+        if self.proj.bias is not None:
+            bias = bias + self.proj.bias.float()
+        out = F.conv3d(self._pad(x, mean), weight, bias, stride=self.patch_size)  # (B, C, D, H', W') fp32
+        return out.to(self.proj.weight.dtype)
 
 
 class SwinTransformer3D(nn.Module):
@@ -641,7 +758,8 @@ class I3DHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """(N, C, D, H, W) -> (N, classes)."""
-        return self.fc_cls(self.dropout(features.mean(dim=(2, 3, 4))))  # (N, classes)
+        pooled = features.mean(dim=(2, 3, 4)).to(self.fc_cls.weight.dtype)  # (N, C); fp32 under cast weights
+        return self.fc_cls(self.dropout(pooled))  # (N, classes)
 
 
 class VideoSwin(nn.Module):
@@ -675,6 +793,14 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, nn.LayerNorm):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+def use_flex_attention(model: nn.Module, enabled: bool = True) -> None:
+    """Switch every window attention of ``model`` to ``flex_attention`` (or back to SDPA). For compiled
+    inference on a GPU; see ``WindowAttention3D``."""
+    for module in model.modules():
+        if isinstance(module, WindowAttention3D):
+            module.flex = enabled
 
 
 def build_model(arch_or_config: str | SwinConfig, num_classes: int | None = None) -> VideoSwin:

@@ -175,7 +175,8 @@ class Daemon:
 
             self.view = start_view(cfg.view, self.publisher, self.daemon_status, self._picture_source)
         self.pool = EnginePool.from_config(cfg, loaded.model, self._on_result, on_batch=self._on_batch)
-        self.pool.start()  # warm-up (remote: the server's model id) before the streams are built
+        with self.notifier.extending_start():  # a first engine build or a compile can outlast TimeoutStartSec
+            self.pool.start()  # warm-up (remote: the server's model id) before the streams are built
         remote_id = self.pool.remote_model_id
         if remote_id:  # labels say which model answered
             loaded = self._loaded = dataclasses.replace(

@@ -167,7 +167,7 @@ def preflight(config: Config, source: str | None = None, *, streams: bool = Fals
     Returns the resolved devices and precisions; raises ConfigError with one line per problem
     (``config.yaml: model.device: ... (line N)``; ``source`` names a config that was not read from a file).
     """
-    from vstmon.inference.runner import resolve_devices, resolve_dtype
+    from vstmon.model.devices import resolve_devices, resolve_dtype
 
     problems: list[FileProblem] = []
     resolved: list[ResolvedDevice] = []

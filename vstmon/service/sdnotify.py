@@ -1,16 +1,26 @@
-"""The systemd notify protocol (sd_notify(3)): one datagram per message to ``$NOTIFY_SOCKET``."""
+"""The systemd notify protocol (sd_notify(3)): one datagram per message to ``$NOTIFY_SOCKET``.
+
+Before ``READY=1`` systemd's ``TimeoutStartSec`` (90 s by default) runs, and the watchdog starts counting at
+READY; a start-up that may take longer (a TensorRT build, a compile) runs inside ``extending_start``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
+from collections.abc import Iterator
 
 from vstmon.log import get_logger
 
 __all__ = ["SystemdNotifier"]
 
 _log = get_logger("sdnotify")
+
+
+_EXTEND_EVERY_S = 10.0  # how often a long start-up says it is still going
+_EXTEND_BY_S = 60.0  # how long each message gives it (several periods: a late message is not fatal)
 
 
 class SystemdNotifier:
@@ -47,6 +57,34 @@ class SystemdNotifier:
             except OSError as error:
                 _log.warning("sd_notify failed", message=message, error=str(error))
                 return False
+
+    @contextlib.contextmanager
+    def extending_start(
+        self, every_s: float = _EXTEND_EVERY_S, extend_s: float = _EXTEND_BY_S
+    ) -> Iterator[None]:
+        """While the block runs (a warm-up before READY that may build an engine for minutes), tell systemd every
+        ``every_s`` that start-up needs ``extend_s`` more (``EXTEND_TIMEOUT_USEC``), so that ``TimeoutStartSec``
+        never fires. No ``WATCHDOG=1`` here: systemd's watchdog starts at READY, and the first ping follows it.
+        The first message is sent on entry. A thread sends them, so a build that blocks the caller (but not the
+        GIL) is covered. A no-op without ``$NOTIFY_SOCKET``."""
+        if self._address is None:
+            yield
+            return
+        message = f"EXTEND_TIMEOUT_USEC={round(extend_s * 1e6)}"
+        done = threading.Event()
+
+        def extend() -> None:
+            self.notify(message)
+            while not done.wait(every_s):
+                self.notify(message)
+
+        thread = threading.Thread(target=extend, name="sd-extend-start", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def close(self) -> None:
         with self._lock:

@@ -64,7 +64,7 @@ def _shared_network(path: Path, device: torch.device) -> tuple[SsdLiteMobileNetV
 
 def detector_device(name: str) -> torch.device:
     """``subjects.device`` resolved: ``auto`` is cuda:0 when torch sees a CUDA device, else the CPU."""
-    from vstmon.inference.runner import resolve_devices
+    from vstmon.model.devices import resolve_devices
 
     return resolve_devices(name)[0]
 

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vstmon.errors import ConfigError
-from vstmon.inference.runner import resolve_dtype
 from vstmon.model import build_model
 from vstmon.model.checkpoint import load_model
+from vstmon.model.devices import resolve_dtype
 from vstmon.model.normalize import normalize_clips
 from vstmon.model.presets import PRESETS, SwinConfig, get_preset
 from vstmon.model.swin3d import DropPath, I3DHead, VideoSwin
