@@ -59,11 +59,11 @@ def untrained_model(arch: str, threads: int | None) -> tuple[torch.nn.Module, li
 def _model_only(engine: Engine, batch: int, shape: tuple[int, ...], seconds: float) -> float:
     rng = np.random.default_rng(0)
     clips = rng.integers(0, 256, size=(batch, *shape), dtype=np.uint8)
-    engine.infer(clips)  # warm-up
+    engine.backend.infer(clips)  # warm-up
     done = 0
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or done == 0:
-        engine.infer(clips)
+        engine.backend.infer(clips)
         done += batch
     return done / (time.perf_counter() - start)
 
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         e2e = clips / wall_s
         print(
             f"streams {args.streams}, {n_frames} frames each at {args.fps} fps, clip {shape}, arch {args.arch}, "
-            f"device {engine.name}, dtype {engine.dtype}, torch threads {torch.get_num_threads()}"
+            f"device {engine.name}, dtype {engine.backend.dtype}, torch threads {torch.get_num_threads()}"
         )
         if args.subjects:
             print(

@@ -59,7 +59,11 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from vstmon.inference.engine import Engine  # noqa: E402
-from vstmon.inference.runner import attention_context, auto_half_dtype  # noqa: E402
+from vstmon.inference.runner import (  # noqa: E402
+    Runner,
+    attention_context,
+    auto_half_dtype,
+)
 from vstmon.log import configure_logging  # noqa: E402
 from vstmon.model import LoadedModel, build_model  # noqa: E402
 from vstmon.model.presets import PRESETS, SwinConfig  # noqa: E402
@@ -544,11 +548,10 @@ def section_attention(run: Run, args: argparse.Namespace) -> None:
             )
     picked = None
     if run.cuda:
-        engine = Engine(model, run.device, dtype_name, 1, 0.0, lambda _r: None,
-                        clip_shape=(run.frames, run.size, run.size, 3))  # fmt: skip
-        engine.warm_up()
-        picked = {"kernel": engine.attention, "figures": engine.attention_figures}
-        del engine
+        runner = Runner(model, run.device, dtype_name, 1, clip_shape=(run.frames, run.size, run.size, 3))
+        runner.warm_up()
+        picked = {"kernel": runner.attention, "figures": runner.attention_figures}
+        del runner
     text = (
         f"### Attention kernels, {arch} {dtype_name} (`attention`)\n\n"
         + _table(["kernel", "batch", "p50 ms", "peak alloc MiB", "note"], rows)
@@ -850,8 +853,8 @@ def section_oom(run: Run, args: argparse.Namespace) -> None:
 
     # no clip_shape: no warm-up, so the first real batch meets the cap (the daemon's warm-up would lower
     # max_batch before any clip arrives)
-    engine = Engine(model, run.device, dtype, batch, 50.0, on_result, gpu_memory_fraction=fraction,
-                    on_batch=on_batch)  # fmt: skip
+    runner = Runner(model, run.device, dtype, batch, gpu_memory_fraction=fraction)
+    engine = Engine(runner, 50.0, on_result, on_batch=on_batch)
     holder.append(engine)
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 256, size=(batch, run.frames, run.size, run.size, 3), dtype=np.uint8)
@@ -869,7 +872,7 @@ def section_oom(run: Run, args: argparse.Namespace) -> None:
                 lock.wait_for(lambda target=target: counts["delivered"] >= target, timeout=120.0)
 
     def state() -> dict[str, int]:
-        return {"max_batch": engine.max_batch, "oom_splits": engine.oom_splits, **counts,
+        return {"max_batch": engine.backend.max_batch, "oom_splits": engine.backend.oom_splits, **counts,
                 "clips_failed": engine.clips_failed}  # fmt: skip
 
     engine.start()

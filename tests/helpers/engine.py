@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from vstmon.inference.engine import Engine
+from vstmon.inference.runner import Runner
 from vstmon.types import Clip, ClipResult
 
 T, S, C = 4, 32, 7  # frames, size_px, classes
@@ -109,3 +112,20 @@ class OomAbove(nn.Module):
         if x.shape[0] > self.limit:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return self.inner(x)
+
+
+def make_engine(
+    model: torch.nn.Module,
+    device: str,
+    precision: str,
+    max_batch: int,
+    max_wait_ms: float,
+    on_result: Any,
+    *,
+    on_batch: Any = None,
+    on_release: Any = None,
+    **runner_options: Any,
+) -> Engine:
+    """An engine with a local ``Runner`` backend: ``Engine(Runner(model, device, ...), max_wait_ms, ...)``."""
+    runner = Runner(model, device, precision, max_batch, **runner_options)
+    return Engine(runner, max_wait_ms, on_result, on_batch=on_batch, on_release=on_release)

@@ -20,6 +20,7 @@ from tests.helpers.engine import (
     S,
     T,
     make_clip,
+    make_engine,
     normalize,
     reference_probs,
     tiny_model,
@@ -87,7 +88,7 @@ class BatchGate:
 
 
 def start_engine(engines, model, on_result, max_batch=4, max_wait_ms=0.0) -> Engine:
-    engine = Engine(model, "cpu", "auto", max_batch, max_wait_ms, on_result, normalize=normalize)
+    engine = make_engine(model, "cpu", "auto", max_batch, max_wait_ms, on_result, normalize=normalize)
     engine.start()
     engines.append(engine)
     return engine
@@ -146,13 +147,13 @@ def test_a_newer_clip_replaces_the_pending_one_and_is_counted(engines, model):
     assert collector.entered.wait(10)
     for seed in (1, 2, 3):
         assert engine.submit(make_clip("cam", seed=seed))
-    assert engine.pending_count() == 1
+    assert engine.batcher.pending_count() == 1
     collector.release.set()
     results = collector.wait_for(2)
     assert engine.wait_idle("cam", 10)  # every result of "cam" delivered: none can come after this
     assert [r.clip.first_frame for r in collector.results] == [0, 3]
     assert engine.stats()["clips_dropped"] == {"cam": 2}
-    assert engine.clips_dropped("cam") == 2
+    assert engine.batcher.clips_dropped("cam") == 2
     assert results[1].batch_size == 1
 
 
@@ -228,7 +229,7 @@ def test_block_true_waits_for_the_slot(engines, model):
 
 def test_block_true_returns_false_on_stop(model):
     collector = Collector(hold=True)
-    engine = Engine(model, "cpu", "fp32", 4, 0, collector, normalize=normalize)
+    engine = make_engine(model, "cpu", "fp32", 4, 0, collector, normalize=normalize)
     engine.start()
     engine.submit(make_clip("cam", seed=0))
     assert collector.entered.wait(10)
@@ -248,13 +249,13 @@ def test_block_true_returns_false_on_stop(model):
 
 def test_stop_joins_the_worker_thread(model):
     before = {t.ident for t in threading.enumerate()}
-    engine = Engine(model, "cpu", "fp32", 4, 5, lambda r: None, normalize=normalize)
+    engine = make_engine(model, "cpu", "fp32", 4, 5, lambda r: None, normalize=normalize)
     engine.start()
-    assert engine.running
+    assert engine.alive
     engine.submit(make_clip("cam", seed=0))
     engine.stop()
     assert engine.join(5)
-    assert not engine.running
+    assert not engine.alive
     assert {t.ident for t in threading.enumerate()} <= before
     assert not engine.submit(make_clip("cam", seed=1))  # stopped engines refuse clips
 
@@ -275,7 +276,7 @@ def test_a_raising_callback_does_not_kill_the_worker(engines, model):
     engine.submit(make_clip("good", seed=1))
     while not good and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert engine.running
+    assert engine.alive
     assert [r.clip.stream for r in good] == ["good"]
     assert engine.stats()["callback_errors"] == 1
 
@@ -293,7 +294,7 @@ def test_a_clip_of_another_shape_is_refused_with_a_clear_error(engines, model):
         engine.submit(bad)
     engine.submit(make_clip("c", seed=2))
     collector.wait_for(2)
-    assert engine.running
+    assert engine.alive
 
 
 def test_resolve_device_and_precision():
@@ -308,9 +309,9 @@ def test_resolve_device_and_precision():
 
 
 def test_pool_assigns_streams_round_robin_and_shares_one_model_per_device(model):
-    pool = EnginePool(model, ["cpu"], "fp32", 4, 0, lambda r: None, normalize=normalize)
+    pool = EnginePool([make_engine(model, "cpu", "fp32", 4, 0, lambda r: None, normalize=normalize)])
     assert pool.assign("a") is pool.assign("b") is pool.engines[0]
-    assert pool.assign("a").model is model
+    assert pool.assign("a").backend.model is model
     pool.start()
     pool.stop()
     assert pool.join(5)
@@ -318,7 +319,7 @@ def test_pool_assigns_streams_round_robin_and_shares_one_model_per_device(model)
 
 def test_bf16_autocast_on_cpu_gives_close_probabilities(engines, model):
     collector = Collector()
-    engine = Engine(model, "cpu", "bf16", 2, 0, collector, normalize=normalize)
+    engine = make_engine(model, "cpu", "bf16", 2, 0, collector, normalize=normalize)
     engine.start()
     engines.append(engine)
     clip = make_clip("cam", seed=3)
@@ -332,14 +333,14 @@ def test_bf16_autocast_on_cpu_gives_close_probabilities(engines, model):
 @pytest.mark.parametrize("precision", ["auto", "fp16", "bf16", "fp32"])
 def test_gpu_precisions_and_pinned_staging(model, precision):
     collector = Collector()
-    engine = Engine(copy.deepcopy(model), "cuda", precision, 4, 50, collector, normalize=normalize)
+    engine = make_engine(copy.deepcopy(model), "cuda", precision, 4, 50, collector, normalize=normalize)
     engine.start()
     try:
         clips = [make_clip(f"s{i}", seed=i) for i in range(4)]
         for clip in clips:
             engine.submit(clip)
         results = collector.wait_for(4)
-        assert engine._host is not None and engine._host.is_pinned()
+        assert engine.backend.host is not None and engine.backend.host.is_pinned()
         expected = reference_probs(model, clips)
         by_stream = {r.clip.stream: r.probs for r in results}
         tol = 1e-4 if precision == "fp32" else 5e-2
@@ -365,8 +366,8 @@ def test_out_of_memory_splits_the_batch_and_lowers_max_batch(engines, model):
         assert result.clip.stream == f"cam{i}"
         np.testing.assert_allclose(result.probs, expected[i], atol=1e-5)
     stats = engine.stats()
-    assert engine.running
-    assert stats["max_batch"] == 2 and stats["oom_splits"] >= 1 and stats["clips_failed"] == 0
+    assert engine.alive
+    assert stats["backend"]["max_batch"] == 2 and stats["backend"]["oom_splits"] >= 1 and stats["clips_failed"] == 0
 
 
 class _AllocatesThenOom(nn.Module):
@@ -406,22 +407,22 @@ def test_out_of_memory_frees_the_failed_batch_before_retrying_and_max_batch_grow
     collector.release.set()
     collector.wait_for(5)
     assert wrapped.alive_at_retry and not any(wrapped.alive_at_retry)  # freed before every retry
-    assert engine.stats()["max_batch"] == 3 and engine.stats()["clips_failed"] == 0  # below the 4 that failed
+    assert engine.stats()["backend"]["max_batch"] == 3 and engine.stats()["clips_failed"] == 0  # below the 4 that failed
     wrapped.limit = 4  # memory is back
     for round_ in range(4):
         for i in range(2):
             engine.submit(make_clip(f"cam{i}", seed=10 + round_))
         collector.wait_for(5 + 2 * (round_ + 1))
-    assert engine.stats()["max_batch"] == 4  # grew back by one after 3 batches in a row that fitted
+    assert engine.stats()["backend"]["max_batch"] == 4  # grew back by one after 3 batches in a row that fitted
 
 
 def test_wait_idle_returns_once_the_streams_results_are_delivered(engines, model):
     collector = Collector(hold=True)
     engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
-    assert engine.idle("cam")
+    assert engine.batcher.idle("cam")
     engine.submit(make_clip("cam", seed=0))
     assert collector.entered.wait(10)
-    assert not engine.idle("cam")  # in flight: its result is being delivered
+    assert not engine.batcher.idle("cam")  # in flight: its result is being delivered
     assert not engine.wait_idle("cam", timeout_s=0.1)
     collector.release.set()
     assert engine.wait_idle("cam", timeout_s=10)
@@ -437,7 +438,7 @@ def test_subjects_of_one_stream_have_their_own_pending_slots(engines, model):
     assert engine.submit(make_clip("cam", seed=1, key="cam/p-1"))
     assert engine.submit(make_clip("cam", seed=2, key="cam/p-2"))
     assert engine.submit(make_clip("cam", seed=3, key="cam/p-1"))  # replaces p-1's pending clip, not p-2's
-    assert engine.pending_count() == 2
+    assert engine.batcher.pending_count() == 2
     collector.release.set()
     collector.wait_for(3)
     assert all(engine.wait_idle(key, 10) for key in ("busy", "cam/p-1", "cam/p-2"))
@@ -446,8 +447,8 @@ def test_subjects_of_one_stream_have_their_own_pending_slots(engines, model):
         ("cam/p-1", 3),
         ("cam/p-2", 2),
     ]
-    assert engine.clips_dropped("cam/p-1") == 1 and engine.clips_dropped("cam/p-2") == 0
-    assert engine.clips_dropped_for_stream("cam") == 1
+    assert engine.batcher.clips_dropped("cam/p-1") == 1 and engine.batcher.clips_dropped("cam/p-2") == 0
+    assert engine.batcher.clips_dropped_for_stream("cam") == 1
     assert engine.stats()["clips_dropped"] == {"cam": 1}
 
 
@@ -481,7 +482,7 @@ def test_forget_drops_the_pending_clip_and_results_in_flight_and_then_the_key(en
     engine.submit(make_clip("cam", seed=3, key="cam/p-2"))  # replaces p-2's pending clip (a drop of "cam")
     engine.forget("cam/p-1")  # in flight: its result must never come
     engine.forget("cam/p-2")  # pending: dropped
-    assert engine.pending_count() == 0
+    assert engine.batcher.pending_count() == 0
     assert not engine.submit(make_clip("cam", seed=5, key="cam/p-1"))  # gone for good: refused
     gate.open()
     assert all(engine.wait_idle(key, 10) for key in ("busy", "cam/p-1", "cam/p-2", "cam/p-4"))
@@ -489,8 +490,8 @@ def test_forget_drops_the_pending_clip_and_results_in_flight_and_then_the_key(en
     stats = engine.stats()
     assert stats["clips_discarded"] == 3  # p-1 in flight, p-2 pending, p-1's late clip
     assert stats["clip_streams"] == 2  # busy and cam/p-4: the forgotten keys left nothing behind
-    assert engine.clips_dropped("cam/p-2") == 0  # the key is gone ...
-    assert engine.clips_dropped_for_stream("cam") == 1  # ... its drop still counts for its stream
+    assert engine.batcher.clips_dropped("cam/p-2") == 0  # the key is gone ...
+    assert engine.batcher.clips_dropped_for_stream("cam") == 1  # ... its drop still counts for its stream
 
 
 def test_subjects_coming_and_going_leave_no_entry_behind(engines, model):
@@ -509,7 +510,7 @@ def test_subjects_coming_and_going_leave_no_entry_behind(engines, model):
         engine.forget(f"cam/p-{i}")
     assert all(engine.wait_idle(f"cam/p-{i}", 10) for i in range(people))  # nothing of them in flight
     assert engine.wait_idle("cam", 10)
-    assert engine.stats()["clip_streams"] == 1 and engine.pending_count() == 0
+    assert engine.stats()["clip_streams"] == 1 and engine.batcher.pending_count() == 0
     left = [
         (name, key)
         for name, value in vars(engine).items()
@@ -545,8 +546,8 @@ def test_a_stream_with_one_person_gets_a_clip_into_every_batch_beside_a_crowded_
     batches = [sorted(r.clip.key for r in batch) for batch in gate.batches()[1 : rounds + 1]]
     # B's person is in every batch (the first included); A's 8 people share the other place in turn
     assert batches == [sorted([f"A/A-{r % 8}", "B/B-0"]) for r in range(rounds)]
-    assert engine.clips_dropped("B/B-0") == 0  # a steady rate: B never lost a clip
-    assert engine.clips_dropped_for_stream("A") > 0
+    assert engine.batcher.clips_dropped("B/B-0") == 0  # a steady rate: B never lost a clip
+    assert engine.batcher.clips_dropped_for_stream("A") > 0
 
 
 def test_streams_take_turns_and_a_crowded_stream_fills_the_room_left(engines, model):
@@ -603,8 +604,11 @@ def test_auto_precision_is_bf16_only_where_the_gpu_has_it_natively(capability, d
 
 
 def test_a_device_listed_twice_gets_one_engine(model) -> None:
-    pool = EnginePool(model, ["cpu", "cpu"], "fp32", 4, 0, lambda r: None, normalize=normalize)
-    assert pool.devices == ["cpu"]
+    from vstmon.config import parse_config
+    from vstmon.inference.backend import build_backends
+
+    config = parse_config({"model": {"device": ["cpu", "cpu"]}}, require_streams=False)
+    assert [backend.name for backend in build_backends(config, model)] == ["cpu"]
 
 
 @pytest.mark.gpu
@@ -619,7 +623,7 @@ def test_auto_precision_follows_the_engines_own_gpu() -> None:
 def test_the_staging_copy_runs_outside_the_lock(engines, model):
     collector = Collector()
     engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
-    original = engine._stage
+    original = engine.backend.stage
     copying = threading.Event()
     release = threading.Event()
 
@@ -629,7 +633,7 @@ def test_the_staging_copy_runs_outside_the_lock(engines, model):
             release.wait(30)
         return original(clips)
 
-    engine._stage = slow_stage  # type: ignore[method-assign]
+    engine.backend.stage = slow_stage  # type: ignore[method-assign]
     a0, a1, b0 = make_clip("a", seed=0), make_clip("a", seed=1), make_clip("b", seed=2)
     a0_frames = a0.frames.copy()
     accepted: dict[int, bool] = {}
@@ -673,7 +677,7 @@ def test_a_failing_staging_copy_fails_its_batch_and_the_engine_goes_on(engines, 
     collector = Collector()
     # a batch is taken when both clip streams have a clip pending (max_batch 2; no timeout in a test's time)
     engine = start_engine(engines, model, collector, max_batch=2, max_wait_ms=600_000)
-    original = engine._stage
+    original = engine.backend.stage
     calls: list[int] = []
 
     def failing_once(clips: list[Clip]) -> torch.Tensor:
@@ -682,12 +686,12 @@ def test_a_failing_staging_copy_fails_its_batch_and_the_engine_goes_on(engines, 
             raise RuntimeError("planted staging failure")
         return original(clips)
 
-    engine._stage = failing_once  # type: ignore[method-assign]
+    engine.backend.stage = failing_once  # type: ignore[method-assign]
     assert engine.submit(make_clip("cam", seed=0))
     assert engine.submit(make_clip("other", seed=1))
     # the failed batch releases its clips: nothing of them is in flight any more
     assert engine.wait_idle("cam", 10) and engine.wait_idle("other", 10), "the failed batch stays in flight"
-    assert engine.running
+    assert engine.alive
     stats = engine.stats()
     assert stats["clips_failed"] == 2 and stats["errors"] == 1 and stats["clips"] == 0
     assert collector.results == []
@@ -701,14 +705,16 @@ def test_a_failing_staging_copy_fails_its_batch_and_the_engine_goes_on(engines, 
     by_key = {r.clip.key: r.probs for r in results}
     for i, clip in enumerate(later):
         np.testing.assert_allclose(by_key[clip.key], expected[i], atol=1e-5)
-    assert calls == [2, 2] and engine.running
+    assert calls == [2, 2] and engine.alive
     assert engine.stats()["clips_failed"] == 2
 
 
 def test_a_given_clip_shape_allocates_the_staging_buffer_at_construction(model):
-    engine = Engine(model, "cpu", "fp32", 4, 0, lambda r: None, normalize=normalize, clip_shape=(T, S, S, 3))
-    assert engine._host is not None and tuple(engine._host.shape) == (4, T, S, S, 3)
-    assert engine._host.dtype == torch.uint8
+    engine = make_engine(
+        model, "cpu", "fp32", 4, 0, lambda r: None, normalize=normalize, clip_shape=(T, S, S, 3)
+    )
+    assert engine.backend.host is not None and tuple(engine.backend.host.shape) == (4, T, S, S, 3)
+    assert engine.backend.host.dtype == torch.uint8
     bad = make_clip("cam", seed=0)
     bad.frames = np.zeros((T, S, S // 2, 3), dtype=np.uint8)
     with pytest.raises(ValueError, match="clip shape"):  # refused before any clip set the shape
@@ -716,4 +722,4 @@ def test_a_given_clip_shape_allocates_the_staging_buffer_at_construction(model):
     assert engine.submit(make_clip("cam", seed=1))
     for shape in [(4, 32, 32), (T, S, S, 4), (0, S, S, 3), (1, T, S, S, 3)]:
         with pytest.raises(ValueError, match="clip_shape"):
-            Engine(model, "cpu", "fp32", 4, 0, lambda r: None, normalize=normalize, clip_shape=shape)
+            make_engine(model, "cpu", "fp32", 4, 0, lambda r: None, normalize=normalize, clip_shape=shape)

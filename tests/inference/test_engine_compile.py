@@ -11,7 +11,17 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from tests.helpers.engine import C, Collector, S, T, make_clip, normalize, reference_probs, tiny_model
+from tests.helpers.engine import (
+    C,
+    Collector,
+    S,
+    T,
+    make_clip,
+    make_engine,
+    normalize,
+    reference_probs,
+    tiny_model,
+)
 from vstmon.inference.engine import Engine
 from vstmon.log import configure_logging
 
@@ -19,7 +29,7 @@ pytestmark = pytest.mark.slow  # compiling takes seconds on a CPU
 
 
 def _compiling_engine(model, collector, backend) -> Engine:
-    return Engine(model, "cpu", "fp32", 4, 0, collector, normalize=normalize, compile=True,
+    return make_engine(model, "cpu", "fp32", 4, 0, collector, normalize=normalize, compile=True,
                   compile_backend=backend, clip_shape=(T, S, S, 3))  # fmt: skip
 
 
@@ -63,13 +73,13 @@ def test_start_compiles_every_batch_size_and_no_graph_is_compiled_afterwards(eng
     before_start = _unique_graphs()
     engine.start()  # warms up: compiles
     engines.append(engine)
-    assert engine.compiled and engine.stats()["compiled"]
+    assert engine.backend.compiled and engine.stats()["backend"]["compiled"]
     after_start = _unique_graphs()
     assert 0 < after_start - before_start <= 2  # one graph for batch 1, one (dynamic) for 2..max_batch
 
     for n in range(1, 5):  # on the caller's thread
         clips = _clips(n, seed=10 * n)
-        probs = engine.infer(np.stack([c.frames for c in clips]))
+        probs = engine.backend.infer(np.stack([c.frames for c in clips]))
         assert probs.shape == (n, C) and probs.dtype == np.float32
         np.testing.assert_allclose(probs, reference_probs(reference, clips), atol=1e-5)
     assert _unique_graphs() == after_start  # every batch size was compiled at start
@@ -83,7 +93,7 @@ def test_start_compiles_every_batch_size_and_no_graph_is_compiled_afterwards(eng
     by_stream = {r.clip.stream: r.probs for r in results}
     for i, clip in enumerate(clips):
         np.testing.assert_allclose(by_stream[clip.stream], expected[i], atol=1e-5)
-    assert engine.compiled and engine.stats()["errors"] == 0
+    assert engine.backend.compiled and engine.stats()["errors"] == 0
     assert _unique_graphs() == after_start
 
 
@@ -104,7 +114,7 @@ def test_a_compile_failure_falls_back_to_eager_with_one_log_line(engines, capsys
     )
     engine.start()
     engines.append(engine)
-    assert not engine.compiled
+    assert not engine.backend.compiled
     clips = [make_clip(f"cam{i}", seed=200 + i) for i in range(3)]
     for clip in clips:
         assert engine.submit(clip)
@@ -114,7 +124,7 @@ def test_a_compile_failure_falls_back_to_eager_with_one_log_line(engines, capsys
     for i, clip in enumerate(clips):
         np.testing.assert_allclose(by_stream[clip.stream], expected[i], atol=1e-5)
     stats = engine.stats()
-    assert stats["compiled"] is False and stats["clips_failed"] == 0 and stats["errors"] == 0
+    assert stats["backend"]["compiled"] is False and stats["clips_failed"] == 0 and stats["errors"] == 0
     records = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     failed = [r for r in records if "torch.compile failed" in r.get("event", "")]
     assert len(failed) == 1, records

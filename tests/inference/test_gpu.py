@@ -12,8 +12,16 @@ import pytest
 import torch
 from torch._dynamo.utils import counters
 
-from tests.helpers.engine import Collector, S, T, make_clip, normalize, reference_probs, tiny_model
-from vstmon.inference.engine import Engine
+from tests.helpers.engine import (
+    Collector,
+    S,
+    T,
+    make_clip,
+    make_engine,
+    normalize,
+    reference_probs,
+    tiny_model,
+)
 from vstmon.inference.runner import auto_half_dtype
 from vstmon.model import build_model
 from vstmon.model.presets import PRESETS
@@ -28,26 +36,26 @@ def _no_memory_cap_afterwards():
 
 
 def test_auto_precision_follows_this_gpus_capability():
-    engine = Engine(tiny_model(), "cuda", "auto", 1, 0, lambda _r: None)
+    engine = make_engine(tiny_model(), "cuda", "auto", 1, 0, lambda _r: None)
     capability = torch.cuda.get_device_capability(0)
-    assert engine.dtype is auto_half_dtype(capability)
+    assert engine.backend.dtype is auto_half_dtype(capability)
     if capability >= (8, 0):
-        assert engine.dtype is torch.bfloat16
+        assert engine.backend.dtype is torch.bfloat16
 
 
 def test_compiled_with_inductor_matches_eager_and_compiles_nothing_after_warm_up(engines):
     torch._dynamo.reset()
     model = tiny_model()
     collector = Collector()
-    engine = Engine(copy.deepcopy(model), "cuda", "fp32", 4, 0, collector, compile=True,
+    engine = make_engine(copy.deepcopy(model), "cuda", "fp32", 4, 0, collector, compile=True,
                     normalize=normalize, clip_shape=(T, S, S, 3))  # fmt: skip
     engines.append(engine)
     engine.start()
-    assert engine.compiled, "inductor should compile the prepared model on CUDA"
+    assert engine.backend.compiled, "inductor should compile the prepared model on CUDA"
     graphs = counters["stats"]["unique_graphs"]
     for n in range(1, 5):
         clips = [make_clip(f"s{i}", seed=10 * n + i) for i in range(n)]
-        probs = engine.infer(np.stack([c.frames for c in clips]))
+        probs = engine.backend.infer(np.stack([c.frames for c in clips]))
         np.testing.assert_allclose(probs, reference_probs(model, clips), atol=1e-3)
     assert counters["stats"]["unique_graphs"] == graphs, "a batch size compiled after warm-up"
 
@@ -55,12 +63,12 @@ def test_compiled_with_inductor_matches_eager_and_compiles_nothing_after_warm_up
 def test_warm_up_picks_an_attention_kernel_that_takes_the_mask_and_gives_the_same_output(engines):
     model = tiny_model()
     collector = Collector()
-    engine = Engine(copy.deepcopy(model), "cuda", "fp32", 2, 0, collector, normalize=normalize,
+    engine = make_engine(copy.deepcopy(model), "cuda", "fp32", 2, 0, collector, normalize=normalize,
                     clip_shape=(T, S, S, 3))  # fmt: skip
     engines.append(engine)
     engine.start()
-    assert engine.attention in {"cudnn", "efficient", "math"}
-    assert engine.attention_figures and engine.attention in engine.attention_figures
+    assert engine.backend.attention in {"cudnn", "efficient", "math"}
+    assert engine.backend.attention_figures and engine.backend.attention in engine.backend.attention_figures
     clips = [make_clip("a", seed=1), make_clip("b", seed=2)]
     for clip in clips:
         engine.submit(clip)
@@ -92,7 +100,7 @@ def test_a_real_out_of_memory_splits_the_batch_and_delivers_every_clip(engines):
         if len(delivered) == batch:
             done.set()
 
-    engine = Engine(model, "cuda", "fp32", batch, 2000, on_result, gpu_memory_fraction=fraction)
+    engine = make_engine(model, "cuda", "fp32", batch, 2000, on_result, gpu_memory_fraction=fraction)
     engines.append(engine)
     engine.start()
     rng = np.random.default_rng(0)
@@ -101,7 +109,7 @@ def test_a_real_out_of_memory_splits_the_batch_and_delivers_every_clip(engines):
         clip.frames = rng.integers(0, 256, size=(frames, size, size, 3), dtype=np.uint8)
         assert engine.submit(clip)
     assert done.wait(120), f"only {len(delivered)} of {batch} clips delivered"
-    assert engine.oom_splits >= 1
-    assert engine.max_batch < batch
+    assert engine.backend.oom_splits >= 1
+    assert engine.backend.max_batch < batch
     assert engine.clips_failed == 0
     assert all(np.isfinite(p).all() for p in delivered)

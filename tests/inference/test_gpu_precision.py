@@ -116,11 +116,11 @@ def test_tensorrt_holds_to_eager_fp32(
     runner = Runner(copy.deepcopy(model), "cuda", "bf16", 8, clip_shape=(FRAMES, SIZE_PX, SIZE_PX, 3),
                     compile="tensorrt", engine=options)  # fmt: skip
     runner.warm_up()
-    assert runner.backend == "tensorrt", "the engine did not build: see the error line above"
+    assert runner.forward_mode == "tensorrt", "the engine did not build: see the error line above"
     top1, diff = _held(_probs(runner, clips), reference)
     print(f"tensorrt bf16: top-1 agreement {top1:.4f}, max |dp| {diff:.4f}")
     assert top1 >= MIN_TOP1 and diff <= MAX_PROB_DIFF
     again = Runner(copy.deepcopy(model), "cuda", "bf16", 8, clip_shape=(FRAMES, SIZE_PX, SIZE_PX, 3),
                    compile="tensorrt", engine=options)  # fmt: skip
     again.warm_up()  # from the cache: seconds
-    assert again.backend == "tensorrt"
+    assert again.forward_mode == "tensorrt"

@@ -267,11 +267,11 @@ def test_a_runner_builds_the_engine_at_warm_up_and_the_next_one_loads_it(tmp_pat
     builder = StandInBuilder()
     first = _runner(_options(builder, tmp_path))
     first.warm_up()
-    assert first.backend == "standin" and first.compiled and builder.builds == 1
+    assert first.forward_mode == "standin" and first.compiled and builder.builds == 1
     _check_outputs(first)
     second = _runner(_options(builder, tmp_path))
     second.warm_up()
-    assert second.backend == "standin" and builder.builds == 1 and builder.loads == 1
+    assert second.forward_mode == "standin" and builder.builds == 1 and builder.loads == 1
     _check_outputs(second)
 
 
@@ -284,7 +284,7 @@ def test_a_failed_build_falls_back_to_eager_with_one_error_line(
     configure_logging("info", "json")
     runner = _runner(_options(builder, tmp_path, fallback="eager"))
     runner.warm_up()
-    assert runner.backend == "eager" and not runner.compiled
+    assert runner.forward_mode == "eager" and not runner.compiled
     _check_outputs(runner)
     errors = [r for r in _log_records(capsys) if r.get("level") == "error"]
     assert len(errors) == 1, errors
@@ -307,7 +307,7 @@ def test_a_failed_build_falls_back_to_torch_compile(
     monkeypatch.setattr(torch._dynamo.config, "disable", True)
     runner = _runner(_options(FailingBuilder(), tmp_path, fallback="inductor"), compile_backend="eager")
     runner.warm_up()
-    assert runner.backend == "inductor" and runner.compiled
+    assert runner.forward_mode == "inductor" and runner.compiled
     _check_outputs(runner)
     assert len([r for r in _log_records(capsys) if r.get("level") == "error"]) == 1
 
@@ -329,11 +329,11 @@ def test_an_engine_that_fails_on_a_batch_falls_back_to_eager_and_the_batch_is_ru
     builder = BreaksLater()
     runner = _runner(_options(builder, None))
     runner.warm_up()
-    assert runner.backend == "standin"
+    assert runner.forward_mode == "standin"
     builder.broken = True
     clips = [make_clip(f"s{i}", seed=40 + i) for i in range(3)]
     probs = runner.run(runner.stage(clips))  # the engine fails: eager runs the batch
-    assert runner.backend == "eager"
+    assert runner.forward_mode == "eager"
     np.testing.assert_allclose(probs, reference_probs(_model(), clips), atol=1e-5)
 
 
@@ -375,7 +375,7 @@ def test_a_slow_warm_up_extends_the_start_timeout_until_it_ends(tmp_path: Path) 
         assert len(sent) >= 3
         assert sent[0] == b"EXTEND_TIMEOUT_USEC=30000000"
         assert b"WATCHDOG=1" not in listener.messages  # the watchdog starts at READY
-        assert runner.backend == "standin"
+        assert runner.forward_mode == "standin"
         after = len(listener.messages)
         notifier.notify("READY=1")
         messages = listener.wait_for(lambda m: m[-1:] == [b"READY=1"], timeout_s=10)

@@ -101,7 +101,7 @@ def test_the_daemon_survives_the_server_dying_drops_and_counts_clips_and_resumes
     streams = [{"name": "cam", "url": str(video), "loop": True}]
     inference = _triton(server, timeout_s=5.0, retry_initial_s=0.2, retry_max_s=1.0)
     daemon, sub = run_daemon(daemon_config(checkpoint, labels, streams, inference=inference))
-    runner = daemon.pool.engines[0].runner
+    runner = daemon.pool.engines[0].backend
 
     def labels_count(n: int) -> Any:
         return lambda by_stream: sum(t == "label.cam" for t, _ in by_stream.get("cam", [])) >= n
@@ -117,9 +117,9 @@ def test_the_daemon_survives_the_server_dying_drops_and_counts_clips_and_resumes
         and any(t == "status.cam" and m.inference == "down" for t, m in b.get("cam", [])),
         timeout_s=120,
     )  # fmt: skip
-    assert daemon.pool.engines[0].running
+    assert daemon.pool.engines[0].alive
     assert daemon.pool.engines[0].pending_count() <= 1  # one slot per clip stream, whatever the outage
-    stats = daemon.pool.engines[0].stats()["remote"]
+    stats = daemon.pool.engines[0].stats()["backend"]
     assert stats["up"] is False and stats["request_errors"] >= 1 and stats["clips_dropped_server_down"] > 0
     resets_while_down = [m.segment for t, m in down["cam"] if t == "reset.cam"]
     # back: the same address, a new server; labels flow again and belong to the current segment
@@ -167,8 +167,8 @@ def test_a_daemon_starts_without_its_server_and_counts_what_it_drops(
     by_stream = collect(sub, ended(["cam"]), timeout_s=120)
     assert not any(t == "label.cam" for t, _ in by_stream["cam"])
     stats = daemon.pool.engines[0].stats()
-    assert stats["remote"]["up"] is False and stats["remote"]["clips_dropped_server_down"] > 0
-    assert stats["clips_failed"] == stats["remote"]["clips_dropped_server_down"]
+    assert stats["backend"]["up"] is False and stats["backend"]["clips_dropped_server_down"] > 0
+    assert stats["clips_failed"] == stats["backend"]["clips_dropped_server_down"]
 
 
 def test_a_bad_triton_url_is_refused_at_its_key():

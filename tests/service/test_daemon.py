@@ -384,7 +384,7 @@ def test_compile_tensorrt_without_torch_tensorrt_extends_the_start_then_falls_ba
         messages = listener.wait_for(lambda m: b"READY=1" in m, timeout_s=60)
         ready = messages.index(b"READY=1")
         assert any(m.startswith(b"EXTEND_TIMEOUT_USEC=") for m in messages[:ready])
-        assert daemon.pool is not None and daemon.pool.engines[0].runner.backend == "inductor"
+        assert daemon.pool is not None and daemon.pool.engines[0].backend.forward_mode == "inductor"
         collect(sub, lambda by_stream: any(t.startswith("label.") for t, _m in by_stream.get("cam", [])))
     errors = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
     errors = [r for r in errors if r.get("level") == "error"]

@@ -213,7 +213,9 @@ def test_memory_is_fixed_and_people_coming_and_going_leave_nothing_behind(
     assert any(s.subject.startswith("walk-") and s.box is not None for m in statuses for s in m.subjects)
     engine = daemon.streams["walk"].engine
     assert len(per_subject._by_key) <= 2  # only the people holding a slot
-    assert len(engine._keys) <= 2 + 1  # their clip streams and the stream's own: the rest were forgotten
+    assert (
+        len(engine.batcher._keys) <= 2 + 1
+    )  # their clip streams and the stream's own: the rest were forgotten
     assert (
         per_subject.subjects_started >= 4 and per_subject.subjects_started - per_subject.subjects_ended <= 2
     )

@@ -240,7 +240,7 @@ def test_zap_threads_start_and_stop_with_their_sockets(keys: Keys) -> None:
     assert _zap_threads() == {"vstmon-zap-publish", "vstmon-zap-control"}
     publisher.close()
     control.close(timeout_s=DEADLINE_S)
-    assert not control.running
+    assert not control.alive
     assert _zap_threads() == set()
     assert set(threading.enumerate()) <= set(before)
 

@@ -33,7 +33,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -95,8 +95,16 @@ class Batcher:
     """Pending slots and batching for one engine (see the module docstring). Thread-safe; ``take`` is called by
     one consumer (the engine thread)."""
 
-    def __init__(self, max_wait_ms: float, clip_shape: tuple[int, ...] | None = None) -> None:
+    def __init__(
+        self,
+        max_wait_ms: float,
+        clip_shape: tuple[int, ...] | None = None,
+        on_release: Callable[[Clip], None] | None = None,
+    ) -> None:
         self._max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+        # told when the engine will never read a clip's frames again (copied, replaced, discarded, forgotten):
+        # a clip stream in another process may then cut into that array (stream/buffers.py); never under the lock
+        self._on_release = on_release
         self._clip_shape = clip_shape  # every clip must have this shape (set by the first clip when None)
         self._cond = threading.Condition()
         # per clip stream (Clip.key): both bounded by the live clip streams (``forget`` removes a key)
@@ -185,7 +193,9 @@ class Batcher:
                 self._order += 1
                 self._pending[key] = _Pending(clip, now_s, now_s, self._order)
             self._cond.notify_all()
-            return True
+        if previous is not None:
+            self._release(previous.clip)
+        return True
 
     def discard(self, key: str, before_segment: int) -> int:
         """Drop clip stream ``key``'s pending clip if its segment is older than ``before_segment`` and refuse
@@ -198,12 +208,13 @@ class Batcher:
                 state = self._keys[key] = _ClipStream()
             state.min_segment = max(state.min_segment, int(before_segment))
             pending = self._pending.get(key)
-            if pending is not None and pending.clip.segment < before_segment:
-                del self._pending[key]
-                self.clips_discarded += 1
-                self._cond.notify_all()
-                return 1
-            return 0
+            if pending is None or pending.clip.segment >= before_segment:
+                return 0
+            del self._pending[key]
+            self.clips_discarded += 1
+            self._cond.notify_all()
+        self._release(pending.clip)
+        return 1
 
     def forget(self, key: str) -> int:
         """Clip stream ``key`` has ended for good (its subject is gone): its pending clip is dropped (counted
@@ -214,17 +225,24 @@ class Batcher:
         can. A later clip with the same key starts a new clip stream. Returns the pending clips dropped (0
         or 1)."""
         with self._cond:
-            dropped = 0
-            if self._pending.pop(key, None) is not None:
+            pending = self._pending.pop(key, None)
+            if pending is not None:
                 self.clips_discarded += 1
-                dropped = 1
             state = self._keys.get(key)
             if state is not None:
                 state.forgotten = True
                 if state.inflight == 0:
                     del self._keys[key]
             self._cond.notify_all()
-            return dropped
+        if pending is None:
+            return 0
+        self._release(pending.clip)
+        return 1
+
+    def keys_of(self, stream: str) -> list[str]:
+        """The clip streams of ``stream`` the batcher knows (its own key and its people's)."""
+        with self._cond:
+            return [k for k in self._keys if k == stream or k.startswith(f"{stream}/")]
 
     def _idle_locked(self, key: str) -> bool:
         state = self._keys.get(key)
@@ -301,6 +319,12 @@ class Batcher:
         with self._cond:
             self._staging.difference_update(p.clip.key for p, _ in batch)
             self._cond.notify_all()
+        for pending, _state in batch:
+            self._release(pending.clip)
+
+    def _release(self, clip: Clip) -> None:
+        if self._on_release is not None:
+            self._on_release(clip)
 
     def finish(self, batch: Batch) -> None:
         """``batch`` is done (delivered or failed): nothing of it is in flight any more."""

@@ -197,7 +197,7 @@ class Runner:
         if compile == "tensorrt":
             self._engine = engine or _default_engine_options(self.model)
             self._compile_backend = compile_backend if self._engine.fallback == "inductor" else None
-        self.backend = "eager"  # what forwards run: eager, inductor (torch.compile) or tensorrt
+        self.forward_mode = "eager"  # what forwards run: eager, inductor (torch.compile) or tensorrt
         self.compiled = False  # the forward in use is a compiled one (inductor or tensorrt)
         self._want_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._graphs: CudaGraphs | None = None  # captured at warm-up (CUDA only)
@@ -239,7 +239,7 @@ class Runner:
                     prepare((t, h, w), self.device)
                 self._forward = torch.compile(self.model, backend=self._compile_backend)  # type: ignore[assignment]
                 self.compiled = True
-                self.backend = "inductor"
+                self.forward_mode = "inductor"
             except Exception as error:  # an optional speed-up must never stop the daemon
                 self._fall_back_to_eager(error)
         self.host.zero_()
@@ -256,7 +256,7 @@ class Runner:
             "runner warmed up",
             device=self.name,
             dtype=str(self.dtype).removeprefix("torch."),
-            backend=self.backend,
+            backend=self.forward_mode,
             compiled=self.compiled,
             cast_weights=self.cast_weights,
             cuda_graphs=sorted(self._graphs.sizes()) if self._graphs is not None else None,
@@ -291,7 +291,7 @@ class Runner:
             return
         self._forward = engine
         self.compiled = True
-        self.backend = options.builder.backend
+        self.forward_mode = options.builder.backend
         self._compile_backend = None  # no torch.compile fallback at start: the engine is there
         _log.info(
             f"{options.builder.backend} engine ready",
@@ -355,16 +355,22 @@ class Runner:
         return chosen
 
     def _fall_back_to_eager(self, error: BaseException) -> None:
-        what = "torch.compile" if self.backend in ("eager", "inductor") else f"the {self.backend} engine"
+        what = (
+            "torch.compile"
+            if self.forward_mode in ("eager", "inductor")
+            else f"the {self.forward_mode} engine"
+        )
         _log.error(
             f"{what} failed; running eager from now on",
             device=self.name,
-            backend=self._compile_backend if self.backend in ("eager", "inductor") else self.backend,
+            backend=self._compile_backend
+            if self.forward_mode in ("eager", "inductor")
+            else self.forward_mode,
             error=_one_line(error),
         )
         self._forward = self.model
         self.compiled = False
-        self.backend = "eager"
+        self.forward_mode = "eager"
         self._graphs = None  # they captured the failed forward
 
     def _allocate_staging(self, shape: tuple[int, ...]) -> None:
@@ -465,7 +471,7 @@ class Runner:
         with torch.inference_mode():
             frames = host.to(self.device, non_blocking=True)  # (N, T, H, W, 3) uint8
             x = self._normalize(frames)  # (N, 3, T, H, W) float
-            if self.backend == "inductor" and x.shape[0] > 1:
+            if self.forward_mode == "inductor" and x.shape[0] > 1:
                 torch._dynamo.mark_dynamic(x, 0)  # one graph for every batch size from 2 up (1 has its own)
             with (
                 torch.autocast(self.device.type, dtype=self.dtype, enabled=self._autocast),
@@ -479,3 +485,22 @@ class Runner:
         """Run uint8 clips (N, T, H, W, 3) synchronously, the same way as a batch (copy, normalise, autocast
         forward, fp32 softmax) -> probabilities (N, C). For benchmarks and tools."""
         return self._infer(torch.from_numpy(np.ascontiguousarray(frames)))
+
+    def stats(self) -> dict[str, Any]:
+        """The local backend's own figures: precision, what forwards run with, out-of-memory splits."""
+        return {
+            "kind": "local",
+            "device": str(self.device),
+            "dtype": _PRECISION_NAMES.get(self.dtype, str(self.dtype)),
+            "max_batch": self.max_batch,
+            "forward": self.forward_mode,
+            "compiled": self.compiled,
+            "cuda_graphs": self._graphs is not None,
+            "attention": self.attention,
+            "attention_figures": self.attention_figures,
+            "oom_splits": self.oom_splits,
+            "oom_dropped_batches": self.oom_dropped_batches,
+        }
+
+    def close(self) -> None:
+        """Nothing to close (the model goes with the process)."""

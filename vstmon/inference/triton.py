@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from vstmon.config import TritonServerConfig
 from vstmon.errors import ConfigError
@@ -68,14 +67,7 @@ class TritonRunner:
         self._grpc = import_client()
         self.config = config
         self.name = name or f"triton:{config.url}/{config.model}"
-        self.device = torch.device("cpu")  # where the staging buffer lives
-        self.dtype = torch.uint8  # what travels; the server chooses its precision
         self.max_batch = int(max_batch)
-        self.compiled = False
-        self.attention: str | None = None
-        self.attention_figures: dict[str, dict[str, float]] = {}
-        self.oom_splits = 0
-        self.oom_dropped_batches = 0
         self.clip_shape = tuple(int(n) for n in clip_shape)
         if len(self.clip_shape) != 4 or self.clip_shape[-1] != 3:
             raise ValueError(f"clip_shape must be (T, H, W, 3), got {self.clip_shape}")
@@ -97,7 +89,7 @@ class TritonRunner:
         self.last_request_s = 0.0
         self.last_error = ""
 
-    # -- the runner interface the engine uses ------------------------------------------------------------------
+    # -- the backend interface the engine uses ------------------------------------------------------------------
     def warm_up(self) -> None:
         """Ask the server once (a batch of one blank clip) for its model id and class count; a server that does
         not answer is logged, not fatal: the runner retries with the first real batch."""
@@ -108,9 +100,6 @@ class TritonRunner:
             return
         self._answered(model_id)
         _log.info("inference server ready", server=self.name, model_id=model_id, classes=int(probs.shape[1]))
-
-    def pick_attention(self) -> str | None:
-        return None  # the server's business
 
     def stage(self, clips: Sequence[Clip]) -> np.ndarray:
         """Copy the clips' frames into the staging buffer; returns its view of ``len(clips)`` rows."""
@@ -141,6 +130,8 @@ class TritonRunner:
 
     def stats(self) -> dict[str, Any]:
         return {
+            "kind": "triton",
+            "max_batch": self.max_batch,
             "server": self.config.url,
             "model": self.config.model,
             "model_id": self.model_id,

@@ -367,7 +367,7 @@ class Daemon:
         if stream.ring is not None:
             frames_dropped = max(frames_dropped, int(stream.ring.frames_dropped))
         clips_dropped = (
-            stream.engine.clips_dropped_for_stream(stream.name) if stream.engine is not None else 0
+            stream.engine.batcher.clips_dropped_for_stream(stream.name) if stream.engine is not None else 0
         )
         clips = (stream.state.clips_total if stream.state is not None else 0) + stream.subject_clips
         per_subject = stream.pipeline.per_subject if stream.pipeline is not None else None
@@ -466,7 +466,9 @@ class Daemon:
         if self.publisher is not None:
             self.publisher.publish("status", self.daemon_status())
         labels = sum((s.state.clips_total if s.state is not None else 0) + s.subject_clips for s in streams)
-        dropped = sum(s.engine.clips_dropped_for_stream(s.name) for s in streams if s.engine is not None)
+        dropped = sum(
+            s.engine.batcher.clips_dropped_for_stream(s.name) for s in streams if s.engine is not None
+        )
         self._throughput.sample(labels, dropped)
         labels_per_s, dropped_recently = self._throughput.rates()
         up = sum(s.source_state == SourceState.STREAMING for s in streams)
@@ -477,9 +479,9 @@ class Daemon:
         for engine in self.pool.engines if self.pool is not None else []:
             busy, since_s = engine.progress()
             memory = cuda_memory(engine.name)
-            self.metrics.update_engine(engine.name, engine.pending_count(), busy, since_s, memory)
-            if engine.runner.remote:
-                self.metrics.update_server(engine.name, engine.runner.stats())
+            self.metrics.update_engine(engine.name, engine.batcher.pending_count(), busy, since_s, memory)
+            if engine.backend.remote:
+                self.metrics.update_server(engine.name, engine.backend.stats())
 
     def health_problems(self) -> list[str]:
         """Dead stage threads and stages with work that make no progress (``service.progress_timeout_s``)."""
@@ -499,14 +501,14 @@ class Daemon:
             return []
         dead = []
         if self.pool is not None:
-            dead += [f"engine {e.name}" for e in self.pool.engines if not e.running]
+            dead += [f"engine {e.name}" for e in self.pool.engines if not e.alive]
         if self._sources_started:  # workers start with the sources
             dead += [
                 f"worker {s.name}"
                 for s in self.streams.values()
                 if s.worker is not None and not s.worker.alive
             ]
-        if self.control is not None and not self.control.running:
+        if self.control is not None and not self.control.alive:
             dead.append("control")
         return dead
 
@@ -661,7 +663,6 @@ def _call(fn: Any, what: str, stream: str) -> None:
 
 def _server_state(engine: Engine | None) -> str | None:
     """``up``/``down``/``unknown`` for a stream whose engine sends its batches to a server; None for a local one."""
-    runner = engine.runner if engine is not None else None
-    if runner is None or not runner.remote:
+    if engine is None or not engine.backend.remote:
         return None
-    return {True: "up", False: "down"}.get(runner.up, "unknown")
+    return {True: "up", False: "down"}.get(engine.backend.stats().get("up"), "unknown")

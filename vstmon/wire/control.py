@@ -179,7 +179,7 @@ class ControlServer:
         self._stop.set()
 
     @property
-    def running(self) -> bool:
+    def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def join(self, timeout_s: float | None = None) -> None:
