@@ -861,3 +861,76 @@ def test_classify_plots_of_an_untrained_model_say_so(files: dict[str, Path]) -> 
     assert code == 0
     band = cv2.imread(str(plot))[:30].astype(int)
     assert ((band[..., 2] - band[..., :2].max(axis=2)) > 100).sum() > 100  # the red heading
+
+
+# -- the clip shape: flags, then the config's own keys, then the checkpoint's training ---------------------------
+TRAINED_CLIP = {"frames": 4, "frame_interval": 3, "size_px": 32}  # what `vstmon train` records in meta.clip
+
+
+@pytest.fixture(scope="module")
+def trained_files(files: dict[str, Path]) -> dict[str, Path]:
+    """A checkpoint as `vstmon train` writes it (official layout + meta with the clip shape) and a config that
+    sets no clip key."""
+    from vstmon.model import build_model
+
+    root = files["root"]
+    torch.manual_seed(0)
+    state = build_model(_tiny_config()).state_dict()
+    torch.save({"state_dict": state, "meta": {"clip": TRAINED_CLIP, "classes": []}}, root / "trained.pth")
+    (root / "no_clip.yaml").write_text(
+        f"model: {{labels: {files['labels.txt']}, device: cpu}}\ninference: {{threads: 1}}\n"
+    )
+    return {"trained.pth": root / "trained.pth", "no_clip.yaml": root / "no_clip.yaml"}
+
+
+def _shape_of(lines: list[dict]) -> tuple[int, int]:
+    """(frames, frame interval) of a timeline's clips."""
+    first = lines[0]
+    return first["frames"], (first["last_frame"] - first["first_frame"]) // (first["frames"] - 1)
+
+
+def _classify_trained(
+    files: dict[str, Path], trained_files: dict[str, Path], config: Path, *extra: str, name: str
+) -> list[dict]:
+    out = files["root"] / name
+    code = main(["classify", str(files["video.mp4"]), "--config", str(config), "--checkpoint",
+                 str(trained_files["trained.pth"]), "--out", str(out), *extra])  # fmt: skip
+    assert code == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_a_trained_checkpoints_clip_shape_is_used_when_nothing_sets_one(
+    files: dict[str, Path], trained_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _classify_trained(files, trained_files, trained_files["no_clip.yaml"], name="as_trained.jsonl")
+    assert _shape_of(lines) == (4, 3)
+    err = capsys.readouterr().err
+    assert "trained on other clips" not in err and "clip shape as the checkpoint was trained" in err
+
+
+def test_the_configs_own_clip_keys_and_then_the_flags_win_over_the_checkpoint(
+    files: dict[str, Path], trained_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = (
+        files["root"] / "frames_only.yaml"
+    )  # sets clip.frames only: the interval comes from the checkpoint
+    config.write_text(trained_files["no_clip.yaml"].read_text() + "clip: {frames: 6}\n")
+    assert _shape_of(_classify_trained(files, trained_files, config, name="frames6.jsonl")) == (6, 3)
+    assert "clip.frames" in capsys.readouterr().err  # deployed unlike trained: it still says so
+    flagged = _classify_trained(files, trained_files, config, "--frames", "5", "--frame-interval", "2",
+                                "--size", "64", name="flagged.jsonl")  # fmt: skip
+    assert _shape_of(flagged) == (5, 2)
+    assert all(line["frames"] == 5 for line in flagged)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--size", "100"], "--size: size_px must be a multiple of 32"), (["--frames", "1"], "--frames: ")],
+)
+def test_a_bad_clip_flag_is_one_error_line(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    code = main(["classify", str(files["video.mp4"]), "--config", str(files["config.yaml"]), "--checkpoint",
+                 str(files["tiny.pth"]), *flags])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err

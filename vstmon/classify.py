@@ -71,14 +71,15 @@ from tqdm import tqdm
 import vstmon.ingest.capture  # noqa: F401  (imported for its process-wide FFmpeg/OpenCV log settings)
 from vstmon.annotate import Marks, draw_timeline, write_annotated_video
 from vstmon.check import preflight
-from vstmon.config import Config, ModelConfig, SubjectsConfig, load_config
-from vstmon.errors import ConfigError, SourceError, VstmonError
+from vstmon.config import ClipConfig, Config, ModelConfig, SubjectsConfig, load_config
+from vstmon.errors import CheckpointError, ConfigError, SourceError, VstmonError
 from vstmon.ingest.crops import CropFitter, square_crop_px
 from vstmon.ingest.detection_frames import DetectionFrames
 from vstmon.ingest.ring import RingBuffer
 from vstmon.ingest.sampler import ClipSampler
 from vstmon.log import configure_logging, get_logger
 from vstmon.model.bundle import load_model_and_labels
+from vstmon.model.checkpoint import read_meta
 from vstmon.preprocess import FrameFitter, normalize_clips
 from vstmon.runner import resolve_dtype
 from vstmon.subjects.detector import PersonDetector
@@ -98,11 +99,14 @@ __all__ = [
     "open_video",
     "run",
     "subject_prefix",
+    "trained_clip",
+    "with_clip_shape",
 ]
 
 _log = get_logger(__name__)
 _DEFAULT_FPS = 25.0  # when the container reports none
 _MODEL_FLAGS = ("checkpoint", "arch", "labels", "device", "precision")  # flags that override config.model
+_CLIP_FLAGS = {"frames": "frames", "frame_interval": "frame_interval", "size": "size_px"}  # flag -> clip key
 
 
 @dataclass(slots=True)
@@ -151,6 +155,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="swin_t|swin_s|swin_b|swin_l[_sthv2] or auto (default: model.arch)")
     parser.add_argument("--labels", help="kinetics400, sthv2 or a labels file (default: model.labels)")
     parser.add_argument("--hop-s", type=float, help="seconds of video between clips (default: clip.hop_s)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        help="frames per clip (default: clip.frames if the config sets it, else as the checkpoint was trained)",
+    )
+    parser.add_argument(
+        "--frame-interval",
+        type=int,
+        help="source frames between sampled frames (default: clip.frame_interval, else as trained)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        help="crop size in pixels, a multiple of 32 (default: clip.size_px, else as trained)",
+    )
     parser.add_argument(
         "--batch",
         type=int,
@@ -660,6 +679,52 @@ def _with_flags(config: Config, args: argparse.Namespace) -> Config:
     return config.model_copy(update={"model": model})
 
 
+def trained_clip(checkpoint: Path | None) -> dict[str, int]:
+    """The clip shape (``frames``, ``frame_interval``, ``size_px``) that a ``vstmon train`` checkpoint records in
+    its ``meta``; {} for a checkpoint that records none (the official ones) and for untrained weights."""
+    if checkpoint is None:
+        return {}
+    recorded = read_meta(checkpoint).get("clip")
+    if not isinstance(recorded, dict):
+        return {}
+    return {key: recorded[key] for key in ("frames", "frame_interval", "size_px") if key in recorded}
+
+
+def _flag_of(key: str) -> str:
+    """The ``classify`` flag that sets ``clip.<key>``."""
+    return "--" + next((flag for flag, k in _CLIP_FLAGS.items() if k == key), key).replace("_", "-")
+
+
+def with_clip_shape(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with the clip shape to classify with, per key: the flag (``--frames``, ``--frame-interval``,
+    ``--size``), else the config's own ``clip`` key where the file sets it, else the shape the checkpoint was
+    trained on (``trained_clip``), else the default. One-line errors name the flag or the checkpoint."""
+    clip = config.clip
+    flags = {key: getattr(args, flag) for flag, key in _CLIP_FLAGS.items() if getattr(args, flag) is not None}
+    trained = {
+        key: value
+        for key, value in trained_clip(config.model.checkpoint).items()
+        if key not in clip.model_fields_set and key not in flags
+    }
+    if not trained and not flags:
+        return config
+    checkpoint = config.model.checkpoint
+    for values, name, error_type in (
+        (trained, lambda key: f"checkpoint {checkpoint}: meta.clip.{key}", CheckpointError),
+        (flags, _flag_of, VstmonError),
+    ):
+        try:
+            clip = ClipConfig.model_validate(clip.model_dump(exclude_unset=True) | values)
+        except ValidationError as error:
+            item = error.errors(include_url=False)[0]
+            key = str(item["loc"][0]) if item["loc"] else "clip"
+            message = str(item["msg"]).removeprefix("Value error, ")
+            raise error_type(f"{name(key)}: {message}") from None
+    if trained:
+        _log.info("clip shape as the checkpoint was trained", **{f"clip.{k}": v for k, v in trained.items()})
+    return config.model_copy(update={"clip": clip})
+
+
 def _per_subject(config: Config, args: argparse.Namespace, source: str) -> Config | None:
     """Per-subject mode (``--subjects`` or ``subjects.mode: per_subject``): ``config`` with ``--detector`` put
     over ``subjects.detector``; None in whole-frame mode. One-line errors for a missing detector."""
@@ -772,6 +837,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"subjects": config.subjects.model_copy(update={"detector": None})})
     # devices, precision, checkpoint, labels and detector files, as `vstmon check` does; one device: the first
     resolved = preflight(config, source)[0]
+    config = with_clip_shape(config, args)  # after preflight: the checkpoint is there and readable
     device, dtype = resolved.device, resolve_dtype(resolved.precision, resolved.device)
     batch = args.batch if args.batch is not None else default_batch(device, config.inference.max_batch)
     top_k = args.top_k if args.top_k is not None else config.publish.top_k
