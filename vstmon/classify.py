@@ -14,6 +14,8 @@ their 0-based indices in the file; ``frames`` the clip length T. Lines of an unt
 
 The model comes from ``load_model_and_labels``, as in the daemon: the same config gives the same model
 (``checkpoint: null`` -> untrained, seeded weights; ``arch: auto`` -> swin_t then). Flags override the config.
+The clip shape is, key by key, the flag's, the config file's own ``clip`` key, the shape a ``vstmon train``
+checkpoint records in its ``meta``, or the default (``with_clip_shape``).
 The video is opened and its first frame decoded before the model is loaded, so a bad input fails at once.
 ``--out FILE`` is written through a temporary file beside it (``FILE.<random>.part``, one line per clip as its
 batch is done) that replaces FILE only when the whole video is classified: FILE is never left partial or empty.
