@@ -15,7 +15,7 @@ their 0-based indices in the file; ``frames`` the clip length T. Lines of an unt
 The model comes from ``load_model_and_labels``, as in the daemon: the same config gives the same model
 (``checkpoint: null`` -> untrained, seeded weights; ``arch: auto`` -> swin_t then). Flags override the config.
 The clip shape is, key by key, the flag's, the config file's own ``clip`` key, the shape a ``vstmon train``
-checkpoint records in its ``meta``, or the default (``with_clip_shape``).
+checkpoint records in its ``meta``, or the default (``with_clip_flags``, ``with_trained_clip``).
 The video is opened and its first frame decoded before the model is loaded, so a bad input fails at once.
 ``--out FILE`` is written through a temporary file beside it (``FILE.<random>.part``, one line per clip as its
 batch is done) that replaces FILE only when the whole video is classified: FILE is never left partial or empty.
@@ -102,7 +102,8 @@ __all__ = [
     "run",
     "subject_prefix",
     "trained_clip",
-    "with_clip_shape",
+    "with_clip_flags",
+    "with_trained_clip",
 ]
 
 _log = get_logger(__name__)
@@ -697,34 +698,40 @@ def _flag_of(key: str) -> str:
     return "--" + next((flag for flag, k in _CLIP_FLAGS.items() if k == key), key).replace("_", "-")
 
 
-def with_clip_shape(config: Config, args: argparse.Namespace) -> Config:
-    """``config`` with the clip shape to classify with, per key: the flag (``--frames``, ``--frame-interval``,
-    ``--size``), else the config's own ``clip`` key where the file sets it, else the shape the checkpoint was
-    trained on (``trained_clip``), else the default. One-line errors name the flag or the checkpoint."""
-    clip = config.clip
+def with_clip_flags(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with ``--frames``, ``--frame-interval`` and ``--size`` put over its clip section (they then count
+    as set: ``with_trained_clip`` leaves them alone). A bad value is a one-line error naming the flag."""
     flags = {key: getattr(args, flag) for flag, key in _CLIP_FLAGS.items() if getattr(args, flag) is not None}
-    trained = {
-        key: value
-        for key, value in trained_clip(config.model.checkpoint).items()
-        if key not in clip.model_fields_set and key not in flags
-    }
-    if not trained and not flags:
+    if not flags:
         return config
-    checkpoint = config.model.checkpoint
-    for values, name, error_type in (
-        (trained, lambda key: f"checkpoint {checkpoint}: meta.clip.{key}", CheckpointError),
-        (flags, _flag_of, VstmonError),
-    ):
-        try:
-            clip = ClipConfig.model_validate(clip.model_dump(exclude_unset=True) | values)
-        except ValidationError as error:
-            item = error.errors(include_url=False)[0]
-            key = str(item["loc"][0]) if item["loc"] else "clip"
-            message = str(item["msg"]).removeprefix("Value error, ")
-            raise error_type(f"{name(key)}: {message}") from None
-    if trained:
-        _log.info("clip shape as the checkpoint was trained", **{f"clip.{k}": v for k, v in trained.items()})
+    clip = _clip_with(config.clip, flags, _flag_of, VstmonError)
     return config.model_copy(update={"clip": clip})
+
+
+def with_trained_clip(config: Config) -> Config:
+    """``config`` with the clip shape its checkpoint was trained on (``trained_clip``) in every clip key that
+    neither the config file nor a flag set; logged when it changes anything. (With ``inference.backend: triton``
+    the server holds the model: its shape is the config's.)"""
+    clip = config.clip
+    checkpoint = config.model.checkpoint if config.inference.backend != "triton" else None
+    trained = {k: v for k, v in trained_clip(checkpoint).items() if k not in clip.model_fields_set}
+    if not trained:
+        return config
+    clip = _clip_with(clip, trained, lambda key: f"checkpoint {checkpoint}: meta.clip.{key}", CheckpointError)
+    _log.info("clip shape as the checkpoint was trained", **{f"clip.{k}": v for k, v in trained.items()})
+    return config.model_copy(update={"clip": clip})
+
+
+def _clip_with(
+    clip: ClipConfig, values: dict[str, Any], name: Callable[[str], str], error: type[VstmonError]
+) -> ClipConfig:
+    """``clip`` with ``values`` set, validated; the first problem as ``error`` naming its source (``name(key)``)."""
+    try:
+        return ClipConfig.model_validate(clip.model_dump(exclude_unset=True) | values)
+    except ValidationError as problem:
+        item = problem.errors(include_url=False)[0]
+        key = str(item["loc"][0]) if item["loc"] else "clip"
+        raise error(f"{name(key)}: {str(item['msg']).removeprefix('Value error, ')}") from None
 
 
 def _per_subject(config: Config, args: argparse.Namespace, source: str) -> Config | None:
@@ -769,8 +776,9 @@ def _classify_to_output(
 ) -> tuple[ClassifyResult, VideoFile]:
     """Open the video and the output (before the models load: a bad input fails at once), load the person
     detector (per-subject mode) and the model as the daemon does, classify, and put the timeline in place."""
-    clip_cfg = config.clip
     with open_video(Path(args.video)) as video, TimelineOutput(args.out) as timeline:
+        config = with_trained_clip(config)  # reads the checkpoint: after the video, as the model
+        clip_cfg = config.clip
         detector = build_detector(config.subjects) if per_subject else None
         loaded = load_model_and_labels(config)  # warns (once) about untrained weights
         model = loaded.model.to(device).eval()
@@ -839,7 +847,7 @@ def run(args: argparse.Namespace) -> int:
         config = config.model_copy(update={"subjects": config.subjects.model_copy(update={"detector": None})})
     # devices, precision, checkpoint, labels and detector files, as `vstmon check` does; one device: the first
     resolved = preflight(config, source)[0]
-    config = with_clip_shape(config, args)  # after preflight: the checkpoint is there and readable
+    config = with_clip_flags(config, args)
     device, dtype = resolved.device, resolve_dtype(resolved.precision, resolved.device)
     batch = args.batch if args.batch is not None else default_batch(device, config.inference.max_batch)
     top_k = args.top_k if args.top_k is not None else config.publish.top_k
