@@ -367,7 +367,11 @@ def test_out_of_memory_splits_the_batch_and_lowers_max_batch(engines, model):
         np.testing.assert_allclose(result.probs, expected[i], atol=1e-5)
     stats = engine.stats()
     assert engine.alive
-    assert stats["backend"]["max_batch"] == 2 and stats["backend"]["oom_splits"] >= 1 and stats["clips_failed"] == 0
+    assert (
+        stats["backend"]["max_batch"] == 2
+        and stats["backend"]["oom_splits"] >= 1
+        and stats["clips_failed"] == 0
+    )
 
 
 class _AllocatesThenOom(nn.Module):
@@ -407,13 +411,17 @@ def test_out_of_memory_frees_the_failed_batch_before_retrying_and_max_batch_grow
     collector.release.set()
     collector.wait_for(5)
     assert wrapped.alive_at_retry and not any(wrapped.alive_at_retry)  # freed before every retry
-    assert engine.stats()["backend"]["max_batch"] == 3 and engine.stats()["clips_failed"] == 0  # below the 4 that failed
+    assert (
+        engine.stats()["backend"]["max_batch"] == 3 and engine.stats()["clips_failed"] == 0
+    )  # below the 4 that failed
     wrapped.limit = 4  # memory is back
     for round_ in range(4):
         for i in range(2):
             engine.submit(make_clip(f"cam{i}", seed=10 + round_))
         collector.wait_for(5 + 2 * (round_ + 1))
-    assert engine.stats()["backend"]["max_batch"] == 4  # grew back by one after 3 batches in a row that fitted
+    assert (
+        engine.stats()["backend"]["max_batch"] == 4
+    )  # grew back by one after 3 batches in a row that fitted
 
 
 def test_wait_idle_returns_once_the_streams_results_are_delivered(engines, model):

@@ -112,7 +112,7 @@ def test_decode_is_cpu_unless_asked_and_a_stream_overrides_the_global_setting() 
             ],
         }
     )
-    assert [stream_decode(config, s) for s in config.streams] == ["auto", "cpu"]
+    assert [stream_decode(config.ingest, s) for s in config.streams] == ["auto", "cpu"]
     assert config.ingest.gpu == 1
     assert Config().ingest.decode == "cpu"  # today's path stays the default
     assert StreamConfig(name="c", url="testsrc://").decode is None  # null: ingest.decode

@@ -31,6 +31,15 @@ from tests.helpers.videos import make_not_a_video, make_video
 from vstmon.cli import main
 from vstmon.ingest.fit import fit_frame
 from vstmon.model.normalize import normalize_clips
+from vstmon.offline.annotate import (
+    RESET_BGR,
+    UNTRAINED_HEADING,
+    UNTRAINED_SUFFIX,
+    Marks,
+    draw_timeline,
+    timeline_heading,
+    write_annotated_video,
+)
 
 if TYPE_CHECKING:
     from vstmon.model import SwinConfig
@@ -781,3 +790,169 @@ def test_per_subject_video_out_draws_each_persons_box(
     chart = cv2.imread(str(plot))  # the subject's first clip is marked as a segment start (a red line)
     red = (np.abs(chart.astype(int) - (40, 40, 220)).sum(axis=2) < 30).sum(axis=0)
     assert red.max() >= 20
+
+
+# -- pictures: where the subject lines land; an untrained model says so ------------------------------------------
+def _timeline_lines(starts: dict[str, float], end_s: float, untrained: bool = False) -> list[str]:
+    """JSON lines of a per-subject timeline: each subject's clips every second from its start to ``end_s``."""
+    lines = []
+    for subject, first_s in starts.items():
+        t = first_s
+        while t + 1.0 <= end_s + 1e-9:
+            line = {"clip": len(lines), "subject": subject, "box": [0.1, 0.1, 0.5, 0.9], "start_s": t,
+                    "end_s": t + 1.0, "first_frame": int(t * FPS), "last_frame": int((t + 1.0) * FPS) - 1,
+                    "frames": FRAMES, "top": [{"label": f"action {len(lines) % 3}", "index": 0, "score": 0.8}]}  # fmt: skip
+            if untrained:
+                line["untrained"] = True
+            lines.append(json.dumps(line))
+            t += 1.0
+    return lines
+
+
+def _marks(lines: list[str]) -> Marks:
+    marks = Marks()
+    for line in lines:
+        marks.add_line(line)
+    return marks
+
+
+def _axis(chart: np.ndarray) -> tuple[int, int, int]:
+    """(row, first column, last column) of the time axis: the longest black horizontal run of the chart."""
+    black = (chart.max(axis=2) < 40).astype(np.int8)  # (H, W)
+    row = int(black.sum(axis=1).argmax())
+    columns = np.flatnonzero(black[row])
+    return row, int(columns[0]), int(columns[-1])
+
+
+def test_each_subject_line_is_drawn_at_that_subjects_first_clip_and_the_axis_has_its_ticks(
+    tmp_path: Path,
+) -> None:
+    starts = {"walkway-1": 0.0, "walkway-2": 2.5, "walkway-3": 6.0}  # the chart spans 0-10 s
+    plot = tmp_path / "subjects.png"
+    draw_timeline(_marks(_timeline_lines(starts, 10.0)), plot, (1000, 300))
+    chart = cv2.imread(str(plot))
+    axis_row, left, right = _axis(chart)
+    red = (chart == RESET_BGR).all(axis=2)  # lines are drawn without anti-aliasing: exactly RESET_BGR
+    columns = [int(x) for x in np.flatnonzero(red[:axis_row].sum(axis=0) > axis_row // 2)]
+    expected = [left + int(first_s / 10.0 * (right - left)) for first_s in starts.values()]
+    assert len(columns) == len(expected) and all(
+        abs(x - e) <= 1 for x, e in zip(columns, expected, strict=True)
+    ), (columns, expected)
+    ticks = np.flatnonzero(chart[axis_row + 3].max(axis=1) < 40)  # the tick marks just below the axis
+    assert len(ticks) >= 5, ticks  # 0, 2, 4, 6, 8, 10 s: not one tick at the last subject's start
+
+
+def test_the_chart_of_an_untrained_model_says_so_in_red(tmp_path: Path) -> None:
+    starts = {"lobby-1": 0.0}
+    trained, untrained = _marks(_timeline_lines(starts, 4.0)), _marks(_timeline_lines(starts, 4.0, True))
+    assert timeline_heading(untrained, "lobby.mp4").startswith(UNTRAINED_HEADING)
+    assert UNTRAINED_HEADING not in timeline_heading(trained, "lobby.mp4")
+    heading_red = []
+    for name, marks in (("trained", trained), ("untrained", untrained)):
+        draw_timeline(marks, tmp_path / f"{name}.png", (400, 200), "lobby.mp4")
+        band = cv2.imread(str(tmp_path / f"{name}.png"))[:30].astype(int)  # the heading's band
+        heading_red.append(int(((band[..., 2] - band[..., :2].max(axis=2)) > 100).sum()))
+    assert heading_red[0] == 0 and heading_red[1] > 100, heading_red
+
+
+def _drawn_extent_px(drawn: list[np.ndarray], source: list[np.ndarray], rows: slice) -> int:
+    """The rightmost column of ``rows`` where the drawn frames differ from the source (the label's box)."""
+    diff = np.mean([np.abs(d[rows].astype(int) - s[rows].astype(int)).mean(axis=(0, 2))
+                    for d, s in zip(drawn, source, strict=True)], axis=0)  # fmt: skip
+    return int(np.flatnonzero(diff > 30)[-1])
+
+
+def test_a_video_out_of_an_untrained_model_marks_every_label_as_untrained(files: dict[str, Path]) -> None:
+    video = make_video(files["root"] / "wide.mp4", 30, FPS, size=(480, 96))
+    lines = [json.dumps({"clip": 0, "start_s": 0.0, "end_s": 0.4, "first_frame": 0, "last_frame": 10,
+                         "frames": FRAMES, "top": [{"label": "action 1", "index": 1, "score": 0.5}]})]  # fmt: skip
+    untrained_lines = [json.dumps({**json.loads(line), "untrained": True}) for line in lines]
+    extents = []
+    for name, timeline in (("trained", lines), ("untrained", untrained_lines)):
+        out = files["root"] / f"{name}_wide.mp4"
+        assert write_annotated_video(video, out, _marks(timeline)) == 30
+        extents.append(_drawn_extent_px(_decoded(out)[10:], _decoded(video)[10:], slice(0, 20)))
+    suffix_px = cv2.getTextSize(UNTRAINED_SUFFIX, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)[0][0]
+    assert extents[1] - extents[0] >= 0.8 * suffix_px, (extents, suffix_px)
+
+
+def test_classify_plots_of_an_untrained_model_say_so(files: dict[str, Path]) -> None:
+    plot = files["root"] / "untrained_plot.png"
+    code = main(["classify", str(files["video.mp4"]), "--config", str(files["config.yaml"]), "--arch", "swin_t",
+                 "--out", str(files["root"] / "untrained_plot.jsonl"), "--plot", str(plot)])  # fmt: skip
+    assert code == 0
+    band = cv2.imread(str(plot))[:30].astype(int)
+    assert ((band[..., 2] - band[..., :2].max(axis=2)) > 100).sum() > 100  # the red heading
+
+
+# -- the clip shape: flags, then the config's own keys, then the checkpoint's training ---------------------------
+TRAINED_CLIP = {"frames": 4, "frame_interval": 3, "size_px": 32}  # what `vstmon train` records in meta.clip
+
+
+@pytest.fixture(scope="module")
+def trained_files(files: dict[str, Path]) -> dict[str, Path]:
+    """A checkpoint as `vstmon train` writes it (official layout + meta with the clip shape) and a config that
+    sets no clip key."""
+    from vstmon.model import build_model
+
+    root = files["root"]
+    torch.manual_seed(0)
+    state = build_model(_tiny_config()).state_dict()
+    torch.save({"state_dict": state, "meta": {"clip": TRAINED_CLIP, "classes": []}}, root / "trained.pth")
+    (root / "no_clip.yaml").write_text(
+        f"model: {{labels: {files['labels.txt']}, device: cpu}}\ninference: {{threads: 1}}\n"
+    )
+    return {"trained.pth": root / "trained.pth", "no_clip.yaml": root / "no_clip.yaml"}
+
+
+def _shape_of(lines: list[dict]) -> tuple[int, int]:
+    """(frames, frame interval) of a timeline's clips."""
+    first = lines[0]
+    return first["frames"], (first["last_frame"] - first["first_frame"]) // (first["frames"] - 1)
+
+
+def _classify_trained(
+    files: dict[str, Path], trained_files: dict[str, Path], config: Path, *extra: str, name: str
+) -> list[dict]:
+    out = files["root"] / name
+    code = main(["classify", str(files["video.mp4"]), "--config", str(config), "--checkpoint",
+                 str(trained_files["trained.pth"]), "--out", str(out), *extra])  # fmt: skip
+    assert code == 0
+    return [json.loads(line) for line in out.read_text().splitlines()]
+
+
+def test_a_trained_checkpoints_clip_shape_is_used_when_nothing_sets_one(
+    files: dict[str, Path], trained_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = _classify_trained(files, trained_files, trained_files["no_clip.yaml"], name="as_trained.jsonl")
+    assert _shape_of(lines) == (4, 3)
+    err = capsys.readouterr().err
+    assert "trained on other clips" not in err and "clip shape as the checkpoint was trained" in err
+
+
+def test_the_configs_own_clip_keys_and_then_the_flags_win_over_the_checkpoint(
+    files: dict[str, Path], trained_files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = (
+        files["root"] / "frames_only.yaml"
+    )  # sets clip.frames only: the interval comes from the checkpoint
+    config.write_text(trained_files["no_clip.yaml"].read_text() + "clip: {frames: 6}\n")
+    assert _shape_of(_classify_trained(files, trained_files, config, name="frames6.jsonl")) == (6, 3)
+    assert "clip.frames" in capsys.readouterr().err  # deployed unlike trained: it still says so
+    flagged = _classify_trained(files, trained_files, config, "--frames", "5", "--frame-interval", "2",
+                                "--size", "64", name="flagged.jsonl")  # fmt: skip
+    assert _shape_of(flagged) == (5, 2)
+    assert all(line["frames"] == 5 for line in flagged)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [(["--size", "100"], "--size: size_px must be a multiple of 32"), (["--frames", "1"], "--frames: ")],
+)
+def test_a_bad_clip_flag_is_one_error_line(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    code = main(["classify", str(files["video.mp4"]), "--config", str(files["config.yaml"]), "--checkpoint",
+                 str(files["tiny.pth"]), *flags])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and message in err, err

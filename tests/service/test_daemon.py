@@ -373,7 +373,9 @@ def test_compile_tensorrt_without_torch_tensorrt_extends_the_start_then_falls_ba
     from vstmon.log import configure_logging
 
     configure_logging("info", "json")
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
+    import torch._dynamo.config as dynamo_config
+
+    monkeypatch.setattr(dynamo_config, "disable", True)
     checkpoint, labels = model_files
     video = write_mjpg(tmp_path / "clip.avi", [("moving", range(24))])
     with NotifyListener(tmp_path / "notify.sock") as listener:

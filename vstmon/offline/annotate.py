@@ -7,6 +7,10 @@ score; in per-subject mode each person's box and id, at the box of their newest 
 keep coming (``hold_s`` after the last one). Same size, frame count and frame rate as the input. The chart is
 drawn with OpenCV (no plotting library on an edge box): one row per label that was ever top, a band per clip over
 its time span, shaded by score; per-subject clips are banded in their subject's colour.
+
+A timeline from an untrained model (its lines carry ``"untrained": true``) is marked as the live page marks it:
+every label drawn on the video reads ``<label> <score> (untrained)``, and the chart's heading, in red, starts
+by saying that the labels are meaningless.
 """
 
 from __future__ import annotations
@@ -22,10 +26,22 @@ import numpy as np
 
 from vstmon.errors import VstmonError
 
-__all__ = ["Mark", "Marks", "draw_timeline", "subject_starts", "write_annotated_video"]
+__all__ = [
+    "UNTRAINED_HEADING",
+    "UNTRAINED_SUFFIX",
+    "Mark",
+    "Marks",
+    "draw_timeline",
+    "subject_starts",
+    "timeline_heading",
+    "write_annotated_video",
+]
 
 _FONT = cv2.FONT_HERSHEY_SIMPLEX
 RESET_BGR = (40, 40, 220)  # segment starts on the chart (red)
+UNTRAINED_BGR = (0, 0, 200)  # the chart's "untrained" warning (red)
+UNTRAINED_SUFFIX = " (untrained)"  # after every score drawn from an untrained model, as on the live page
+UNTRAINED_HEADING = "UNTRAINED model: labels are meaningless"
 
 
 @dataclass(frozen=True)
@@ -43,12 +59,14 @@ class Mark:
 
 @dataclass
 class Marks:
-    """The clips of one timeline, in the order written."""
+    """The clips of one timeline, in the order written; ``untrained`` once any line says its model was."""
 
     items: list[Mark] = field(default_factory=list)
+    untrained: bool = False
 
     def add_line(self, line: str) -> None:
         data = json.loads(line)
+        self.untrained = self.untrained or bool(data.get("untrained"))
         top = data["top"][0]
         box = data.get("box")
         self.items.append(
@@ -100,6 +118,7 @@ def write_annotated_video(source: Path, out: Path, marks: Marks, hold_s: float =
         by_subject.setdefault(mark.subject or "", []).append(mark)
     for items in by_subject.values():
         items.sort(key=lambda m: m.last_frame)
+    suffix = UNTRAINED_SUFFIX if marks.untrained else ""
     writer: cv2.VideoWriter | None = None
     part = out.with_name(out.name + ".part.mp4")
     written = 0
@@ -118,7 +137,7 @@ def write_annotated_video(source: Path, out: Path, marks: Marks, hold_s: float =
             at = bisect_right(ends, written) - 1
             if at >= 0:
                 mark = whole[at]
-                _text(frame, f"{mark.label}  {mark.score:.2f}", (4, 4), scale, (255, 255, 255))
+                _text(frame, f"{mark.label}  {mark.score:.2f}{suffix}", (4, 4), scale, (255, 255, 255))
             for subject, items in by_subject.items():
                 index = bisect_right([m.last_frame for m in items], written) - 1
                 if (
@@ -135,7 +154,7 @@ def write_annotated_video(source: Path, out: Path, marks: Marks, hold_s: float =
                 cv2.rectangle(frame, (x0, y0), (x1, y1), colour, max(2, round(scale * 2)))
                 _text(
                     frame,
-                    f"{subject}: {mark.label} {mark.score:.2f}",
+                    f"{subject}: {mark.label} {mark.score:.2f}{suffix}",
                     (x0, y0 - int(24 * small)),  # just above the box (inside it at the top edge)
                     small,
                     colour,
@@ -170,7 +189,7 @@ def draw_timeline(marks: Marks, out: Path, size_px: tuple[int, int] = (1200, 400
     row_px = min(40, (height - top - bottom) // len(rows))
     row_of = {label: i for i, label in enumerate(rows)}
     end_s = max(m.end_s for m in marks.items)
-    start_s = min(m.start_s for m in marks.items)
+    start_s = min(m.start_s for m in marks.items)  # the chart's left edge (x_of reads it)
     label_w = min(260, max(cv2.getTextSize(r, _FONT, 0.45, 1)[0][0] for r in rows) + 16)
     plot_w = width_px - label_w - 16
     image = np.full((height, width_px, 3), 255, np.uint8)
@@ -200,8 +219,8 @@ def draw_timeline(marks: Marks, out: Path, size_px: tuple[int, int] = (1200, 400
             -1,
         )
     axis_y = top + row_px * len(rows) + 2
-    for start_s in subject_starts(marks):  # per subject: a new person's first clip opens their segment
-        cv2.line(image, (x_of(start_s), top), (x_of(start_s), axis_y), RESET_BGR, 1)
+    for first_s in subject_starts(marks):  # per subject: a new person's first clip opens their segment
+        cv2.line(image, (x_of(first_s), top), (x_of(first_s), axis_y), RESET_BGR, 1)
     cv2.line(image, (label_w, axis_y), (label_w + plot_w, axis_y), (0, 0, 0), 1)
     step = _tick_step(span)
     tick = math.ceil(start_s / step) * step
@@ -210,12 +229,19 @@ def draw_timeline(marks: Marks, out: Path, size_px: tuple[int, int] = (1200, 400
         cv2.line(image, (x, axis_y), (x, axis_y + 5), (0, 0, 0), 1)
         cv2.putText(image, f"{tick:g} s", (x - 12, axis_y + 20), _FONT, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
         tick += step
+    colour = UNTRAINED_BGR if marks.untrained else (0, 0, 0)  # an untrained model's chart says so in red
+    cv2.putText(image, timeline_heading(marks, title), (6, 22), _FONT, 0.55, colour, 1, cv2.LINE_AA)
+    if not cv2.imwrite(str(out), image):
+        raise VstmonError(f"{out}: the plot could not be written (a .png path in a writable folder?)")
+
+
+def timeline_heading(marks: Marks, title: str = "") -> str:
+    """The chart's heading: ``title`` (or what the chart shows), after ``UNTRAINED_HEADING`` for an untrained
+    model's timeline (drawn in red, first, so that a narrow chart cannot cut it off)."""
     heading = title or f"top label per clip ({len(marks.items)} clips; darker = higher score)"
     if any(m.subject for m in marks.items):
         heading += "; red: a new subject"
-    cv2.putText(image, heading, (6, 22), _FONT, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
-    if not cv2.imwrite(str(out), image):
-        raise VstmonError(f"{out}: the plot could not be written (a .png path in a writable folder?)")
+    return f"{UNTRAINED_HEADING}; {heading}" if marks.untrained else heading
 
 
 def subject_starts(marks: Marks) -> list[float]:

@@ -18,6 +18,8 @@ name). Lines of an untrained model carry ``"untrained": true``.
 
 The model comes from ``load_model_and_labels``, as in the daemon: the same config gives the same model
 (``checkpoint: null`` -> untrained, seeded weights; ``arch: auto`` -> swin_t then). Flags override the config.
+The clip shape is, key by key, the flag's, the config file's own ``clip`` key, the shape a ``vstmon train``
+checkpoint records in its ``meta``, or the default (``with_clip_flags``, ``with_trained_clip``).
 The video is opened (and its first frame checked) before the model is loaded, so a bad input fails at once.
 ``--out FILE`` is written through a temporary file beside it (``FILE.<random>.part``, one line per clip as its
 batch is done) that replaces FILE only when the whole video is classified: FILE is never left partial or empty.
@@ -36,6 +38,7 @@ import secrets
 import signal
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any
@@ -45,11 +48,12 @@ import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from vstmon.config import Config, ModelConfig, StreamConfig, SubjectsConfig, load_config
-from vstmon.errors import ConfigError, SourceError, VstmonError
+from vstmon.config import ClipConfig, Config, ModelConfig, StreamConfig, SubjectsConfig, load_config
+from vstmon.errors import CheckpointError, ConfigError, SourceError, VstmonError
 from vstmon.ingest.capture import CaptureError, file_info, parse_source
 from vstmon.log import configure_logging, get_logger
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
+from vstmon.model.checkpoint import read_meta
 from vstmon.offline.annotate import Marks, draw_timeline, write_annotated_video
 from vstmon.offline.run import FileRun, OfflineStream
 from vstmon.service.preflight import preflight
@@ -68,10 +72,14 @@ __all__ = [
     "default_batch",
     "run",
     "subject_prefix",
+    "trained_clip",
+    "with_clip_flags",
+    "with_trained_clip",
 ]
 
 _log = get_logger(__name__)
 _MODEL_FLAGS = ("checkpoint", "arch", "labels", "device", "precision")  # flags that override config.model
+_CLIP_FLAGS = {"frames": "frames", "frame_interval": "frame_interval", "size": "size_px"}  # flag -> clip key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -82,6 +90,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--arch", help="swin_t|swin_s|swin_b|swin_l[_sthv2] or auto (default: model.arch)")
     parser.add_argument("--labels", help="kinetics400, sthv2 or a labels file (default: model.labels)")
     parser.add_argument("--hop-s", type=float, help="seconds of video between clips (default: clip.hop_s)")
+    parser.add_argument(
+        "--frames",
+        type=int,
+        help="frames per clip (default: clip.frames if the config sets it, else as the checkpoint was trained)",
+    )
+    parser.add_argument(
+        "--frame-interval",
+        type=int,
+        help="source frames between sampled frames (default: clip.frame_interval, else as trained)",
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        help="crop size in pixels, a multiple of 32 (default: clip.size_px, else as trained)",
+    )
     parser.add_argument(
         "--batch",
         type=int,
@@ -362,6 +385,58 @@ def _with_flags(config: Config, args: argparse.Namespace) -> Config:
     return config.model_copy(update={"model": model})
 
 
+def trained_clip(checkpoint: Path | None) -> dict[str, int]:
+    """The clip shape (``frames``, ``frame_interval``, ``size_px``) that a ``vstmon train`` checkpoint records in
+    its ``meta``; {} for a checkpoint that records none (the official ones) and for untrained weights."""
+    if checkpoint is None:
+        return {}
+    recorded = read_meta(checkpoint).get("clip")
+    if not isinstance(recorded, dict):
+        return {}
+    return {key: recorded[key] for key in ("frames", "frame_interval", "size_px") if key in recorded}
+
+
+def _flag_of(key: str) -> str:
+    """The ``classify`` flag that sets ``clip.<key>``."""
+    return "--" + next((flag for flag, k in _CLIP_FLAGS.items() if k == key), key).replace("_", "-")
+
+
+def with_clip_flags(config: Config, args: argparse.Namespace) -> Config:
+    """``config`` with ``--frames``, ``--frame-interval`` and ``--size`` put over its clip section (they then count
+    as set: ``with_trained_clip`` leaves them alone). A bad value is a one-line error naming the flag."""
+    flags = {key: getattr(args, flag) for flag, key in _CLIP_FLAGS.items() if getattr(args, flag) is not None}
+    if not flags:
+        return config
+    clip = _clip_with(config.clip, flags, _flag_of, VstmonError)
+    return config.model_copy(update={"clip": clip})
+
+
+def with_trained_clip(config: Config) -> Config:
+    """``config`` with the clip shape its checkpoint was trained on (``trained_clip``) in every clip key that
+    neither the config file nor a flag set; logged when it changes anything. (With ``inference.backend: triton``
+    the server holds the model: its shape is the config's.)"""
+    clip = config.clip
+    checkpoint = config.model.checkpoint if config.inference.backend != "triton" else None
+    trained = {k: v for k, v in trained_clip(checkpoint).items() if k not in clip.model_fields_set}
+    if not trained:
+        return config
+    clip = _clip_with(clip, trained, lambda key: f"checkpoint {checkpoint}: meta.clip.{key}", CheckpointError)
+    _log.info("clip shape as the checkpoint was trained", **{f"clip.{k}": v for k, v in trained.items()})
+    return config.model_copy(update={"clip": clip})
+
+
+def _clip_with(
+    clip: ClipConfig, values: dict[str, Any], name: Callable[[str], str], error: type[VstmonError]
+) -> ClipConfig:
+    """``clip`` with ``values`` set, validated; the first problem as ``error`` naming its source (``name(key)``)."""
+    try:
+        return ClipConfig.model_validate(clip.model_dump(exclude_unset=True) | values)
+    except ValidationError as problem:
+        item = problem.errors(include_url=False)[0]
+        key = str(item["loc"][0]) if item["loc"] else "clip"
+        raise error(f"{name(key)}: {str(item['msg']).removeprefix('Value error, ')}") from None
+
+
 def _per_subject(config: Config, args: argparse.Namespace, source: str) -> Config | None:
     """Per-subject mode (``--subjects`` or ``subjects.mode: per_subject``): ``config`` with ``--detector`` put
     over ``subjects.detector``; None in whole-frame mode. One-line errors for a missing detector."""
@@ -398,6 +473,9 @@ def _classify_to_output(
     """Open the output (before the models load: a bad target fails at once), load the model as the daemon does,
     classify, and put the timeline (and its pictures) in place."""
     with TimelineOutput(args.out) as timeline:
+        config = with_trained_clip(
+            config
+        )  # reads the checkpoint: after the video and the output, as the model
         loaded = load_model_and_labels(config)  # warns (once) about untrained weights
         _log.info(
             "classifying",
@@ -443,6 +521,7 @@ def run(args: argparse.Namespace) -> int:
     check_video(Path(args.video))
     # devices, precision, checkpoint, labels and detector files, as `vstmon check` does; one device: the first
     resolved = preflight(config, source)[0]
+    config = with_clip_flags(config, args)
     batch = (
         args.batch if args.batch is not None else default_batch(resolved.device, config.inference.max_batch)
     )

@@ -113,6 +113,9 @@ def _exit_now() -> None:
         _log.warning(
             "stage threads still busy after the shutdown deadline; exiting without them", threads=stages
         )
+    zmq = sys.modules.get("zmq")
+    if zmq is not None:  # closed sockets send what they still hold within their linger: let them, then end
+        zmq.Context.instance().destroy(linger=500)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -27,6 +27,7 @@ from vstmon import __version__
 from vstmon.config import load_yaml_model, validate_model
 from vstmon.errors import VstmonError
 from vstmon.model.checkpoint import describe_config
+from vstmon.train.budget import few_steps_warning, fit_to_dataset, steps_per_epoch
 from vstmon.train.clips import ClipSpec, EpochBatches, EvalClips, TrainClips, make_loader
 from vstmon.train.config import TrainConfig
 from vstmon.train.data import Video, load_dataset, report_skipped, stratified_split
@@ -67,10 +68,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, metavar="OUT_DIR", help="where the run is written")
     parser.add_argument("--config", type=Path, help="train.yaml with any TrainConfig setting (flags win)")
     parser.add_argument("--checkpoint", type=Path, help="weights to start from (the head is replaced)")
-    parser.add_argument("--arch", help="swin_t | swin_s | swin_b | swin_l | auto (from the checkpoint)")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch", type=int, help="clips per forward pass")
-    parser.add_argument("--accumulate", type=int, help="forward passes per optimiser step")
+    parser.add_argument(
+        "--arch",
+        help="auto (default: from the checkpoint; swin_t without one) | swin_t | swin_s | swin_b | swin_l",
+    )
+    parser.add_argument("--epochs", type=int, help="passes over the data (default 30; more on small data)")
+    parser.add_argument("--batch", type=int, help="clips per forward pass (default 2)")
+    parser.add_argument(
+        "--accumulate", type=int, help="forward passes per optimiser step (default 4; fewer on small data)"
+    )
     parser.add_argument("--frames", type=int, help="frames per clip")
     parser.add_argument("--frame-interval", type=int, help="source frames between sampled frames")
     parser.add_argument("--size", type=int, help="crop size in pixels (a multiple of 32)")
@@ -150,18 +156,22 @@ def _prepare_split(
     return dataset.classes, train, val
 
 
-def _check_resumable(cfg: TrainConfig, out: Path) -> dict[str, Any]:
+def _load_last(out: Path) -> dict[str, Any]:
+    """The state in ``out/last.pth`` that ``--resume`` continues."""
     last = out / "last.pth"
     if not last.is_file() or not (out / "split.json").is_file():
         raise ResumeError(f"{out}: nothing to resume (no last.pth and split.json from an earlier run)")
-    state = torch.load(last, map_location="cpu", weights_only=True)
+    return torch.load(last, map_location="cpu", weights_only=True)
+
+
+def _check_same_settings(cfg: TrainConfig, state: dict[str, Any], out: Path) -> None:
+    """``--resume`` continues a run only with the settings it ran with (after adapting to the dataset)."""
     before = state["settings"]
     now = cfg.fingerprint()
     changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed)
         raise ResumeError(f"{out}: --resume continues a run with the same settings; changed: {detail}")
-    return state
 
 
 def _meta(
@@ -197,8 +207,11 @@ def train(
     def say(line: str) -> None:
         print(line, flush=True)
 
+    def warn(line: str) -> None:
+        print(f"vstmon: warning: {line}", file=sys.stderr, flush=True)
+
     out.mkdir(parents=True, exist_ok=True)
-    state = _check_resumable(cfg, out) if resume else None
+    state = _load_last(out) if resume else None
     if not resume and (out / "last.pth").exists():
         raise ResumeError(
             f"{out} already holds a run (last.pth): add --resume to continue it, or choose another --out"
@@ -206,6 +219,14 @@ def train(
     device = training_device(cfg.device)
     dtype = resolve_precision(cfg.precision, device)
     classes, train_videos, val_videos = _prepare_split(cfg, data, out, resume, say)
+    cfg, notes = fit_to_dataset(cfg, len(train_videos))  # the defaults nobody set, sized to the data
+    for note in notes:
+        say(note)
+    if state is not None:
+        _check_same_settings(cfg, state, out)
+    few_steps = few_steps_warning(cfg, len(train_videos))
+    if few_steps is not None:
+        warn(few_steps)
     spec = ClipSpec(cfg.frames, cfg.frame_interval, cfg.size_px)
     workers = (
         cfg.workers
@@ -226,15 +247,16 @@ def train(
     )
 
     model = build_training_model(cfg, len(classes))
-    steps_per_epoch = -(-len(batches) // cfg.accumulate)
+    per_epoch = steps_per_epoch(len(train_videos), cfg.batch, cfg.accumulate)  # = len(batches) / accumulate
     checkpointing = cfg.grad_checkpointing if cfg.grad_checkpointing is not None else device.type == "cuda"
-    trainer = Trainer(model, cfg, device, dtype, steps_per_epoch, checkpointing)
-    start, best = 0, -1.0
+    trainer = Trainer(model, cfg, device, dtype, per_epoch, checkpointing)
+    start, best, best_loss = 0, -1.0, float("inf")
     metrics_file = out / "metrics.jsonl"
     if state is not None:
         model.load_state_dict(state["state_dict"])
         trainer.load_state(state)
         start, best = int(state["epoch"]), float(state["best_top1"])
+        best_loss = float(state.get("best_loss", float("inf")))
         kept = (
             [line for line in metrics_file.read_text().splitlines() if json.loads(line)["epoch"] <= start]
             if metrics_file.exists()
@@ -248,7 +270,7 @@ def train(
         f"training {len(classes)} classes on {len(train_videos)} videos (validating on {len(val_videos)}), "
         f"{describe_config(model.config)}, {device} {str(dtype).removeprefix('torch.')}, "
         f"grad checkpointing {'on' if checkpointing else 'off'}, batch {cfg.batch} x {cfg.accumulate}, "
-        f"{workers} decoding worker(s)"
+        f"{cfg.epochs} epochs of {per_epoch} optimiser steps, {workers} decoding worker(s)"
     )
     line: dict[str, Any] = {}
     for epoch in range(start + 1, cfg.epochs + 1):
@@ -265,20 +287,23 @@ def train(
         if val_loader is not None:
             scores = score(*trainer.predict(val_loader))
         top1 = scores.top1 if scores is not None else result.top1
-        is_best = top1 > best
+        loss = scores.loss if scores is not None else result.loss
+        # a few validation videos give few distinct top-1 values: among equals, the lower loss is better
+        is_best = (top1, -loss) > (best, -best_loss)
         line = {
             "epoch": epoch,
             "train_loss": round(result.loss, 5),
             "train_top1": round(result.top1, 4),
             "val_top1": None if scores is None else round(scores.top1, 4),
             "val_top5": None if scores is None else round(scores.top5, 4),
+            "val_loss": None if scores is None else round(scores.loss, 5),
             "lr": result.lr,
             "step": trainer.step,
             "time_s": round(time.monotonic() - started, 2),
             "best": is_best,
         }
         if is_best:
-            best = top1
+            best, best_loss = top1, loss
             _save(
                 {
                     "state_dict": model.state_dict(),
@@ -303,6 +328,7 @@ def train(
                 **trainer.state(),
                 "epoch": epoch,
                 "best_top1": best,
+                "best_loss": best_loss,
                 "settings": cfg.fingerprint(),
             },
             out / "last.pth",

@@ -3,7 +3,8 @@
 Defaults follow the official Video Swin Kinetics recipe where it applies to fine-tuning (AdamW, backbone at a
 tenth of the head's learning rate, weight decay 0.02 with none on norms and the relative-position tables,
 linear warm-up then cosine, the preset's stochastic depth, head dropout 0.5); the batch defaults are sized for one
-consumer GPU (batch 2 x 4 accumulated steps).
+consumer GPU (batch 2 x 4 accumulated steps), and on a small dataset ``accumulate`` and ``epochs``, where nobody
+set them, adapt to make enough optimiser steps (``vstmon.train.budget``).
 """
 
 from __future__ import annotations
@@ -41,18 +42,27 @@ class ArchOverrides(StrictModel):
 
 
 class TrainConfig(StrictModel):
-    """Everything ``vstmon train`` needs besides DATA_DIR and OUT_DIR (which only the command line gives)."""
+    """Everything ``vstmon train`` needs besides DATA_DIR and OUT_DIR (which only the command line gives).
+
+    Set or default: ``vstmon train`` validates this from the keys train.yaml gives and the flags given, nothing
+    else, so ``is_set(name)`` (pydantic's ``model_fields_set``) says whether the user chose a value. Some defaults
+    adapt to the dataset where the user did not (``accumulate``, ``epochs``: ``vstmon.train.budget``); a value
+    the user set is never changed.
+    """
 
     arch: str = Field(
-        "swin_t", description="swin_t | swin_s | swin_b | swin_l (+_sthv2) | auto (from --checkpoint)"
+        "auto",
+        description="auto (from --checkpoint; swin_t without one) | swin_t | swin_s | swin_b | swin_l (+_sthv2)",
     )
     model: ArchOverrides | None = Field(
         None, description="shape changes to the preset (training from scratch)"
     )
     checkpoint: Path | None = Field(None, description="weights to start from; the head is replaced")
-    epochs: int = Field(30, ge=1, le=10_000)
+    epochs: int = Field(30, ge=1, le=10_000, description="passes over the data (default: more on small data)")
     batch: int = Field(2, ge=1, le=1024, description="clips per forward pass")
-    accumulate: int = Field(4, ge=1, le=1024, description="forward passes per optimiser step")
+    accumulate: int = Field(
+        4, ge=1, le=1024, description="forward passes per optimiser step (default: fewer on small data)"
+    )
     frames: int = Field(32, ge=2, le=512, description="frames per clip (T)")
     frame_interval: int = Field(2, ge=1, le=64, description="source frames between sampled frames")
     size_px: int = Field(224, ge=32, le=1024, description="crop size; a multiple of 32")
@@ -89,14 +99,19 @@ class TrainConfig(StrictModel):
         return check_arch(value)
 
     @model_validator(mode="after")
-    def _auto_needs_checkpoint(self) -> TrainConfig:
-        if self.arch == "auto" and self.checkpoint is None:
-            raise ValueError(
-                "arch: auto reads the architecture from a checkpoint; give checkpoint or a preset"
-            )
-        if self.arch == "auto" and self.model is not None:
+    def _auto_with_model_needs_a_preset(self) -> TrainConfig:
+        if self.arch == "auto" and self.model is not None and self.checkpoint is not None:
             raise ValueError("model: changes a preset's shape; name the preset in arch (not auto)")
         return self
+
+    def is_set(self, name: str) -> bool:
+        """Whether train.yaml or a flag gave ``name`` (else it holds its default, which may adapt)."""
+        return name in self.model_fields_set
+
+    @property
+    def preset(self) -> str:
+        """The preset to build without a checkpoint: ``arch``, with ``auto`` meaning swin_t (as in the daemon)."""
+        return "swin_t" if self.arch == "auto" else self.arch
 
     def fingerprint(self) -> dict[str, Any]:
         """What a resumed run must share with the run it continues (everything but where it runs)."""

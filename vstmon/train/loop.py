@@ -53,7 +53,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 def _shape(cfg: TrainConfig) -> SwinConfig:
-    preset = get_preset(cfg.arch)
+    preset = get_preset(cfg.preset)
     return preset.with_(**cfg.model.changes()) if cfg.model is not None else preset
 
 

@@ -20,6 +20,7 @@ class Scores:
     per_class: list[float | None]  # accuracy per class (None: no video of that class)
     confusion: np.ndarray  # (classes, classes) counts, rows = true class, columns = predicted
     videos: int
+    loss: float = float("nan")  # mean cross-entropy of the true class (ranks models of equal top-1)
 
     def as_json(self, classes: Sequence[str]) -> dict[str, object]:
         return {
@@ -28,6 +29,7 @@ class Scores:
             "top5": self.top5,
             "per_class": {c: a for c, a in zip(classes, self.per_class, strict=True)},
             "confusion": self.confusion.tolist(),
+            "loss": self.loss,
         }
 
 
@@ -36,6 +38,7 @@ def score(probs: np.ndarray, truth: np.ndarray) -> Scores:
     n, classes = probs.shape
     if n == 0:
         return Scores(float("nan"), float("nan"), [None] * classes, np.zeros((classes, classes), np.int64), 0)
+    loss = float(np.mean(-np.log(np.clip(probs[np.arange(n), truth], 1e-12, None))))
     ranked = np.argsort(-probs, axis=1)
     top1 = float(np.mean(ranked[:, 0] == truth))
     top5 = float(np.mean([t in row[: min(5, classes)] for t, row in zip(truth, ranked, strict=True)]))
@@ -43,7 +46,7 @@ def score(probs: np.ndarray, truth: np.ndarray) -> Scores:
     np.add.at(confusion, (truth, ranked[:, 0]), 1)
     rows = confusion.sum(1)
     per_class = [float(confusion[i, i] / rows[i]) if rows[i] else None for i in range(classes)]
-    return Scores(top1, top5, per_class, confusion, n)
+    return Scores(top1, top5, per_class, confusion, n, loss)
 
 
 def confusion_text(scores: Scores, classes: Sequence[str]) -> str:
