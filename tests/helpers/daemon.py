@@ -148,7 +148,8 @@ def run_daemon():
     started: list[Daemon] = []
 
     def start(data: dict[str, Any], before_sources: Any = None) -> tuple[Daemon, Subscriber]:
-        config = parse_config(data)
+        # in this process, on threads (tests look inside), unless the test asks for worker processes
+        config = parse_config({"workers": {"processes": 0}, **data})
         daemon = Daemon(config)
         daemon.start(start_sources=False)
         started.append(daemon)

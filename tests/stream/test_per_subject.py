@@ -211,7 +211,7 @@ def test_memory_is_fixed_and_people_coming_and_going_leave_nothing_behind(
     statuses = [m for t, m in messages if t == "status.walk" and m.subjects is not None]
     assert statuses and all(len(m.subjects) <= 2 for m in statuses)
     assert any(s.subject.startswith("walk-") and s.box is not None for m in statuses for s in m.subjects)
-    engine = daemon.streams["walk"].engine
+    engine = daemon.pool.engine_of("walk")
     assert len(per_subject._by_key) <= 2  # only the people holding a slot
     assert (
         len(engine.batcher._keys) <= 2 + 1

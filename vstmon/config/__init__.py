@@ -30,7 +30,14 @@ from vstmon.config.publish import CurveConfig, PublishConfig
 from vstmon.config.reader import MAX_DEPTH, MAX_EXPANDED_CHARS, MAX_EXPANDED_NODES, MAX_FILE_BYTES
 from vstmon.config.root import Config
 from vstmon.config.segments import ResetConfig, SceneChangeConfig, SmoothingConfig
-from vstmon.config.service import LogConfig, MetricsConfig, ServiceConfig, ViewConfig
+from vstmon.config.service import (
+    LogConfig,
+    MetricsConfig,
+    ServiceConfig,
+    ViewConfig,
+    WorkersConfig,
+    worker_processes,
+)
 from vstmon.config.streams import IngestConfig, ReconnectConfig, StreamConfig, stream_decode
 from vstmon.config.subjects import SubjectsConfig
 
@@ -62,6 +69,7 @@ __all__ = [
     "SubjectsConfig",
     "TritonServerConfig",
     "ViewConfig",
+    "WorkersConfig",
     "check_crop_size",
     "check_endpoint",
     "load_config",
@@ -69,4 +77,5 @@ __all__ = [
     "parse_config",
     "stream_decode",
     "validate_model",
+    "worker_processes",
 ]

@@ -12,7 +12,7 @@ from vstmon.config.inference import InferenceConfig
 from vstmon.config.model import ClipConfig, ModelConfig
 from vstmon.config.publish import PublishConfig
 from vstmon.config.segments import ResetConfig, SmoothingConfig
-from vstmon.config.service import LogConfig, MetricsConfig, ServiceConfig, ViewConfig
+from vstmon.config.service import LogConfig, MetricsConfig, ServiceConfig, ViewConfig, WorkersConfig
 from vstmon.config.streams import IngestConfig, StreamConfig
 from vstmon.config.subjects import SubjectsConfig
 
@@ -39,6 +39,9 @@ class Config(LocatedModel):
     publish: PublishConfig = Field(default_factory=PublishConfig, description="ZeroMQ output and control")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")
     view: ViewConfig = Field(default_factory=ViewConfig, description="the operator's live page")
+    workers: WorkersConfig = Field(
+        default_factory=WorkersConfig, description="worker processes hosting the streams (crash isolation)"
+    )
     service: ServiceConfig = Field(default_factory=ServiceConfig, description="shutdown, watchdog, health")
     log: LogConfig = Field(default_factory=LogConfig, description="logging")
 

@@ -4,13 +4,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from vstmon.config.base import StrictModel
 
-__all__ = ["LogConfig", "MetricsConfig", "ServiceConfig", "ViewConfig"]
+__all__ = ["LogConfig", "MetricsConfig", "ServiceConfig", "ViewConfig", "WorkersConfig", "worker_processes"]
 
 
 class MetricsConfig(StrictModel):
@@ -79,3 +80,37 @@ class LogConfig(StrictModel):
     format: Literal["auto", "json", "console"] = Field(
         "auto", description="auto (console on a TTY, JSON otherwise) | json | console"
     )
+
+
+class WorkersConfig(StrictModel):
+    """Where the streams run: worker processes, each hosting a group of streams (decoding, detectors, the stream
+    pipeline), with the engine, publisher and control in the daemon's own process. A worker that dies (a decoder
+    crash) is started again and its streams resume with a reset; the other streams never notice."""
+
+    processes: int | Literal["auto"] = Field(
+        "auto",
+        description="worker processes; auto = one per stream up to the cores minus one (at least 1); 0 = every "
+        "stream on threads inside the daemon's own process (no isolation)",
+    )
+    restart_delay_s: float = Field(
+        0.5,
+        ge=0,
+        le=60,
+        description="seconds before a worker process that died is started again (doubling while it keeps dying "
+        "within a minute, up to 30 s)",
+    )
+
+    @field_validator("processes")
+    @classmethod
+    def _check_processes(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 256:
+            raise ValueError("must be auto or 0-256")
+        return value
+
+
+def worker_processes(workers: WorkersConfig, streams: int, cores: int | None = None) -> int:
+    """How many worker processes host ``streams`` streams (0: none, every stream in the daemon's process)."""
+    if workers.processes != "auto":
+        return min(int(workers.processes), streams)
+    cores = cores if cores is not None else (os.cpu_count() or 1)
+    return max(1, min(streams, cores - 1)) if streams else 0

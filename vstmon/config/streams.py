@@ -100,6 +100,13 @@ class StreamConfig(StrictModel):
     decode: Literal["auto", "cpu", "nvdec"] | None = Field(
         None, description="auto | cpu | nvdec: the decoder of this stream; null = ingest.decode"
     )
+    decoder_threads: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="FFmpeg decoder threads of this stream; null = 1 for live sources, and for files when the "
+        "daemon has several streams (N streams must not take N times the cores), else FFmpeg's choice",
+    )
 
     @field_validator("name")
     @classmethod

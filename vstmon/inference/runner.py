@@ -40,7 +40,6 @@ happens after the ``except`` block is left (its traceback holds the failed attem
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import time
@@ -53,6 +52,7 @@ from torch import nn
 
 from vstmon.inference.cuda_graphs import CudaGraphs
 from vstmon.inference.engine_cache import EngineKey, EngineOptions, load_or_build, weights_sha256
+from vstmon.inference.kernels import attention_context, copy_clips, is_out_of_memory, sdpa_backend
 from vstmon.log import get_logger
 from vstmon.model.devices import auto_half_dtype, resolve_devices, resolve_dtype
 from vstmon.types import Clip
@@ -77,34 +77,6 @@ _ATTENTION_MEMORY_SLACK = 1.10  # a kernel within this factor of the lowest peak
 _PRECISION_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
 
-def sdpa_backend(name: str) -> Any:
-    """The ``torch.nn.attention.SDPBackend`` of a kernel name: flash, cudnn, efficient or math."""
-    from torch.nn.attention import SDPBackend
-
-    return {
-        "flash": SDPBackend.FLASH_ATTENTION,
-        "cudnn": SDPBackend.CUDNN_ATTENTION,
-        "efficient": SDPBackend.EFFICIENT_ATTENTION,
-        "math": SDPBackend.MATH,
-    }[name]
-
-
-def attention_context(name: str | None) -> Any:
-    """A context that runs ``scaled_dot_product_attention`` with kernel ``name`` only (None: torch's choice)."""
-    if name is None:
-        return contextlib.nullcontext()
-    from torch.nn.attention import sdpa_kernel
-
-    return sdpa_kernel([sdpa_backend(name)])
-
-
-def is_out_of_memory(error: BaseException) -> bool:
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if oom_type is not None and isinstance(error, oom_type):
-        return True
-    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-
-
 def _one_line(error: BaseException) -> str:
     text = str(error)
     return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
@@ -115,16 +87,6 @@ def _default_engine_options(model: nn.Module) -> EngineOptions:
     from vstmon.inference.tensorrt import TensorRTBuilder
 
     return EngineOptions(TensorRTBuilder(), None, weights_sha256(model))
-
-
-def copy_clips(clips: Sequence[Clip], buffer: np.ndarray, shape: tuple[int, ...]) -> None:
-    """Copy each clip's frames into the rows of ``buffer`` (the staging of a runner), checking their shape."""
-    for i, clip in enumerate(clips):
-        if tuple(clip.frames.shape) != shape:
-            raise ValueError(
-                f"stream {clip.stream}: clip shape {tuple(clip.frames.shape)} differs from {shape}"
-            )
-        np.copyto(buffer[i], clip.frames)
 
 
 class Runner:

@@ -26,7 +26,7 @@ import numpy as np
 
 from vstmon.config import TritonServerConfig
 from vstmon.errors import ConfigError
-from vstmon.inference.runner import copy_clips
+from vstmon.inference.kernels import copy_clips
 from vstmon.log import get_logger
 from vstmon.types import Clip
 

@@ -79,11 +79,15 @@ class Source(Stage):
         *,
         decode: str = "cpu",
         gpu: int = 0,
+        decoder_threads: int | None = None,
     ) -> None:
         super().__init__(f"source-{cfg.name}")
         self.cfg = cfg
         self.stream = cfg.name
         self._decode, self._gpu = decode, gpu  # the decoder (vstmon.ingest.decode): cpu = OpenCV, as always
+        self._decoder_threads = (
+            decoder_threads  # FFmpeg's threads (None: the stream's own setting or default)
+        )
         self._detection_frames = detection_frames  # whole frames for the person detector, a few per second
         self.ring = ring
         self.size_px = size_px
@@ -184,7 +188,9 @@ class Source(Stage):
         while not self._stop.is_set():
             opened_mono_s = time.monotonic()
             try:
-                reader = open_reader(self.cfg, spec, decode=self._decode, gpu=self._gpu)
+                reader = open_reader(
+                    self.cfg, spec, decode=self._decode, gpu=self._gpu, threads=self._decoder_threads
+                )
             except CaptureError as error:
                 if self._stop.is_set():
                     return

@@ -34,28 +34,25 @@ import argparse
 import json
 import math
 import os
-import secrets
 import signal
-import stat
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from pydantic import ValidationError
 from tqdm import tqdm
 
-from vstmon.config import ClipConfig, Config, ModelConfig, StreamConfig, SubjectsConfig, load_config
-from vstmon.errors import CheckpointError, ConfigError, SourceError, VstmonError
+from vstmon.config import Config, ModelConfig, StreamConfig, SubjectsConfig, load_config
+from vstmon.errors import ConfigError, SourceError, VstmonError
 from vstmon.ingest.capture import CaptureError, file_info, parse_source
 from vstmon.log import configure_logging, get_logger
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
-from vstmon.model.checkpoint import read_meta
 from vstmon.offline.annotate import Marks, draw_timeline, write_annotated_video
+from vstmon.offline.clip_shape import trained_clip, with_clip_flags, with_trained_clip
 from vstmon.offline.run import FileRun, OfflineStream
+from vstmon.offline.timeline import TimelineOutput
 from vstmon.service.preflight import preflight
 from vstmon.stream.state import SegmentState
 from vstmon.subjects.detector import PersonDetector, detector_device
@@ -79,7 +76,6 @@ __all__ = [
 
 _log = get_logger(__name__)
 _MODEL_FLAGS = ("checkpoint", "arch", "labels", "device", "precision")  # flags that override config.model
-_CLIP_FLAGS = {"frames": "frames", "frame_interval": "frame_interval", "size": "size_px"}  # flag -> clip key
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -306,71 +302,6 @@ def build_detector(subjects: SubjectsConfig) -> PersonDetector:
     )
 
 
-class TimelineOutput:
-    """Where the JSON lines go, one flushed line per clip.
-
-    stdout (``None`` or ``-``); a regular file, written as ``<name>.<random>.part`` beside it and renamed over
-    it by ``commit()`` (closing without a commit removes the part file: the target is never partial or empty,
-    and an existing one is kept); anything else that exists (``/dev/null``, a FIFO) is written directly.
-    """
-
-    def __init__(self, out: Path | None) -> None:
-        self.target = out
-        self._part: Path | None = None
-        self._stream: IO[str]
-        if out is None or str(out) == "-":
-            self._stream = sys.stdout
-            return
-        try:
-            mode = out.stat().st_mode if out.exists() else None
-            if mode is not None and stat.S_ISDIR(mode):
-                raise VstmonError(f"cannot write the timeline to {out}: it is a directory")
-            if mode is not None and not stat.S_ISREG(mode):
-                self._stream = out.open("w", encoding="utf-8")
-                return
-            part = out.with_name(f"{out.name}.{secrets.token_hex(4)}.part")
-            fd = os.open(
-                part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666
-            )  # the umask applies, as for open()
-        except OSError as error:
-            raise VstmonError(f"cannot write the timeline to {out}: {error.strerror}") from None
-        self._part = part
-        self._stream = os.fdopen(fd, "w", encoding="utf-8")
-
-    @property
-    def part(self) -> Path | None:
-        """The temporary file being written (None for stdout and non-regular targets)."""
-        return self._part
-
-    def write_line(self, line: str) -> None:
-        self._stream.write(line + "\n")
-        self._stream.flush()  # a reader of the file (tail -f) or the pipe sees each clip when its batch is done
-
-    def commit(self) -> None:
-        """Finish: the part file replaces the target."""
-        if self._stream is sys.stdout:
-            return
-        self._stream.close()
-        if self._part is not None and self.target is not None:
-            try:
-                os.replace(self._part, self.target)
-            except OSError as error:
-                raise VstmonError(f"cannot write the timeline to {self.target}: {error.strerror}") from None
-            self._part = None
-
-    def __enter__(self) -> TimelineOutput:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._stream is not sys.stdout:
-            self._stream.close()
-        if self._part is not None:  # not committed: failed or interrupted
-            self._part.unlink(missing_ok=True)
-            self._part = None
-
-
 def _with_flags(config: Config, args: argparse.Namespace) -> Config:
     """``config`` with the model flags (``--checkpoint``, ``--arch``, ...) put over its model section."""
     overrides = {name: getattr(args, name) for name in _MODEL_FLAGS if getattr(args, name) is not None}
@@ -383,58 +314,6 @@ def _with_flags(config: Config, args: argparse.Namespace) -> Config:
         message = str(item["msg"]).removeprefix("Value error, ")
         raise VstmonError(f"--{item['loc'][0]}: {message}") from None
     return config.model_copy(update={"model": model})
-
-
-def trained_clip(checkpoint: Path | None) -> dict[str, int]:
-    """The clip shape (``frames``, ``frame_interval``, ``size_px``) that a ``vstmon train`` checkpoint records in
-    its ``meta``; {} for a checkpoint that records none (the official ones) and for untrained weights."""
-    if checkpoint is None:
-        return {}
-    recorded = read_meta(checkpoint).get("clip")
-    if not isinstance(recorded, dict):
-        return {}
-    return {key: recorded[key] for key in ("frames", "frame_interval", "size_px") if key in recorded}
-
-
-def _flag_of(key: str) -> str:
-    """The ``classify`` flag that sets ``clip.<key>``."""
-    return "--" + next((flag for flag, k in _CLIP_FLAGS.items() if k == key), key).replace("_", "-")
-
-
-def with_clip_flags(config: Config, args: argparse.Namespace) -> Config:
-    """``config`` with ``--frames``, ``--frame-interval`` and ``--size`` put over its clip section (they then count
-    as set: ``with_trained_clip`` leaves them alone). A bad value is a one-line error naming the flag."""
-    flags = {key: getattr(args, flag) for flag, key in _CLIP_FLAGS.items() if getattr(args, flag) is not None}
-    if not flags:
-        return config
-    clip = _clip_with(config.clip, flags, _flag_of, VstmonError)
-    return config.model_copy(update={"clip": clip})
-
-
-def with_trained_clip(config: Config) -> Config:
-    """``config`` with the clip shape its checkpoint was trained on (``trained_clip``) in every clip key that
-    neither the config file nor a flag set; logged when it changes anything. (With ``inference.backend: triton``
-    the server holds the model: its shape is the config's.)"""
-    clip = config.clip
-    checkpoint = config.model.checkpoint if config.inference.backend != "triton" else None
-    trained = {k: v for k, v in trained_clip(checkpoint).items() if k not in clip.model_fields_set}
-    if not trained:
-        return config
-    clip = _clip_with(clip, trained, lambda key: f"checkpoint {checkpoint}: meta.clip.{key}", CheckpointError)
-    _log.info("clip shape as the checkpoint was trained", **{f"clip.{k}": v for k, v in trained.items()})
-    return config.model_copy(update={"clip": clip})
-
-
-def _clip_with(
-    clip: ClipConfig, values: dict[str, Any], name: Callable[[str], str], error: type[VstmonError]
-) -> ClipConfig:
-    """``clip`` with ``values`` set, validated; the first problem as ``error`` naming its source (``name(key)``)."""
-    try:
-        return ClipConfig.model_validate(clip.model_dump(exclude_unset=True) | values)
-    except ValidationError as problem:
-        item = problem.errors(include_url=False)[0]
-        key = str(item["loc"][0]) if item["loc"] else "clip"
-        raise error(f"{name(key)}: {str(item['msg']).removeprefix('Value error, ')}") from None
 
 
 def _per_subject(config: Config, args: argparse.Namespace, source: str) -> Config | None:

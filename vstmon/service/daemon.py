@@ -1,23 +1,18 @@
-"""The supervisor: ``vstmon run --config config.yaml`` (the default command) and the in-process ``Daemon``.
+"""The supervisor: ``Daemon(config)`` builds the stages from the config, wires them, starts and stops them.
 
-``Daemon(config)`` builds every stage from the config and owns every thread:
+- the engines (``EnginePool``: one per device, or one talking to a Triton server), batching across streams;
+- the streams, hosted by a ``LocalStreams`` (``workers.processes: 0``: every stream on threads in this process)
+  or by ``ProcessStreams`` (worker processes, each hosting a group of streams; a decoder crash takes one group
+  down, and it is started again): the same ``Source`` and ``StreamWorker`` around each ``StreamPipeline``;
+- the ``Publisher`` (PUB) and the ``ControlServer`` (REP), the live page, Prometheus metrics;
+- a tick thread: ``status.<stream>`` and daemon ``status`` every ``publish.heartbeat_s``, systemd ``WATCHDOG=1``
+  while every stage lives and makes progress, the ``STATUS=`` line.
 
-- per stream: a ``RingBuffer`` (fixed memory), a ``Source`` thread (reads, fits and pushes frames), a
-  ``StreamWorker`` thread (scene/idle detectors per frame, ``ClipSampler``, cuts clips into two preallocated
-  arrays, stamps their segment through ``SegmentState``, submits them to the stream's engine) and a
-  ``SegmentState`` (segment/subject, smoothing, label/segment/reset messages);
-- one ``Engine`` per device (``EnginePool``), shared by all streams assigned to it;
-- the ``Publisher`` (PUB), the ``ControlServer`` (REP, own thread), optional Prometheus metrics;
-- a tick thread: ``status.<stream>`` and daemon ``status`` every ``publish.heartbeat_s`` and systemd
-  ``WATCHDOG=1``.
+Every message passes through the publisher, in this process, whichever process produced it: ``seq`` is counted
+per stream here, and a publisher tap keeps the figures that come from messages (resets by reason, labels,
+latency) the same in both hostings.
 
-Resets (control command, source discontinuity, scene change, idle, end of file; ``start`` once at start-up) are
-performed on the stream's worker thread (vstmon/stream/worker.py), which is the only reader of its ring and sampler.
-
-Signals only set the stop event; ``run`` then stops everything in order (sources, workers, engines, control,
-publisher) and returns 0.
-
-Over 500 lines: the supervisor builds, wires, starts, stops and reloads every stage, and answers status and control; each of those is short, and they share the daemon's state.
+Signals only set the stop event (``service/run.py``); ``stop`` then stops everything within one deadline.
 """
 
 from __future__ import annotations
@@ -28,24 +23,23 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
-from vstmon.config import Config, StreamConfig, stream_decode
-from vstmon.errors import ConfigKeyError, DetectorError, VstmonError
+from vstmon.config import Config, worker_processes
+from vstmon.errors import ConfigKeyError
 from vstmon.inference.engine import Engine, EnginePool
-from vstmon.ingest.capture import CaptureError, file_info, parse_source
-from vstmon.log import get_logger, redact_url
+from vstmon.log import get_logger
 from vstmon.model.bundle import LoadedModel, load_model_and_labels
-from vstmon.service.health import DropLog, Throughput, stalled, status_line
+from vstmon.service.health import DropLog, LatencyWindow, Throughput, stalled, status_line
 from vstmon.service.metrics import Metrics, cuda_memory
 from vstmon.service.sdnotify import SystemdNotifier
-from vstmon.stream.build import build_stream, clip_span_frames
-from vstmon.stream.pipeline import ResetRequest, StreamPipeline
-from vstmon.stream.worker import StreamWorker
-from vstmon.types import ClipResult, ResetReason, SourceState, StreamEvent
+from vstmon.service.streams import LocalStreams, StreamSnapshot
+from vstmon.types import ClipResult, ResetReason, SourceState
 from vstmon.wire.protocol import (
     ControlCommand,
     DaemonStatusBody,
+    LabelMessage,
+    Message,
+    ResetMessage,
     ResetReply,
     StatusCommand,
     StatusReply,
@@ -57,38 +51,15 @@ __all__ = ["Daemon"]
 
 _log = get_logger("daemon")
 
-_LATENCY_SAMPLES = 4096  # clip-ready -> published latencies kept for p50/p99 (a fixed ring)
-_RESTART_SECTIONS = ("model", "inference", "publish", "metrics", "view")  # a reload cannot change these
-_STREAM_SECTIONS = (
-    "clip",
-    "reset",
-    "smoothing",
-    "subjects",
-)  # a reload that changes these restarts every stream
-
-
-# ---------------------------------------------------------------------------------------------------------
-# building
-# ---------------------------------------------------------------------------------------------------------
-# ---------------------------------------------------------------------------------------------------------
-# the daemon
-# ---------------------------------------------------------------------------------------------------------
-class _Stream:
-    """Everything the daemon holds for one stream."""
-
-    def __init__(self, cfg: StreamConfig) -> None:
-        self.cfg = cfg
-        self.name = cfg.name
-        self.ring: Any = None
-        self.source: Any = None
-        self.state: Any = None
-        self.pipeline: StreamPipeline | None = None
-        self.worker: StreamWorker | None = None
-        self.engine: Engine | None = None
-        self.subject_clips = 0  # labels of people's own clips (per-subject mode)
-        self.source_state = SourceState.CONNECTING
-        self.reason = "starting"
-        self.error: str | None = None
+_RESTART_SECTIONS = (
+    "model",
+    "inference",
+    "publish",
+    "metrics",
+    "view",
+    "workers",
+)  # a reload cannot change these
+_STREAM_SECTIONS = ("clip", "reset", "smoothing", "subjects", "ingest")  # a change restarts every stream
 
 
 class Daemon:
@@ -104,7 +75,7 @@ class Daemon:
         self._sources_started = False
         self._stopped = False
         self._start_mono_s = time.monotonic()
-        self.streams: dict[str, _Stream] = {}
+        self.host: Any = None  # LocalStreams or ProcessStreams
         self.publisher: Any = None
         self.control: Any = None
         self.pool: EnginePool | None = None
@@ -112,12 +83,15 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self._tick_thread: threading.Thread | None = None
         self.view: Any = None  # the live page's ViewServer (view.port set)
-        self._latency_s = np.zeros(_LATENCY_SAMPLES, dtype=np.float64)  # clip submitted -> label published
-        self._latency_count = 0
-        self._latency_lock = threading.Lock()
+        self.latency = LatencyWindow()  # clip ready -> label published
         self.batch_sizes: dict[int, int] = {}
         self._throughput = Throughput()
         self._drop_log = DropLog(config.service.drop_log_s)
+
+    @property
+    def streams(self) -> dict[str, Any]:
+        """The streams a ``LocalStreams`` host holds (``workers.processes: 0``), by name."""
+        return self.host.streams if isinstance(self.host, LocalStreams) else {}
 
     # -- build and start --------------------------------------------------------------------------------------
     def start(self, start_sources: bool = True) -> None:
@@ -144,21 +118,8 @@ class Daemon:
         if self._sources_started:
             return
         self._sources_started = True
-        for stream in self.streams.values():
-            self._start_stream(stream)
-
-    def _start_stream(self, stream: _Stream) -> None:
-        """Announce the stream (``reset`` reason ``start``), then start its worker and its source."""
-        if stream.state is not None:
-            stream.state.announce_start()
-        if stream.worker is not None:
-            stream.worker.start()
-        self._publish_stream_status(stream)
-        if stream.source is not None:
-            try:
-                stream.source.start()
-            except Exception as error:
-                self._stream_failed(stream, f"cannot start the source: {error}")
+        for name in self.host.names:
+            self.host.start(name)
 
     def _start(self) -> None:
         from vstmon.wire.control import ControlServer
@@ -166,15 +127,29 @@ class Daemon:
 
         cfg = self.config
         if cfg.inference.threads:
+            import torch
+
             torch.set_num_threads(cfg.inference.threads)
         loaded = self._loaded or load_model_and_labels(cfg)
         self._loaded = loaded
         self.publisher = Publisher(cfg.publish)
+        self.publisher.add_tap(self._on_message)
         if cfg.view.port is not None:
             from vstmon.view.server import start_view
 
-            self.view = start_view(cfg.view, self.publisher, self.daemon_status, self._picture_source)
-        self.pool = EnginePool.from_config(cfg, loaded.model, self._on_result, on_batch=self._on_batch)
+            self.view = start_view(
+                cfg.view, self.publisher, self.daemon_status, self._picture, self._picture_size
+            )
+        processes = worker_processes(cfg.workers, len(cfg.streams))
+        release = None
+        if processes:
+            from vstmon.service.workers import ProcessStreams
+
+            self.host = ProcessStreams(processes)
+            release = self.host.released
+        self.pool = EnginePool.from_config(
+            cfg, loaded.model, self._on_result, on_batch=self._on_batch, on_release=release
+        )
         with self.notifier.extending_start():  # a first engine build or a compile can outlast TimeoutStartSec
             self.pool.start()  # warm-up (remote: the server's model id) before the streams are built
         remote_id = self.pool.remote_model_id
@@ -188,8 +163,19 @@ class Daemon:
                 "reconnects and control commands only; `vstmon weights fetch ssdlite_mobilenet_v2_pedestrian` "
                 "and subjects.detector turn it on"
             )
+        if processes:
+            self.host.begin(cfg, loaded, self.pool, self.publisher.publish, self._publish_stream_status, self)
+        else:
+            self.host = LocalStreams(
+                cfg,
+                loaded,
+                sink_for=self.pool.assign,
+                publish=self.publisher.publish,
+                on_change=self._publish_stream_status,
+                decoder_threads=1 if len(cfg.streams) > 1 else None,
+            )
         for stream_cfg in cfg.streams:
-            self._add_stream(stream_cfg)
+            self.host.add(stream_cfg)
         if cfg.publish.control:
             self.control = ControlServer(cfg.publish.control, self._handle_control, curve=cfg.publish.curve)
             self.control.start()
@@ -201,214 +187,92 @@ class Daemon:
         self._running = True
         _log.info(
             "vstmon running",
-            streams=len(self.streams),
+            streams=len(cfg.streams),
             devices=self.pool.devices,
+            worker_processes=processes,
             model=loaded.model_id,
             endpoints=self.publisher.endpoints,
             control=self.control.bound_endpoint if self.control is not None else None,
         )
 
-    def _picture_source(self, name: str) -> tuple[Any, tuple[int, int]] | None:
-        """For the live page: the stream's ring and its source's picture size (None for an unknown stream)."""
-        stream = self.streams.get(name)
-        if stream is None or stream.ring is None:
+    def _picture(self, name: str) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """For the live page: the stream's newest picture (RGB, as the model sees it) and its source's size."""
+        return self.host.picture(name) if self.host is not None else None
+
+    def _picture_size(self, name: str) -> tuple[int, tuple[int, int]] | None:
+        """For the live page: the picture's size in pixels and the source's picture size (width, height)."""
+        if self.host is None or name not in self.host.names:
             return None
-        width, height = self._source_stats(stream).get("frame_wh", (0, 0))
-        return stream.ring, (int(width), int(height))
-
-    def _add_stream(self, stream_cfg: StreamConfig) -> _Stream:
-        """Build a stream's stages (not started); a stream that cannot be built is kept as failed."""
-        assert self._loaded is not None
-        stream = _Stream(stream_cfg)
-        self.streams[stream.name] = stream
-        try:
-            self._build_stream(stream, self._loaded)
-        except DetectorError:  # the detector is the same for every stream: a configuration error
-            raise
-        except Exception as error:  # one bad stream never takes the daemon or the others down
-            stream.source_state = SourceState.FAILED
-            stream.reason = str(error) if isinstance(error, VstmonError) else f"cannot start: {error}"
-            stream.error = stream.reason
-            _log.error("stream failed to start", stream=stream.name, error=redact_url(stream.reason))
-        return stream
-
-    def _build_stream(self, stream: _Stream, loaded: LoadedModel) -> None:
-        from vstmon.ingest.source import Source
-        from vstmon.stream.state import SegmentState
-
-        cfg = self.config
-        scfg = stream.cfg
-        try:
-            spec = parse_source(scfg.url)
-        except CaptureError:  # the source reports it (failed) when it starts
-            spec = None
-        info = file_info(spec) if spec is not None and spec.kind == "file" else None
-        lossless = spec is not None and spec.kind == "file" and not scfg.realtime
-        fps = info.fps if info is not None else None
-        if info is not None and info.frames and info.frames < clip_span_frames(cfg, fps or 30.0):
-            _log.warning(
-                "this file is shorter than one clip: it can never yield a label"
-                + (" (loop: true does not help: every loop starts a new segment)" if scfg.loop else ""),
-                stream=stream.name,
-                frames=info.frames,
-                clip_frames=clip_span_frames(cfg, fps or 30.0),
-            )
-        assert self.pool is not None and self.publisher is not None
-        stream.engine = self.pool.assign(stream.name)
-        publisher = self.publisher
-
-        def make_state(_subject: str = "", name: str = stream.name) -> SegmentState:
-            return SegmentState(
-                name,
-                cfg.smoothing,
-                loaded.labels,
-                cfg.publish.top_k,
-                loaded.model_id,
-                untrained=loaded.untrained,
-                publish=publisher.publish,
-            )
-
-        parts = build_stream(
-            cfg,
-            scfg,
-            fps,
-            lossless,
-            stream.engine,
-            make_state,
-            on_reset=lambda reason, name=stream.name: self.metrics.count_reset(name, str(reason)),
-        )
-        stream.ring, stream.state, stream.pipeline = parts.ring, parts.state, parts.pipeline
-        stream.worker = StreamWorker(parts.pipeline)
-        stream.source = Source(
-            scfg,
-            stream.ring,
-            cfg.clip.size_px,
-            lambda event, s=stream: self._on_event(s, event),
-            detection_frames=parts.detection_frames,
-            subject_crops=parts.crops,
-            decode=stream_decode(cfg.ingest, scfg),
-            gpu=cfg.ingest.gpu,
-        )
+        return self.config.clip.size_px, self.host.snapshot(name).frame_wh
 
     # -- callbacks (other threads) ----------------------------------------------------------------------------
     def _on_result(self, result: ClipResult) -> None:
-        stream = self.streams.get(result.clip.stream)
-        if stream is None or stream.state is None:
-            return
-        state = stream.pipeline.state_for(result.clip.key) if stream.pipeline is not None else None
-        if state is None:  # that person is gone: their results are not published
-            return
-        if state.on_result(result):
-            if state is not stream.state:
-                stream.subject_clips += 1
-            submitted = result.extra.get("submit_mono_s")
-            if isinstance(submitted, float):
-                latency_s = time.monotonic() - submitted
-                with self._latency_lock:
-                    self._latency_s[self._latency_count % _LATENCY_SAMPLES] = latency_s
-                    self._latency_count += 1
-                self.metrics.observe_latency(stream.name, time.monotonic() - result.clip.ready_mono_s)
+        self.host.deliver(result)
 
     def _on_batch(self, device: str, size: int, seconds: float) -> None:
         self.batch_sizes[size] = self.batch_sizes.get(size, 0) + 1
         self.metrics.observe_batch(device, size, seconds)
 
-    def _on_event(self, stream: _Stream, event: StreamEvent) -> None:
-        changed = event.state != stream.source_state or event.reason != stream.reason
-        stream.source_state = event.state
-        stream.reason = event.reason  # the source has logged the change; logging it again here doubled it
-        request = ResetRequest.for_event(event, self.config.reset.on_reconnect)
-        if stream.worker is not None and request is not None:
-            stream.worker.request_reset(request)
-        if changed:
-            self._publish_stream_status(stream)
-
-    def _stream_failed(self, stream: _Stream, reason: str) -> None:
-        stream.source_state = SourceState.FAILED
-        stream.reason = reason
-        _log.error("stream failed", stream=stream.name, reason=redact_url(reason))
-        self._publish_stream_status(stream)
+    def _on_message(self, topic: str, message: Message) -> None:
+        """Every message sent (a publisher tap, under its lock: quick): the figures that come from messages."""
+        if isinstance(message, LabelMessage):
+            latency_s = message.latency_ms / 1000.0
+            self.latency.add(latency_s)
+            self.metrics.observe_latency(message.stream, latency_s)
+        elif (
+            isinstance(message, ResetMessage)
+            and message.box is None  # the stream's own, not a person's (per-subject mode)
+            and message.reason not in (ResetReason.START, ResetReason.WORKER_RESTART)
+        ):
+            self.metrics.count_reset(message.stream, message.reason)
 
     def _handle_control(self, command: ControlCommand) -> ResetReply | StatusReply:
         if isinstance(command, StatusCommand):
             return StatusReply(streams=self._streams_status())
-        name = command.stream
-        stream = self.streams.get(name)
-        if stream is None:
-            known = ", ".join(self.streams) or "none"
-            raise KeyError(f"unknown stream {name!r} (streams: {known})")
-        if stream.state is None:
-            raise VstmonError(f"stream {name!r} is not running: {stream.reason}")
-        worker = stream.worker
-        if worker is not None and worker.alive:
-            segment = worker.request_reset(
-                ResetRequest(ResetReason.CONTROL, subject=command.subject), wait_s=5.0
-            )
-            if segment is None:
-                raise VstmonError(f"stream {name!r}: reset timed out")
-            return ResetReply(segment=segment)
-        segment = stream.state.reset(ResetReason.CONTROL, subject=command.subject)
-        if stream.engine is not None:
-            stream.engine.discard(name, segment)
+        segment = self.host.reset(command.stream, command.subject)
+        engine = self.pool.engine_of(command.stream) if self.pool is not None else None
+        if engine is not None:
+            engine.discard(command.stream, segment)
         return ResetReply(segment=segment)
 
     # -- status -----------------------------------------------------------------------------------------------
-    def _source_stats(self, stream: _Stream) -> dict[str, Any]:
-        if stream.source is None:
-            return {}
-        try:
-            return dict(stream.source.stats())
-        except Exception:
-            return {}
-
-    def _stream_status(self, stream: _Stream) -> StreamStatusBody:
-        stats = self._source_stats(stream)
-        frames_dropped = int(stats.get("frames_dropped", 0))
-        if stream.ring is not None:
-            frames_dropped = max(frames_dropped, int(stream.ring.frames_dropped))
-        clips_dropped = (
-            stream.engine.batcher.clips_dropped_for_stream(stream.name) if stream.engine is not None else 0
-        )
-        clips = (stream.state.clips_total if stream.state is not None else 0) + stream.subject_clips
-        per_subject = stream.pipeline.per_subject if stream.pipeline is not None else None
-        pipeline = stream.pipeline
-        slots = pipeline.subjects.slots if pipeline is not None and pipeline.subjects else None
+    def _stream_status(self, snap: StreamSnapshot) -> StreamStatusBody:
+        engine = self.pool.engine_of(snap.name) if self.pool is not None else None
         return StreamStatusBody(
-            state=str(stream.source_state),
-            reason=redact_url(stream.reason),
-            fps_in=float(stats.get("fps_in", 0.0)),
-            frames_dropped=frames_dropped,
-            clips_dropped=clips_dropped,
-            reconnects=int(stats.get("reconnects", 0)),
-            clips=clips,
-            people=pipeline.people if pipeline is not None else None,
-            subject=stream.state.subject if stream.state is not None else None,
-            subjects=per_subject.snapshot() if per_subject is not None else None,
-            waiting=(slots.waiting if slots is not None else 0) if per_subject is not None else None,
-            inference=_server_state(stream.engine),
+            state=snap.state,
+            reason=snap.reason,
+            fps_in=snap.fps_in,
+            frames_dropped=snap.frames_dropped,
+            clips_dropped=engine.batcher.clips_dropped_for_stream(snap.name) if engine is not None else 0,
+            reconnects=snap.reconnects,
+            clips=snap.clips,
+            people=snap.people,
+            subject=snap.subject,
+            subjects=snap.subjects,
+            waiting=snap.waiting,
+            inference=_server_state(engine),
         )
 
-    def _publish_stream_status(self, stream: _Stream) -> None:
-        if self.publisher is None:
+    def _publish_stream_status(self, name: str, snap: StreamSnapshot | None = None) -> None:
+        if self.publisher is None or self.host is None:
             return
-        status = self._stream_status(stream)
-        self.publisher.publish(f"status.{stream.name}", status)
-        self.metrics.update_stream(
-            stream.name,
-            status,
-            frames_read=int(self._source_stats(stream).get("frames_read", 0)),
-            segment=stream.state.segment if stream.state is not None else None,
-        )
+        try:
+            snap = snap or self.host.snapshot(name)
+        except KeyError:  # removed meanwhile
+            return
+        status = self._stream_status(snap)
+        self.publisher.publish(f"status.{name}", status)
+        self.metrics.update_stream(name, status, frames_read=snap.frames_read, segment=snap.segment)
 
     def _streams_status(self) -> dict[str, StreamEntry]:
         out: dict[str, StreamEntry] = {}
-        for stream in self.streams.values():
-            status = self._stream_status(stream)
-            snapshot = stream.state.snapshot() if stream.state is not None else {}
-            out[stream.name] = StreamEntry(
-                **dict(status),
-                segment=snapshot.get("segment"),
-                device=stream.engine.name if stream.engine is not None else None,
+        for name in self.host.names if self.host is not None else []:
+            snap = self.host.snapshot(name)
+            engine = self.pool.engine_of(name) if self.pool is not None else None
+            out[name] = StreamEntry(
+                **dict(self._stream_status(snap)),
+                segment=snap.segment,
+                device=engine.name if engine is not None else None,
             )
         return out
 
@@ -423,17 +287,8 @@ class Daemon:
         )
 
     def latency_percentiles_s(self) -> dict[str, float]:
-        """Clip submitted -> label published: p50 and p99 over the last samples (seconds)."""
-        with self._latency_lock:
-            n = min(self._latency_count, _LATENCY_SAMPLES)
-            if n == 0:
-                return {"count": 0, "p50": float("nan"), "p99": float("nan")}
-            values = np.sort(self._latency_s[:n])
-        return {
-            "count": self._latency_count,
-            "p50": float(np.percentile(values, 50)),
-            "p99": float(np.percentile(values, 99)),
-        }
+        """Clip ready -> label published: p50 and p99 over the last samples (seconds)."""
+        return self.latency.percentiles_s()
 
     def _tick_loop(self) -> None:
         heartbeat_s = self.config.publish.heartbeat_s
@@ -460,23 +315,22 @@ class Daemon:
 
     def _heartbeat(self, problems: list[str]) -> None:
         """Status messages, the ``STATUS=`` line, the drop log and the metrics, every ``publish.heartbeat_s``."""
-        streams = list(self.streams.values())
-        for stream in streams:
-            self._publish_stream_status(stream)
+        snaps = [self.host.snapshot(name) for name in self.host.names] if self.host is not None else []
+        for snap in snaps:
+            self._publish_stream_status(snap.name, snap)
         if self.publisher is not None:
             self.publisher.publish("status", self.daemon_status())
-        labels = sum((s.state.clips_total if s.state is not None else 0) + s.subject_clips for s in streams)
-        dropped = sum(
-            s.engine.batcher.clips_dropped_for_stream(s.name) for s in streams if s.engine is not None
-        )
+        labels = sum(snap.clips for snap in snaps)
+        engines = self.pool.engines if self.pool is not None else []
+        dropped = sum(sum(e.batcher.dropped_by_stream().values()) for e in engines)
         self._throughput.sample(labels, dropped)
         labels_per_s, dropped_recently = self._throughput.rates()
-        up = sum(s.source_state == SourceState.STREAMING for s in streams)
+        up = sum(snap.state == SourceState.STREAMING for snap in snaps)
         self.notifier.notify(
-            "STATUS=" + status_line(up, len(streams), labels_per_s, dropped_recently, problems)
+            "STATUS=" + status_line(up, len(snaps), labels_per_s, dropped_recently, problems)
         )
         self._drop_log.update(dropped_recently, labels_per_s, self._throughput.window_s)
-        for engine in self.pool.engines if self.pool is not None else []:
+        for engine in engines:
             busy, since_s = engine.progress()
             memory = cuda_memory(engine.name)
             self.metrics.update_engine(engine.name, engine.batcher.pending_count(), busy, since_s, memory)
@@ -484,33 +338,21 @@ class Daemon:
                 self.metrics.update_server(engine.name, engine.backend.stats())
 
     def health_problems(self) -> list[str]:
-        """Dead stage threads and stages with work that make no progress (``service.progress_timeout_s``)."""
-        problems = [f"{name} thread died" for name in self.dead_threads()]
-        if self.stop_requested or self.pool is None:
-            return problems
-        workers = [s.worker for s in self.streams.values() if s.worker is not None and s.worker.alive]
-        return problems + stalled([*self.pool.engines, *workers], self.config.service.progress_timeout_s)
+        """Dead stage threads, and stages with work that make no progress (``service.progress_timeout_s``).
 
-    def dead_threads(self) -> list[str]:
-        """Names of stage threads that should be running and are not (engines, stream workers, control).
-
-        The watchdog is pinged only while this is empty, so a daemon whose pipeline has silently lost a
-        thread is restarted by systemd instead of living on without publishing.
+        The watchdog is pinged only while this is empty, so a daemon whose pipeline has silently lost a thread
+        (or whose engine is wedged in a device call) is restarted by systemd instead of living on without
+        publishing. A worker process that died is not a problem here: it is started again.
         """
-        if self.stop_requested:
+        if self.stop_requested or self.pool is None:
             return []
-        dead = []
-        if self.pool is not None:
-            dead += [f"engine {e.name}" for e in self.pool.engines if not e.alive]
-        if self._sources_started:  # workers start with the sources
-            dead += [
-                f"worker {s.name}"
-                for s in self.streams.values()
-                if s.worker is not None and not s.worker.alive
-            ]
+        timeout_s = self.config.service.progress_timeout_s
+        problems = [f"engine {e.name} thread died" for e in self.pool.engines if not e.alive]
         if self.control is not None and not self.control.alive:
-            dead.append("control")
-        return dead
+            problems.append("control thread died")
+        if self.host is not None and self._sources_started:
+            problems += self.host.problems(timeout_s)
+        return problems + stalled(self.pool.engines, timeout_s)
 
     # -- stopping ---------------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -535,9 +377,9 @@ class Daemon:
         return self._stop_event.is_set()
 
     def stop(self, timeout_s: float | None = None) -> None:
-        """Stop everything within one deadline (``service.shutdown_timeout_s`` unless ``timeout_s``): sources and
-        workers, engines, control, tick; then each stream's final ``segment`` summaries and a last ``status``
-        (state ``stopped``) before the publisher closes. Idempotent."""
+        """Stop everything within one deadline (``service.shutdown_timeout_s`` unless ``timeout_s``): the streams
+        (sources, workers, worker processes), engines, control, tick; then each stream's final ``segment``
+        summaries and a last ``status`` (state ``stopped``) before the publisher closes. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -545,13 +387,14 @@ class Daemon:
             self.config.service.shutdown_timeout_s if timeout_s is None else timeout_s
         )
         self.request_stop()
-        if self.view is not None:  # the page first: it reads the rings the sources are about to close
+        if self.view is not None:  # the page first: it reads pictures from the streams about to stop
             self.view.stop(_left_s(deadline_s))
         if self._tick_thread is not None:  # first, so that no ping or STATUS= line follows STOPPING=1
             self._tick_thread.join(_left_s(deadline_s))
         self.notifier.notify("STOPPING=1")
-        streams = list(self.streams.values())
-        self._halt(streams, deadline_s)
+        names = list(self.host.names) if self.host is not None else []
+        if self.host is not None:
+            self.host.halt(names, deadline_s)
         if self.pool is not None:
             self.pool.stop()
             if not self.pool.join(_left_s(deadline_s)):
@@ -559,45 +402,30 @@ class Daemon:
         if self.control is not None:
             self.control.close(_left_s(deadline_s))
         if self.publisher is not None:
-            for stream in streams:
-                _call(lambda s=stream: self._close_stream(s), "final messages", stream.name)
+            for name in names:
+                _call(lambda n=name: self._close_stream(n), "final messages", name)
             if self._running:
                 _call(lambda: self.publisher.publish("status", self.daemon_status("stopped")), "status", "-")
+        if self.host is not None and hasattr(self.host, "shutdown"):
+            self.host.shutdown(deadline_s)
+        if self.publisher is not None:
             self.publisher.close()
+        if self.pool is not None:
+            self.pool.close()
         self.metrics.stop_server()
         self.notifier.close()
         if self._running:  # a failed start is reported by the caller, not as a stop
             _log.info("vstmon stopped")
 
-    def _halt(self, streams: list[_Stream], deadline_s: float) -> None:
-        """Stop the sources and workers of ``streams``, all waiting within one deadline."""
-        for stream in streams:
-            if stream.source is not None:
-                _call(stream.source.stop, "source stop", stream.name)
-            if stream.worker is not None:
-                stream.worker.stop()
-            if stream.ring is not None:
-                _call(stream.ring.close, "ring close", stream.name)  # wakes a writer blocked on a full ring
-        for stream in streams:
-            if stream.source is not None and not stream.source.join(_left_s(deadline_s)):
-                _log.error("stream source did not stop in time", stream=stream.name)
-        for stream in streams:
-            if stream.worker is not None and not stream.worker.join(_left_s(deadline_s)):
-                _log.error("stream worker did not stop in time", stream=stream.name)
-
-    def _close_stream(self, stream: _Stream) -> None:
-        """A stopped stream's last messages: its people's and its own final ``segment`` summaries, then its
+    def _close_stream(self, name: str) -> None:
+        """A halted stream's last messages: its people's and its own final ``segment`` summaries, then its
         ``status`` with state ``stopped``; its clips still in the engine are never published."""
-        per_subject = stream.pipeline.per_subject if stream.pipeline is not None else None
-        if per_subject is not None:
-            per_subject.end_all()
-        if stream.engine is not None:
-            stream.engine.forget(stream.name)
-        if stream.state is not None:
-            stream.state.close()
-        stream.source_state = SourceState.STOPPED
-        stream.reason = "stopped"
-        self._publish_stream_status(stream)
+        last = self.host.close(name)
+        engine = self.pool.engine_of(name) if self.pool is not None else None
+        if engine is not None:
+            engine.forget_stream(name)
+        if last is not None:
+            self._publish_stream_status(name, last)
 
     # -- reload -----------------------------------------------------------------------------------------------
     def reload(self, config: Config) -> list[str]:
@@ -606,8 +434,9 @@ class Daemon:
         Streams are compared one by one: removed ones are stopped (final ``segment`` summary, ``status``
         stopped), added ones started, changed ones restarted (new segment numbering); the others keep running
         untouched, with no gap in their ``seq`` and no ``reset``. A change to ``clip``, ``reset``,
-        ``smoothing`` or ``subjects`` changes every stream. ``model``, ``inference``, ``publish``, ``metrics`` and ``view``
-        cannot change under a running engine or socket: they are reported, not half-applied.
+        ``smoothing``, ``subjects`` or ``ingest`` changes every stream. ``model``, ``inference``, ``publish``,
+        ``metrics``, ``view`` and ``workers`` cannot change under a running engine, socket or process: they are
+        reported, not half-applied.
         """
         old = self.config
         needs_restart = [name for name in _RESTART_SECTIONS if getattr(old, name) != getattr(config, name)]
@@ -618,22 +447,22 @@ class Daemon:
         kept = {name: getattr(old, name) for name in _RESTART_SECTIONS}
         every_stream = any(getattr(old, name) != getattr(config, name) for name in _STREAM_SECTIONS)
         self.config = config.model_copy(update=kept)
+        self.host.config = self.config
         before = {s.name: s for s in old.streams}
         after = {s.name: s for s in config.streams}
         gone = [n for n in before if n not in after or every_stream or before[n] != after[n]]
         deadline_s = time.monotonic() + self.config.service.shutdown_timeout_s
-        streams = [self.streams[n] for n in gone if n in self.streams]
-        self._halt(streams, deadline_s)
-        for stream in streams:
-            _call(lambda s=stream: self._close_stream(s), "final messages", stream.name)
-            del self.streams[stream.name]
-            if stream.name not in after:
-                self.metrics.remove_stream(stream.name)
-        started = [n for n in after if n not in self.streams]
+        gone = [n for n in gone if n in self.host.names]
+        self.host.halt(gone, deadline_s)
+        for name in gone:
+            _call(lambda n=name: self._close_stream(n), "final messages", name)
+            if name not in after:
+                self.metrics.remove_stream(name)
+        started = [n for n in after if n not in self.host.names]
         for name in started:
-            stream = self._add_stream(after[name])
+            self.host.add(after[name])
             if self._sources_started:
-                self._start_stream(stream)
+                self.host.start(name)
         _log.info(
             "config reloaded",
             stopped=[n for n in gone if n not in after],

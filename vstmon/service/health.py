@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -109,3 +110,30 @@ class DropLog:
             **fields,
         )
         return True
+
+
+class LatencyWindow:
+    """The last ``samples`` latencies (a fixed ring, any thread), and their p50 and p99."""
+
+    def __init__(self, samples: int = 4096) -> None:
+        self._values_s = np.zeros(samples, dtype=np.float64)
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def add(self, latency_s: float) -> None:
+        with self._lock:
+            self._values_s[self._count % len(self._values_s)] = latency_s
+            self._count += 1
+
+    def percentiles_s(self) -> dict[str, float]:
+        with self._lock:
+            n = min(self._count, len(self._values_s))
+            if n == 0:
+                return {"count": 0, "p50": float("nan"), "p99": float("nan")}
+            values = np.sort(self._values_s[:n])
+            count = self._count
+        return {
+            "count": count,
+            "p50": float(np.percentile(values, 50)),
+            "p99": float(np.percentile(values, 99)),
+        }

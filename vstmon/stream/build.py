@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from vstmon.config import Config, StreamConfig
 from vstmon.ingest.detection_frames import DetectionFrames
@@ -21,8 +22,10 @@ from vstmon.stream.pipeline import StreamPipeline
 from vstmon.stream.sink import ClipSink
 from vstmon.stream.state import SegmentState
 from vstmon.stream.subjects import StreamSubjects
-from vstmon.subjects.detector import PersonDetector
 from vstmon.types import ResetReason
+
+if TYPE_CHECKING:  # torch: imported only by a stream that tracks people
+    from vstmon.subjects.detector import PersonDetector
 
 __all__ = ["StreamParts", "build_stream", "clip_slots", "clip_span_frames", "ring_capacity_frames"]
 

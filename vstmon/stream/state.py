@@ -20,7 +20,7 @@ import numpy as np
 
 from vstmon.config import SmoothingConfig
 from vstmon.log import get_logger
-from vstmon.types import Clip, ClipResult
+from vstmon.types import Clip, ClipResult, ResetReason
 from vstmon.wire.protocol import (
     Body,
     ClipInfo,
@@ -32,20 +32,8 @@ from vstmon.wire.protocol import (
     SubjectBody,
 )
 
-__all__ = ["RESET_REASONS", "SegmentState"]
+__all__ = ["SegmentState"]
 
-RESET_REASONS = (
-    "control",
-    "scene_change",
-    "reconnect",
-    "loop",
-    "time_jump",
-    "subject_change",
-    "absent",
-    "idle",
-    "end",
-    "start",
-)
 
 _log = get_logger("state")
 
@@ -76,6 +64,7 @@ class SegmentState:
         publish: Callable[[str, Body], object] | None = None,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        first_segment: int = 1,
     ) -> None:
         if not labels:
             raise ValueError(f"stream {stream}: the label list is empty")
@@ -94,7 +83,7 @@ class SegmentState:
         alpha = smoothing.ema_alpha
         self._ema_weights = alpha * (1.0 - alpha) ** np.arange(window, dtype=np.float64)  # (K,) by age
         self._lock = threading.Lock()
-        self._segment = 1
+        self._segment = first_segment  # 1, or where a restarted host picks up (announce says why)
         self._subject: str | None = None
         self._box: tuple[float, float, float, float] | None = None  # per-subject mode: where the subject is
         self._closed = False
@@ -189,8 +178,11 @@ class SegmentState:
         else null. ``ts`` (unix seconds, default now) is when the old segment ended and the new one starts;
         ``min_generation`` makes ``accept_clip`` refuse clips cut from older ring-buffer generations.
         """
-        if reason not in RESET_REASONS:
-            raise ValueError(f"unknown reset reason {reason!r} (one of {', '.join(RESET_REASONS)})")
+        try:
+            reason = ResetReason(reason)
+        except ValueError:
+            known = ", ".join(r.value for r in ResetReason)
+            raise ValueError(f"unknown reset reason {reason!r} (one of {known})") from None
         if subject is not None and not isinstance(subject, str):
             raise ValueError(f"subject must be a string or null, got {type(subject).__name__}")
         with self._lock:
@@ -227,13 +219,14 @@ class SegmentState:
         with self._lock:
             self._box = box
 
-    def announce_start(self) -> None:
-        """Publish ``reset.<stream>`` with reason ``start`` for the current segment (``previous_segment`` 0).
-
-        For the daemon to call once when the stream starts; no ``segment`` summary precedes it.
+    def announce_start(self, reason: ResetReason = ResetReason.START) -> None:
+        """Publish ``reset.<stream>`` for the current segment: reason ``start`` (``previous_segment`` 0) once when
+        the stream starts, or ``worker_restart`` when a restarted worker process picks the stream up at segment
+        N + 1 (``previous_segment`` N: the one that ended with the process). No ``segment`` summary precedes it.
         """
         with self._lock:
-            self._send(f"reset.{self.stream}", self._reset_body(0, "start"))
+            previous = 0 if reason == ResetReason.START else self._segment - 1
+            self._send(f"reset.{self.stream}", self._reset_body(previous, str(reason)))
 
     def subject_event(
         self,

@@ -15,16 +15,19 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from vstmon.config import SubjectsConfig
 from vstmon.ingest.detection_frames import DetectionFrames
-from vstmon.subjects.detector import PersonDetector, detector_device
 from vstmon.subjects.policy import SubjectEvent, SubjectPolicy
 from vstmon.subjects.slots import SubjectSlots
 from vstmon.subjects.tracker import Track, Tracker
 from vstmon.types import Box
+
+if TYPE_CHECKING:  # torch: imported only by a stream that tracks people
+    from vstmon.subjects.detector import PersonDetector
 
 __all__ = ["StreamSubjects"]
 
@@ -74,6 +77,8 @@ class StreamSubjects:
         the worker, and the same number of slots keeps it from waiting often.
         """
         if detector is None:
+            from vstmon.subjects.detector import PersonDetector, detector_device
+
             if cfg.detector is None:
                 raise ValueError("subjects.detector is not set")
             detector = PersonDetector(

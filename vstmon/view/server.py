@@ -8,8 +8,8 @@ Paths (nothing else is served: no file system behind it, so no path can reach a 
 - ``GET /api/frame/<stream>.jpg``: the stream's newest picture as the model sees it (the fitted square crop from
   its ring buffer), with the top label, and the people's boxes and ids, drawn on it.
 
-Cost only when looked at: a picture is read from the ring (``RingBuffer.read``, a copy validated after it; the
-worker, which owns the ring, is never held up) and encoded in the request's thread, at most ``view.fps`` times a
+Cost only when looked at: a picture is the stream's newest (a copy from its ring, validated after it; the
+worker, which owns the ring, is never held up; from a worker process, asked for over its pipe) and encoded in the request's thread, at most ``view.fps`` times a
 second per stream (later requests get the cached JPEG); with nobody looking nothing is read or encoded. Labels
 reach the page through a publisher tap (``ViewState.on_message``, typed messages of ``vstmon.wire.protocol``):
 bounded deques per stream, appended under a lock, the cost of a few attribute reads per published message. At most ``view.max_clients`` requests are served at
@@ -39,7 +39,7 @@ from vstmon.ingest.fit import fitted_size
 from vstmon.log import get_logger
 from vstmon.wire.protocol import DaemonStatusBody, LabelMessage, Message, ResetMessage, SegmentMessage
 
-__all__ = ["FrameSource", "ViewServer", "ViewState", "box_in_crop", "start_view"]
+__all__ = ["PictureSource", "SizeSource", "ViewServer", "ViewState", "box_in_crop", "start_view"]
 
 _log = get_logger("view")
 _FRAME_PATH = re.compile(r"^/api/frame/([A-Za-z0-9_.-]{1,64})\.jpg$")
@@ -48,8 +48,10 @@ _MAX_EVENTS_PER_S = (
 )
 BOX_BGR = (0, 220, 255)  # people's boxes on the pictures (amber)
 
-# (ring, frame_wh) of a stream, or None when it has no ring yet
-FrameSource = Callable[[str], tuple[Any, tuple[int, int]] | None]
+# a stream's newest picture (RGB, as the model sees it: a copy) and its source's picture size (width, height), or
+# None when it has none yet; and, cheaply, the picture's size in pixels and the source's size
+PictureSource = Callable[[str], tuple[np.ndarray, tuple[int, int]] | None]
+SizeSource = Callable[[str], tuple[int, tuple[int, int]] | None]
 
 
 def box_in_crop(
@@ -148,14 +150,13 @@ class ViewState:
 class _Pictures:
     """Per stream: the newest picture as JPEG, re-encoded at most ``fps`` times a second, into one buffer."""
 
-    def __init__(self, frames: FrameSource, state: ViewState, cfg: ViewConfig) -> None:
-        self.frames = frames
+    def __init__(self, pictures: PictureSource, state: ViewState, cfg: ViewConfig) -> None:
+        self._pictures = pictures
         self._state = state
         self._period_s = 1.0 / cfg.fps
         self._quality = cfg.jpeg_quality
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[float, bytes]] = {}
-        self._buffers: dict[str, np.ndarray] = {}
         self.encoded = 0  # pictures encoded (the page's real cost)
 
     def jpeg(self, stream: str) -> bytes | None:
@@ -164,13 +165,11 @@ class _Pictures:
             cached = self._cache.get(stream)
             if cached is not None and now - cached[0] < self._period_s:
                 return cached[1]
-            found = self.frames(stream)
+            found = self._pictures(stream)
             if found is None:
-                return None
-            ring, frame_wh = found
-            picture = self._newest(stream, ring)
-            if picture is None:
                 return cached[1] if cached else None
+            rgb, frame_wh = found
+            picture = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
             self._draw(stream, picture, frame_wh)
             ok, data = cv2.imencode(".jpg", picture, (cv2.IMWRITE_JPEG_QUALITY, self._quality))
             if not ok:
@@ -178,19 +177,6 @@ class _Pictures:
             self._cache[stream] = (now, data.tobytes())
             self.encoded += 1
             return self._cache[stream][1]
-
-    def _newest(self, stream: str, ring: Any) -> np.ndarray | None:
-        buffer = self._buffers.get(stream)
-        if buffer is None or buffer.shape[1:] != (ring.height_px, ring.width_px, 3):
-            buffer = self._buffers[stream] = np.empty((1, ring.height_px, ring.width_px, 3), np.uint8)
-        newest = ring.head_seq - 1
-        if newest < 0:
-            return None
-        try:
-            ring.read([newest], buffer)
-        except (LookupError, ValueError):  # overwritten or cleared while copying: show the last one again
-            return None
-        return cv2.cvtColor(buffer[0], cv2.COLOR_RGB2BGR)
 
     def _draw(self, stream: str, picture: np.ndarray, frame_wh: tuple[int, int]) -> None:
         """The people's boxes. Text is left to the page (HTML over the picture): OpenCV 5's text functions cost
@@ -211,12 +197,14 @@ class ViewServer:
         cfg: ViewConfig,
         state: ViewState,
         status: Callable[[], DaemonStatusBody],
-        frames: FrameSource,
+        pictures: PictureSource,
+        sizes: SizeSource,
     ) -> None:
         self.cfg = cfg
         self.state = state
         self._status = status
-        self.pictures = _Pictures(frames, state, cfg)
+        self.pictures = _Pictures(pictures, state, cfg)
+        self._sizes = sizes
         self._page = resources.files("vstmon.view").joinpath("page.html").read_bytes()
         self._slots = threading.BoundedSemaphore(cfg.max_clients)
         self._server: ThreadingHTTPServer | None = None
@@ -251,13 +239,13 @@ class ViewServer:
     def _stream_json(self, name: str, info: dict[str, Any]) -> dict[str, Any]:
         """The status of one stream, the page's view of it, and where its people are on its picture."""
         view = self.state.snapshot(name)
-        found = self.pictures.frames(name)
+        found = self._sizes(name)
         if found is not None:
-            ring, frame_wh = found
-            view["picture_px"] = ring.height_px
+            size_px, frame_wh = found
+            view["picture_px"] = size_px
             for person in view["people"]:
                 person["box_px"] = (
-                    box_in_crop(person["box"], frame_wh, ring.height_px) if person.get("box") else None
+                    box_in_crop(person["box"], frame_wh, size_px) if person.get("box") else None
                 )
         return {**info, **view}
 
@@ -347,12 +335,13 @@ def start_view(
     cfg: ViewConfig,
     publisher: Any,
     status: Callable[[], DaemonStatusBody],
-    frames: FrameSource,
+    pictures: PictureSource,
+    sizes: SizeSource,
 ) -> ViewServer:
     """Tap ``publisher`` for the page's labels and serve the page; a port that cannot be bound is a ConfigError."""
     state = ViewState(cfg.timeline_s)
     publisher.add_tap(state.on_message)
-    server = ViewServer(cfg, state, status, frames)
+    server = ViewServer(cfg, state, status, pictures, sizes)
     try:
         server.start()
     except OSError as error:

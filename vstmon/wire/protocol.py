@@ -238,7 +238,9 @@ class ResetBody(_Body):
         "`subject.<stream>`), `absent` (the subject left and nobody took over), `time_jump` (the stream clock "
         "jumped: backwards, or forwards by more than `max_time_jump_s`; e.g. two recordings concatenated), "
         "`idle` (no motion for `reset.idle_s`), `end` (the source ended), `start` (the stream started; no "
-        "`segment` message precedes it). Clients must accept reasons they do not know (new ones may be added)."
+        "`segment` message precedes it), `worker_restart` (the worker process hosting the stream died and was "
+        "restarted; no `segment` message precedes it: the segment ended with the process). Clients must accept "
+        "reasons they do not know (new ones may be added)."
     )
 
 
