@@ -118,7 +118,9 @@ def test_the_daemon_survives_the_server_dying_drops_and_counts_clips_and_resumes
         timeout_s=120,
     )  # fmt: skip
     assert daemon.pool.engines[0].alive
-    assert daemon.pool.engines[0].batcher.pending_count() <= 1  # one slot per clip stream, whatever the outage
+    assert (
+        daemon.pool.engines[0].batcher.pending_count() <= 1
+    )  # one slot per clip stream, whatever the outage
     stats = daemon.pool.engines[0].stats()["backend"]
     assert stats["up"] is False and stats["request_errors"] >= 1 and stats["clips_dropped_server_down"] > 0
     resets_while_down = [m.segment for t, m in down["cam"] if t == "reset.cam"]

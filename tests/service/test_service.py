@@ -152,7 +152,9 @@ def test_sigterm_ends_with_final_summaries_and_a_stopped_status(
         assert sub.malformed == 0, sub.last_error
     assert process.terminate() == 0
     topics = [t for t, _ in last]
-    assert "segment.cam" in topics and topics.index("segment.cam") < topics.index("status"), process.log()[-6000:]
+    assert "segment.cam" in topics and topics.index("segment.cam") < topics.index("status"), process.log()[
+        -6000:
+    ]
     stopped = [m for t, m in last if t == "status.cam" and m.state == "stopped"]
     assert stopped and [m for t, m in last if t == "status"][-1].state == "stopped"
     assert topics[-1] == "status"  # the daemon's last word before its socket closed
