@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,14 @@ def test_every_numeric_field_has_lower_and_upper_bounds() -> None:
         info = model.model_fields[name]
         if not re.search(r"\b(int|float)\b", str(info.annotation)):
             continue
-        kinds = {type(item) for item in info.metadata}
+        # bounds on the field, or on the numeric member of a union (``Annotated[int, Field(ge=0)] | "auto"``)
+        members = [a for a in typing.get_args(info.annotation) if typing.get_origin(a) is typing.Annotated]
+        kinds = {type(item) for item in info.metadata} | {
+            type(item)
+            for member in members
+            for meta in member.__metadata__
+            for item in getattr(meta, "metadata", [meta])
+        }
         has_low = kinds & {annotated_types.Ge, annotated_types.Gt}
         has_high = kinds & {annotated_types.Le, annotated_types.Lt}
         if not (has_low and has_high):

@@ -5,9 +5,9 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from vstmon.config.base import StrictModel
 
@@ -87,7 +87,7 @@ class WorkersConfig(StrictModel):
     pipeline), with the engine, publisher and control in the daemon's own process. A worker that dies (a decoder
     crash) is started again and its streams resume with a reset; the other streams never notice."""
 
-    processes: int | Literal["auto"] = Field(
+    processes: Annotated[int, Field(ge=0, le=256)] | Literal["auto"] = Field(
         "auto",
         description="worker processes; auto = one per stream up to the cores minus one (at least 1); 0 = every "
         "stream on threads inside the daemon's own process (no isolation)",
@@ -99,13 +99,6 @@ class WorkersConfig(StrictModel):
         description="seconds before a worker process that died is started again (doubling while it keeps dying "
         "within a minute, up to 30 s)",
     )
-
-    @field_validator("processes")
-    @classmethod
-    def _check_processes(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and not 0 <= value <= 256:
-            raise ValueError("must be auto or 0-256")
-        return value
 
 
 def worker_processes(workers: WorkersConfig, streams: int, cores: int | None = None) -> int:

@@ -269,6 +269,11 @@ class Batcher:
             busy = bool(self._pending) or self._batch_running
             return busy, time.monotonic() - self._progress_mono_s
 
+    def starving(self) -> bool:
+        """Clips wait and no batch runs (the engine gathering a batch, or held up): a benchmark samples it."""
+        with self._cond:
+            return bool(self._pending) and not self._batch_running
+
     def pending_count(self) -> int:
         """Clips waiting for a batch (at most one per clip stream)."""
         with self._cond:

@@ -1,0 +1,194 @@
+"""Many camera-paced streams on one box: every stream in the daemon's process (``workers.processes: 0``, the old
+way) against worker processes (``auto``), in the same run. Prints one table (nothing asserted).
+
+Each stream is an H.264 file (made here with ffmpeg: a moving test pattern, 25 fps, long enough not to loop during
+the measurement) read at its own frame rate, as a camera delivers frames. An in-process ``Daemon`` runs them with
+a small model; after a warm-up, for ``--seconds``:
+
+- demand: the clips the hop asks for (streams / hop_s), and labels/s actually published (target: within 5 %);
+- the engine: busy fraction (time in forward passes / wall), batches/s, mean batch, forward ms per batch, and
+  how often clips were waiting while no batch ran (sampled every 10 ms; the batcher's own ``max_wait_ms`` wait
+  counts in it);
+- clip ready -> label published latency, p50 and p99 (target p99 < 1 s);
+- CPU per stream: the daemon's and its worker processes' CPU time over the window, per stream;
+- memory: RSS of the daemon and its workers, and the shared memory of the clip arrays (fixed per stream).
+
+Example (the issue's acceptance on a 2-core machine)::
+
+    python benchmarks/bench_streams.py --streams 8 --size 320x240
+    python benchmarks/bench_streams.py --streams 16 --size 160x120
+    python benchmarks/bench_streams.py --streams 1,4,8,16,32 --size 320x240 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tests.helpers.videos import FFMPEG
+from vstmon.config import parse_config
+from vstmon.log import configure_logging
+from vstmon.model import LoadedModel, build_model
+from vstmon.model.presets import SwinConfig
+from vstmon.service.daemon import Daemon
+
+_SMALL = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7))
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _video(path: Path, seconds: float, size: str) -> Path:
+    """An H.264 25 fps file of a moving pattern (what a camera's substream looks like to the decoder)."""
+    subprocess.run(
+        [FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25",
+         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "25", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK  # utime + stime
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+            except OSError:
+                continue
+    return out
+
+
+def _run(args: argparse.Namespace, streams: int, processes: int | str, video: Path) -> dict[str, Any]:
+    model = build_model(_SMALL, 400).eval()
+    labels = [f"class_{i}" for i in range(400)]
+    loaded = LoadedModel(model, labels, "small:bench", True)
+    data = {
+        "model": {"device": "cpu", "precision": "fp32"},
+        "clip": {
+            "frames": args.frames,
+            "frame_interval": args.interval,
+            "size_px": args.crop,
+            "hop_s": args.hop_s,
+        },
+        "inference": {"max_batch": args.max_batch, "max_wait_ms": 20, "threads": args.threads},
+        "streams": [{"name": f"cam{i}", "url": str(video), "realtime": True} for i in range(streams)],
+        "reset": {"scene_change": {"enabled": False}},
+        "workers": {"processes": processes},
+        "publish": {"endpoints": ["tcp://127.0.0.1:*"], "control": None, "heartbeat_s": 1.0},
+        "log": {"level": "warning", "format": "console"},
+    }
+    daemon = Daemon(parse_config(data), loaded)
+    daemon.start()
+    engine = daemon.pool.engines[0] if daemon.pool is not None else None
+    assert engine is not None
+    try:
+        threading.Event().wait(args.warmup_s)  # let every stream reach its first clips
+        pids = [os.getpid(), *_children(os.getpid())]
+        cpu0 = sum(_cpu_s(p) for p in pids)
+        labels0 = sum(daemon.host.snapshot(n).clips for n in daemon.host.names)
+        busy0, batches0, clips0 = engine.busy_s, engine.batches, engine.clips
+        lat0 = daemon.latency.percentiles_s()["count"]
+        waiting = samples = 0
+        stop = threading.Event()
+        started = time.monotonic()
+        while not stop.wait(0.01) and time.monotonic() - started < args.seconds:
+            samples += 1
+            waiting += engine.batcher.starving()
+        wall_s = time.monotonic() - started
+        cpu_s = sum(_cpu_s(p) for p in pids if Path(f"/proc/{p}").exists()) - cpu0
+        rss = sum(_rss_mib(p) for p in pids if Path(f"/proc/{p}").exists())
+        published = sum(daemon.host.snapshot(n).clips for n in daemon.host.names) - labels0
+        batches = engine.batches - batches0
+        clips = engine.clips - clips0
+        latency = daemon.latency.percentiles_s()
+        shm_mib = streams * 2 * args.frames * args.crop * args.crop * 3 / 2**20 if processes != 0 else 0.0
+    finally:
+        daemon.stop()
+    return {
+        "streams": streams,
+        "processes": processes,
+        "demand": streams / args.hop_s,
+        "labels_s": published / wall_s,
+        "busy": (engine.busy_s - busy0) / wall_s,
+        "batches_s": batches / wall_s,
+        "mean_batch": clips / batches if batches else 0.0,
+        "forward_ms": 1000 * (engine.busy_s - busy0) / batches if batches else 0.0,
+        "waiting": waiting / max(1, samples),
+        "p50_ms": 1000 * latency["p50"],
+        "p99_ms": 1000 * latency["p99"],
+        "latency_n": latency["count"] - lat0,
+        "cpu_per_stream": cpu_s / wall_s / streams,
+        "rss_mib": rss,
+        "shm_mib": shm_mib,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", default="8", help="comma-separated stream counts (default 8)")
+    parser.add_argument("--size", default="320x240", help="the cameras' picture size, WxH (default 320x240)")
+    parser.add_argument(
+        "--modes", default="0,auto", help="workers.processes values to compare (default 0,auto)"
+    )
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup-s", type=float, default=8.0)
+    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--interval", type=int, default=2)
+    parser.add_argument("--crop", type=int, default=64)
+    parser.add_argument("--hop-s", type=float, default=1.0)
+    parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1, help="the engine's torch threads (default 1)")
+    args = parser.parse_args(argv)
+    configure_logging("warning", "console")
+    counts = [int(n) for n in args.streams.split(",")]
+    modes: list[int | str] = [m if m == "auto" else int(m) for m in args.modes.split(",")]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        video = _video(Path(tmp) / "camera.mp4", args.warmup_s + args.seconds + 30, args.size)
+        for streams in counts:
+            for mode in modes:
+                rows.append(_run(args, streams, mode, video))
+                print(_line(rows[-1]), flush=True)
+    print()
+    print(f"cores {os.cpu_count()}, cameras {args.size} H.264 25 fps, clips {args.frames}x{args.crop} every "
+          f"{args.hop_s} s, small Swin, engine threads {args.threads}, max_batch {args.max_batch}")  # fmt: skip
+    print("| streams | processes | demand clips/s | labels/s | engine busy | batches/s | mean batch | forward ms "
+          "| waiting, no batch | latency p50 / p99 ms | CPU/stream | RSS MiB | shm MiB |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print(_line(row))
+    return 0
+
+
+def _line(r: dict[str, Any]) -> str:
+    return (
+        f"| {r['streams']} | {r['processes']} | {r['demand']:.1f} | {r['labels_s']:.2f} | {r['busy']:.0%} | "
+        f"{r['batches_s']:.2f} | {r['mean_batch']:.2f} | {r['forward_ms']:.1f} | {r['waiting']:.0%} | "
+        f"{r['p50_ms']:.0f} / {r['p99_ms']:.0f} | {r['cpu_per_stream']:.3f} | {r['rss_mib']:.0f} | "
+        f"{r['shm_mib']:.1f} |"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
