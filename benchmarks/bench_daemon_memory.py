@@ -3,16 +3,17 @@
 N looping file streams (made here, MJPG, each with a hard cut in the middle, so that scene-change resets and
 loop resets keep happening) are read as fast as the model allows (non-realtime: hours of stream time pass in
 minutes) by an in-process ``Daemon`` with a small untrained Video Swin; a ZeroMQ subscriber reads everything it
-publishes. The process's RSS is sampled every ``--sample-s`` seconds. Prints the samples, then RSS after the
+publishes. RSS (the daemon's and its worker processes', with ``--processes`` other than 0) is sampled every
+``--sample-s`` seconds. Prints the samples, then RSS after the
 warm-up against the end, and the growth per hour of wall time and per hour of stream time. Asserts nothing.
 
     .venv/bin/python benchmarks/bench_daemon_memory.py --minutes 10
+    .venv/bin/python benchmarks/bench_daemon_memory.py --minutes 10 --streams 8 --processes auto
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_pipeline import untrained_model
+from benchmarks.proc_stats import family, rss_mib
 from tests.helpers.videos import make_two_scene_video
 from vstmon.config import parse_config
 from vstmon.model.bundle import LoadedModel
@@ -29,13 +31,6 @@ from vstmon.service.daemon import Daemon
 from vstmon.wire.client import Subscriber
 
 __all__ = ["main"]
-
-_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm", encoding="ascii") as statm:
-        return int(statm.read().split()[1]) * _PAGE_BYTES
 
 
 def _drain(sub: Subscriber, stop: threading.Event, counts: dict[str, int]) -> None:
@@ -58,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-s", type=float, default=30.0)
     parser.add_argument("--warmup-s", type=float, default=60.0, help="RSS growth is measured after this")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--processes",
+        default="0",
+        help="workers.processes: 0 (streams in the daemon, default), auto or a count",
+    )
     args = parser.parse_args(argv)
 
     model, labels = untrained_model("tiny", args.threads)
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 "streams": streams,
                 "publish": {"endpoints": [endpoint], "control": None, "heartbeat_s": 1.0},
                 "log": {"level": "warning"},
+                "workers": {"processes": args.processes if args.processes == "auto" else int(args.processes)},
             }
         )
         daemon = Daemon(config, LoadedModel(model, labels, "bench", untrained=True))
@@ -96,11 +97,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'elapsed s':>9} {'frames':>9} {'stream h':>8} {'clips':>8} {'resets':>7} {'RSS MiB':>8}")
             while True:
                 now = time.monotonic()
-                frames = sum(
-                    int(s.source.stats()["frames_read"]) for s in daemon.streams.values() if s.source
-                )
-                clips = sum(s.state.clips_total for s in daemon.streams.values() if s.state is not None)
-                rss = _rss_bytes()
+                snapshots = [daemon.host.snapshot(name) for name in daemon.host.names]
+                frames = sum(snap.frames_read for snap in snapshots)
+                clips = sum(snap.clips for snap in snapshots)
+                rss = int(sum(rss_mib(pid) for pid in family()) * 2**20)
                 samples.append((now - start, frames, clips, rss))
                 print(
                     f"{now - start:9.0f} {frames:9d} {frames / args.fps / 3600:8.2f} {clips:8d} "
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"\nafter {args.warmup_s:.0f} s of warm-up: RSS {first[3] / 2**20:.1f} -> {last[3] / 2**20:.1f} MiB "
         f"(peak {peak_mib:.1f}), {growth_mib:+.1f} MiB over {wall_h * 60:.1f} min of wall time = "
-        f"{stream_h:.2f} h of stream time ({args.streams} streams); "
+        f"{stream_h:.2f} h of stream time ({args.streams} streams, workers.processes {args.processes}); "
         f"messages received {dict(sorted(counts.items()))}"
     )
     if wall_h > 0 and stream_h > 0:

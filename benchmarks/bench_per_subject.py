@@ -81,6 +81,7 @@ def run(args: argparse.Namespace, streams: int, slots: int, files: list[Path], m
             "reset": {"scene_change": {"enabled": False}},
             "publish": {"endpoints": [f"ipc://{tmp}/pub.sock"], "control": None, "heartbeat_s": 1.0},
             "log": {"level": "warning"},
+            "workers": {"processes": 0},  # the streams in this process: the figures read their pipelines
         }
         config = parse_config(data)
         daemon = Daemon(config, LoadedModel(model, labels, "bench", untrained=True))

@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                 "reset": {"scene_change": {"enabled": True}},
                 "publish": {"endpoints": [f"ipc://{tmp}/pub.sock"], "control": None, "heartbeat_s": 1.0},
                 "log": {"level": "warning"},
+                "workers": {"processes": 0},  # the streams in this process: the figures read their pipelines
                 "subjects": {"detector": str(args.subjects) if args.subjects else None}
                 | ({"detect_fps": args.detect_fps} if args.detect_fps else {}),
             }

@@ -34,6 +34,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.proc_stats import cpu_s, family, rss_mib
 from tests.helpers.videos import FFMPEG
 from vstmon.config import parse_config
 from vstmon.log import configure_logging
@@ -42,7 +43,6 @@ from vstmon.model.presets import SwinConfig
 from vstmon.service.daemon import Daemon
 
 _SMALL = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7))
-_CLK = os.sysconf("SC_CLK_TCK")
 
 
 def _video(path: Path, seconds: float, size: str) -> Path:
@@ -53,30 +53,6 @@ def _video(path: Path, seconds: float, size: str) -> Path:
         check=True,
     )  # fmt: skip
     return path
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _CLK  # utime + stime
-
-
-def _rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(entry))
-            except OSError:
-                continue
-    return out
 
 
 def _run(args: argparse.Namespace, streams: int, processes: int | str, video: Path) -> dict[str, Any]:
@@ -104,8 +80,8 @@ def _run(args: argparse.Namespace, streams: int, processes: int | str, video: Pa
     assert engine is not None
     try:
         threading.Event().wait(args.warmup_s)  # let every stream reach its first clips
-        pids = [os.getpid(), *_children(os.getpid())]
-        cpu0 = sum(_cpu_s(p) for p in pids)
+        pids = family()
+        cpu0 = sum(cpu_s(p) for p in pids)
         labels0 = sum(daemon.host.snapshot(n).clips for n in daemon.host.names)
         busy0, batches0, clips0 = engine.busy_s, engine.batches, engine.clips
         lat0 = daemon.latency.percentiles_s()["count"]
@@ -116,12 +92,12 @@ def _run(args: argparse.Namespace, streams: int, processes: int | str, video: Pa
             samples += 1
             waiting += engine.batcher.starving()
         wall_s = time.monotonic() - started
-        cpu_s = sum(_cpu_s(p) for p in pids if Path(f"/proc/{p}").exists()) - cpu0
-        rss = sum(_rss_mib(p) for p in pids if Path(f"/proc/{p}").exists())
+        used_s = sum(cpu_s(p) for p in pids) - cpu0
+        rss = sum(rss_mib(p) for p in pids)
         published = sum(daemon.host.snapshot(n).clips for n in daemon.host.names) - labels0
         batches = engine.batches - batches0
         clips = engine.clips - clips0
-        latency = daemon.latency.percentiles_s()
+        latency = daemon.latency.percentiles_s(since=lat0)
         shm_mib = streams * 2 * args.frames * args.crop * args.crop * 3 / 2**20 if processes != 0 else 0.0
     finally:
         daemon.stop()
@@ -138,7 +114,7 @@ def _run(args: argparse.Namespace, streams: int, processes: int | str, video: Pa
         "p50_ms": 1000 * latency["p50"],
         "p99_ms": 1000 * latency["p99"],
         "latency_n": latency["count"] - lat0,
-        "cpu_per_stream": cpu_s / wall_s / streams,
+        "cpu_per_stream": used_s / wall_s / streams,
         "rss_mib": rss,
         "shm_mib": shm_mib,
     }

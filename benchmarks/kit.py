@@ -633,9 +633,8 @@ def _daemon(run: Run, args: argparse.Namespace, streams: int, tmp: Path, model: 
 
 def _daemon_counts(daemon: Any) -> tuple[int, int]:
     """(frames read, clips classified) over all streams."""
-    frames = sum(int(s.source.stats()["frames_read"]) for s in daemon.streams.values() if s.source)
-    clips = sum(s.state.clips_total for s in daemon.streams.values() if s.state is not None)
-    return frames, clips
+    snapshots = [daemon.host.snapshot(name) for name in daemon.host.names]
+    return sum(snap.frames_read for snap in snapshots), sum(snap.clips for snap in snapshots)
 
 
 def section_streams(run: Run, args: argparse.Namespace) -> None:
@@ -666,8 +665,8 @@ def section_streams(run: Run, args: argparse.Namespace) -> None:
                 "warm_up_peak_reserved_mib": warm_reserved,
                 "clips_s": (clips - begin_clips) / wall_s,
                 "mean_batch": engine["mean_batch_size"],
-                "max_batch": engine["max_batch"],
-                "attention": engine.get("attention"),
+                "max_batch": engine["backend"].get("max_batch"),
+                "attention": engine["backend"].get("attention"),
                 "wall_s": wall_s,
                 "frames": frames - begin_frames,
             }

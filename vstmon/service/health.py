@@ -125,13 +125,15 @@ class LatencyWindow:
             self._values_s[self._count % len(self._values_s)] = latency_s
             self._count += 1
 
-    def percentiles_s(self) -> dict[str, float]:
+    def percentiles_s(self, since: int = 0) -> dict[str, float]:
+        """p50 and p99 of the samples added after the first ``since`` (those the ring still holds)."""
         with self._lock:
-            n = min(self._count, len(self._values_s))
-            if n == 0:
-                return {"count": 0, "p50": float("nan"), "p99": float("nan")}
-            values = np.sort(self._values_s[:n])
             count = self._count
+            n = min(count - since, len(self._values_s))
+            if n <= 0:
+                return {"count": count, "p50": float("nan"), "p99": float("nan")}
+            last = (count - 1 - np.arange(n)) % len(self._values_s)
+            values = self._values_s[last]
         return {
             "count": count,
             "p50": float(np.percentile(values, 50)),
