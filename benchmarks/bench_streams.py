@@ -42,17 +42,63 @@ from vstmon.model import LoadedModel, build_model
 from vstmon.model.presets import SwinConfig
 from vstmon.service.daemon import Daemon
 
+__all__ = ["camera_video", "main", "measure"]
+
 _SMALL = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7))
 
 
-def _video(path: Path, seconds: float, size: str) -> Path:
-    """An H.264 25 fps file of a moving pattern (what a camera's substream looks like to the decoder)."""
+def camera_video(path: Path, seconds: float, size: str) -> Path:
+    """An H.264 25 fps file of a moving pattern, ``size`` WxH (what a camera's stream looks like to the decoder)."""
     subprocess.run(
         [FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25",
          "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "25", str(path)],
         check=True,
     )  # fmt: skip
     return path
+
+
+def measure(daemon: Daemon, hop_s: float, warmup_s: float, seconds: float) -> dict[str, Any]:
+    """Figures of a started daemon over ``seconds`` after ``warmup_s``: labels/s against the demand, the
+    engine's busy fraction, batches, forward time and waiting, latency p50/p99, CPU per stream and RSS (the
+    daemon's process and its worker processes)."""
+    assert daemon.pool is not None
+    engine = daemon.pool.engines[0]
+    names = daemon.host.names
+    threading.Event().wait(warmup_s)  # let every stream reach its first clips
+    pids = family()
+    cpu0 = sum(cpu_s(p) for p in pids)
+    labels0 = sum(daemon.host.snapshot(n).clips for n in names)
+    busy0, batches0, clips0 = engine.busy_s, engine.batches, engine.clips
+    lat0 = daemon.latency.percentiles_s()["count"]
+    waiting = samples = 0
+    stop = threading.Event()
+    started = time.monotonic()
+    while not stop.wait(0.01) and time.monotonic() - started < seconds:
+        samples += 1
+        waiting += engine.batcher.starving()
+    wall_s = time.monotonic() - started
+    used_s = sum(cpu_s(p) for p in pids) - cpu0
+    rss = sum(rss_mib(p) for p in pids)
+    published = sum(daemon.host.snapshot(n).clips for n in names) - labels0
+    busy_s = engine.busy_s - busy0
+    batches = engine.batches - batches0
+    clips = engine.clips - clips0
+    latency = daemon.latency.percentiles_s(since=lat0)
+    return {
+        "streams": len(names),
+        "demand": len(names) / hop_s,
+        "labels_s": published / wall_s,
+        "busy": busy_s / wall_s,
+        "batches_s": batches / wall_s,
+        "mean_batch": clips / batches if batches else 0.0,
+        "forward_ms": 1000 * busy_s / batches if batches else 0.0,
+        "waiting": waiting / max(1, samples),
+        "p50_ms": 1000 * latency["p50"],
+        "p99_ms": 1000 * latency["p99"],
+        "latency_n": latency["count"] - lat0,
+        "cpu_per_stream": used_s / wall_s / len(names),
+        "rss_mib": rss,
+    }
 
 
 def _run(args: argparse.Namespace, streams: int, processes: int | str, video: Path) -> dict[str, Any]:
@@ -76,48 +122,12 @@ def _run(args: argparse.Namespace, streams: int, processes: int | str, video: Pa
     }
     daemon = Daemon(parse_config(data), loaded)
     daemon.start()
-    engine = daemon.pool.engines[0] if daemon.pool is not None else None
-    assert engine is not None
     try:
-        threading.Event().wait(args.warmup_s)  # let every stream reach its first clips
-        pids = family()
-        cpu0 = sum(cpu_s(p) for p in pids)
-        labels0 = sum(daemon.host.snapshot(n).clips for n in daemon.host.names)
-        busy0, batches0, clips0 = engine.busy_s, engine.batches, engine.clips
-        lat0 = daemon.latency.percentiles_s()["count"]
-        waiting = samples = 0
-        stop = threading.Event()
-        started = time.monotonic()
-        while not stop.wait(0.01) and time.monotonic() - started < args.seconds:
-            samples += 1
-            waiting += engine.batcher.starving()
-        wall_s = time.monotonic() - started
-        used_s = sum(cpu_s(p) for p in pids) - cpu0
-        rss = sum(rss_mib(p) for p in pids)
-        published = sum(daemon.host.snapshot(n).clips for n in daemon.host.names) - labels0
-        batches = engine.batches - batches0
-        clips = engine.clips - clips0
-        latency = daemon.latency.percentiles_s(since=lat0)
-        shm_mib = streams * 2 * args.frames * args.crop * args.crop * 3 / 2**20 if processes != 0 else 0.0
+        figures = measure(daemon, args.hop_s, args.warmup_s, args.seconds)
     finally:
         daemon.stop()
-    return {
-        "streams": streams,
-        "processes": processes,
-        "demand": streams / args.hop_s,
-        "labels_s": published / wall_s,
-        "busy": (engine.busy_s - busy0) / wall_s,
-        "batches_s": batches / wall_s,
-        "mean_batch": clips / batches if batches else 0.0,
-        "forward_ms": 1000 * (engine.busy_s - busy0) / batches if batches else 0.0,
-        "waiting": waiting / max(1, samples),
-        "p50_ms": 1000 * latency["p50"],
-        "p99_ms": 1000 * latency["p99"],
-        "latency_n": latency["count"] - lat0,
-        "cpu_per_stream": used_s / wall_s / streams,
-        "rss_mib": rss,
-        "shm_mib": shm_mib,
-    }
+    shm_mib = streams * 2 * args.frames * args.crop * args.crop * 3 / 2**20 if processes != 0 else 0.0
+    return {**figures, "processes": processes, "shm_mib": shm_mib}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     modes: list[int | str] = [m if m == "auto" else int(m) for m in args.modes.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        video = _video(Path(tmp) / "camera.mp4", args.warmup_s + args.seconds + 30, args.size)
+        video = camera_video(Path(tmp) / "camera.mp4", args.warmup_s + args.seconds + 30, args.size)
         for streams in counts:
             for mode in modes:
                 rows.append(_run(args, streams, mode, video))

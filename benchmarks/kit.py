@@ -18,8 +18,9 @@ Sections (``--sections``, all by default; each prints its table and is written t
   the largest batch, and the kernel the engine's warm-up picks.
 - ``staging``: the host-to-device copy of a full batch of uint8 clips against that batch's forward (why the
   engine does not double-buffer).
-- ``streams``: the daemon with 1, 4, 8 and 16 file streams sharing one model copy: peak memory allocated and
-  reserved, clips/s, mean batch.
+- ``streams``: the daemon (worker processes) with 8, 16, 32 and 64 camera-paced 1080p25 H.264 streams (realtime
+  files made with ffmpeg) sharing one model copy: labels/s against the demand and against the engine alone at the
+  same batch, the engine's busy fraction, batches, latency p50/p99, CPU cores and GPU utilisation, memory.
 - ``constant``: memory sampled while ``classify`` runs through a generated long video (30 minutes by default)
   and while the daemon runs 4 looping streams (non-realtime: stream time passes faster than wall time); the
   growth after warm-up.
@@ -600,27 +601,29 @@ def section_staging(run: Run, args: argparse.Namespace) -> None:
 
 
 @contextlib.contextmanager
-def _daemon(run: Run, args: argparse.Namespace, streams: int, tmp: Path, model: nn.Module) -> Any:
-    from tests.helpers.videos import make_two_scene_video
+def _daemon(
+    run: Run,
+    args: argparse.Namespace,
+    streams: list[dict[str, Any]],
+    hop_s: float,
+    tmp: Path,
+    model: nn.Module,
+    **sections: Any,
+) -> Any:
+    """The daemon (worker processes: ``auto``, its default) on ``streams``, sharing one copy of ``model``;
+    ``sections`` are more config sections."""
     from vstmon.config import parse_config
     from vstmon.service.daemon import Daemon
 
-    width = int(args.video_height * 4 / 3) // 2 * 2
-    stream_cfgs = []
-    for i in range(streams):
-        path = tmp / f"s{i}.avi"
-        if not path.exists():
-            n_frames = int(args.video_s * 25) + i * 7  # different lengths: the streams drift apart
-            make_two_scene_video(path, n_frames, 25.0, (width, args.video_height), codec="MJPG")
-        stream_cfgs.append({"name": f"s{i}", "url": str(path), "loop": True})
     config = parse_config(
         {
             "model": {"device": str(run.device), "precision": "auto"},
-            "clip": {"frames": run.frames, "frame_interval": 1, "size_px": run.size, "hop_s": 0.5},
+            "clip": {"frames": run.frames, "frame_interval": 1, "size_px": run.size, "hop_s": hop_s},
             "inference": {"max_batch": max(args.batches), "max_wait_ms": 20},
-            "streams": stream_cfgs,
+            "streams": streams,
             "publish": {"endpoints": [f"ipc://{tmp}/pub.sock"], "control": None, "heartbeat_s": 1.0},
             "log": {"level": "warning"},
+            **sections,
         }
     )
     daemon = Daemon(config, LoadedModel(model, [f"class_{i}" for i in range(400)], "kit", untrained=True))
@@ -631,54 +634,120 @@ def _daemon(run: Run, args: argparse.Namespace, streams: int, tmp: Path, model: 
         daemon.stop()
 
 
+def _looping_streams(args: argparse.Namespace, count: int, tmp: Path) -> list[dict[str, Any]]:
+    """``count`` looping MJPG files with a hard cut each, read as fast as the model allows."""
+    from tests.helpers.videos import make_two_scene_video
+
+    width = int(args.video_height * 4 / 3) // 2 * 2
+    streams = []
+    for i in range(count):
+        path = tmp / f"s{i}.avi"
+        if not path.exists():
+            n_frames = int(args.video_s * 25) + i * 7  # different lengths: the streams drift apart
+            make_two_scene_video(path, n_frames, 25.0, (width, args.video_height), codec="MJPG")
+        streams.append({"name": f"s{i}", "url": str(path), "loop": True})
+    return streams
+
+
 def _daemon_counts(daemon: Any) -> tuple[int, int]:
     """(frames read, clips classified) over all streams."""
     snapshots = [daemon.host.snapshot(name) for name in daemon.host.names]
     return sum(snap.frames_read for snap in snapshots), sum(snap.clips for snap in snapshots)
 
 
+class _Utilisation:
+    """The GPU's utilisation (``torch.cuda.utilization``, through NVML), sampled every 0.5 s on a thread it owns;
+    ``mean`` is None where NVML cannot be read (no CUDA, no ``pynvml``)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="kit-gpu-utilisation", daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            try:
+                self.samples.append(torch.cuda.utilization(self.device) / 100.0)
+            except Exception:  # no NVML: no figure
+                return
+
+    def __enter__(self) -> _Utilisation:
+        if self.device.type == "cuda":
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5.0)
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.mean(self.samples) if self.samples else None
+
+
 def section_streams(run: Run, args: argparse.Namespace) -> None:
+    """Camera-paced H.264 streams (realtime files, one per stream, made with ffmpeg) through the daemon with
+    worker processes: labels/s against the demand (streams / hop) and against the engine alone at the mean
+    batch the daemon reached, the engine's busy fraction, latency, CPU and GPU use, memory."""
+    from benchmarks.bench_streams import camera_video, measure
+
     model = run.model(args.archs[0])
     rows: list[list[Any]] = []
     data: list[dict[str, Any]] = []
+    dtype = _DTYPES[run.half()]
+    cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
+        seconds = args.streams_warmup_s + args.streams_s + 30
+        video = camera_video(Path(tmp) / "camera.mp4", seconds, args.camera_size)
         for streams in args.streams:
             _reset_memory(run.device)
-            with _daemon(run, args, streams, Path(tmp), model) as daemon:
-                warm_alloc, warm_reserved = _peaks_mib(run.device)  # the warm-up (every batch size once)
-                if run.cuda:
-                    torch.cuda.reset_peak_memory_stats(run.device)  # from here: serving only
-                begin_frames, begin_clips = _daemon_counts(daemon)
-                begin = time.monotonic()
-                deadline = begin + args.streams_s
-                while time.monotonic() < deadline:
-                    time.sleep(0.5)
-                wall_s = time.monotonic() - begin
-                frames, clips = _daemon_counts(daemon)
-                engine = daemon.pool.engines[0].stats()
+            with (
+                _daemon(
+                    run,
+                    args,
+                    [{"name": f"cam{i}", "url": str(video), "realtime": True} for i in range(streams)],
+                    args.streams_hop_s,
+                    Path(tmp),
+                    model,
+                    reset={"scene_change": {"enabled": False}},
+                ) as daemon,
+                _Utilisation(run.device) as utilisation,
+            ):
+                figures = measure(daemon, args.streams_hop_s, args.streams_warmup_s, args.streams_s)
             alloc, reserved = _peaks_mib(run.device)
+            batch = max(1, round(figures["mean_batch"]))
+            x = torch.randn(batch, 3, run.frames, run.size, run.size, device=run.device)
+            alone = _time_forward(model.to(run.device), x, dtype, run.iters)
+            model.cpu()
+            alone_clips_s = batch * 1000.0 / alone["p50_ms"]
             entry = {
-                "streams": streams,
+                **figures,
+                "alone_batch": batch,
+                "alone_clips_s": alone_clips_s,
+                "ratio": figures["labels_s"] / min(figures["demand"], alone_clips_s),
+                "cores_busy": figures["cpu_per_stream"] * streams,
+                "gpu_utilisation": utilisation.mean,
                 "peak_alloc_mib": alloc,
                 "peak_reserved_mib": reserved,
-                "warm_up_peak_alloc_mib": warm_alloc,
-                "warm_up_peak_reserved_mib": warm_reserved,
-                "clips_s": (clips - begin_clips) / wall_s,
-                "mean_batch": engine["mean_batch_size"],
-                "max_batch": engine["backend"].get("max_batch"),
-                "attention": engine["backend"].get("attention"),
-                "wall_s": wall_s,
-                "frames": frames - begin_frames,
             }
             data.append(entry)
             print(json.dumps(entry, default=str), flush=True)
-            rows.append([streams, alloc, reserved, alloc / streams if alloc else None, entry["clips_s"],
-                         entry["mean_batch"], entry["max_batch"]])  # fmt: skip
-    head = ["streams", "peak alloc MiB", "peak reserved MiB", "alloc MiB per stream", "clips/s", "mean batch",
-            "max_batch"]  # fmt: skip
+            rows.append([streams, entry["demand"], entry["labels_s"], alone_clips_s, entry["ratio"],
+                         entry["busy"], entry["mean_batch"], entry["forward_ms"], entry["waiting"],
+                         f"{entry['p50_ms']:.0f} / {entry['p99_ms']:.0f}", f"{entry['cores_busy']:.1f} of {cores}",
+                         entry["gpu_utilisation"], entry["rss_mib"], alloc])  # fmt: skip
+    head = ["streams", "demand clips/s", "labels/s", "engine alone clips/s", "ratio", "engine busy", "mean batch",
+            "forward ms", "waiting, no batch", "latency p50 / p99 ms", "CPU cores busy", "GPU utilisation",
+            "RSS MiB", "peak alloc MiB"]  # fmt: skip
     text = (
-        f"### Streams sharing one model copy through the daemon, {args.archs[0]} untrained, precision auto, "
-        f"max_batch {max(args.batches)}, {args.streams_s:.0f} s each (`streams`)\n\n"
+        f"### Camera-paced streams through the daemon (worker processes), {args.archs[0]} untrained, precision "
+        f"auto, {args.camera_size} H.264 25 fps, clips {run.frames}x{run.size} every {args.streams_hop_s} s, "
+        f"max_batch {max(args.batches)}, {args.streams_s:.0f} s each after {args.streams_warmup_s:.0f} s "
+        "(`streams`)\n\n"
+        "ratio = labels/s over the smaller of the demand and the engine alone (the same model at the daemon's mean "
+        "batch, forward only); CPU cores busy = the daemon's and its workers' CPU time over the window.\n\n"
         + _table(head, rows)
         + "\n"
     )
@@ -780,7 +849,9 @@ def section_constant(run: Run, args: argparse.Namespace) -> None:
         model = model.cpu()
         _reset_memory(run.device)
         with (
-            _daemon(run, args, 4, Path(tmp), model) as daemon,  # started: warmed up, serving
+            _daemon(
+                run, args, _looping_streams(args, 4, Path(tmp)), 0.5, Path(tmp), model
+            ) as daemon,  # serving
             _Sampler(run.device, args.sample_s) as sampler,
         ):
             begin_frames, begin_clips = _daemon_counts(daemon)
@@ -940,8 +1011,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compile-batches", help="batch sizes of the compiled section (default: --batches)")
     p.add_argument("--compile-dtypes", help="precisions of the compiled runs (default: precision auto)")
     p.add_argument("--iters", type=int, help="timed forwards per configuration (default 20; small: 3)")
-    p.add_argument("--streams", help="stream counts of the streams section (default 1,4,8,16; small: 1,2)")
+    p.add_argument("--streams", help="stream counts of the streams section (default 8,16,32,64; small: 1,2)")
     p.add_argument("--streams-s", type=float, help="seconds per stream count (default 20; small: 8)")
+    p.add_argument(
+        "--streams-warmup-s", type=float, help="streams: seconds before measuring (default 15; small: 8)"
+    )
+    p.add_argument("--streams-hop-s", type=float, help="streams: clip.hop_s (default 0.25; small: 1)")
+    p.add_argument(
+        "--camera-size", help="streams: the cameras' picture, WxH (default 1920x1080; small: 320x240)"
+    )
     p.add_argument("--video-min", type=float, help="constant: classify video minutes (default 30; small: 1)")
     p.add_argument("--daemon-s", type=float, help="constant: daemon seconds (default 120; small: 15)")
     p.add_argument("--video-s", type=float, default=8.0, help="length of each looping stream file")
@@ -977,8 +1055,11 @@ def main(argv: list[str] | None = None) -> int:
     cuda = device.type == "cuda"
     args.dtypes = _list(args.dtypes, ["fp32", "fp16", "bf16"] if cuda else ["fp32", "bf16"])
     args.compile_archs = _list(args.compile_archs, ["swin_t"])
-    args.streams = _list(args.streams, [1, 2] if small else [1, 4, 8, 16], int)
+    args.streams = _list(args.streams, [1, 2] if small else [8, 16, 32, 64], int)
     args.streams_s = args.streams_s or (8.0 if small else 20.0)
+    args.streams_warmup_s = args.streams_warmup_s or (8.0 if small else 15.0)
+    args.streams_hop_s = args.streams_hop_s or (1.0 if small else 0.25)
+    args.camera_size = args.camera_size or ("320x240" if small else "1920x1080")
     args.video_min = args.video_min or (1.0 if small else 30.0)
     args.daemon_s = args.daemon_s or (15.0 if small else 120.0)
     run = Run(

@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.helpers.rtsp_fixtures",
     "tests.helpers.process",
     "tests.helpers.daemon",
+    "tests.helpers.notify_listener",
 ]
 
 

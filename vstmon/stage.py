@@ -27,7 +27,7 @@ class Stage:
     def start(self) -> None:
         if self._thread is not None:
             raise RuntimeError(f"{self.name} already started")
-        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self._thread_name(), daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -68,3 +68,6 @@ class Stage:
 
     def _wake(self) -> None:
         """Wake a loop blocked on something other than the stop event (default: nothing to do)."""
+
+    def _thread_name(self) -> str:
+        return self.name

@@ -9,8 +9,10 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import pytest
 
 
 class NotifyListener:
@@ -80,3 +82,18 @@ def received_within(sock: socket.socket, window_s: float) -> list[bytes]:
         except TimeoutError:
             break
     return messages
+
+
+@pytest.fixture
+def watchdog_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[socket.socket]:
+    """systemd's notify socket with a watchdog of 0.2 s (a ping every 0.1 s while the daemon is healthy), in this
+    process's environment, for tests that read it in windows (``received_within``)."""
+    address = str(tmp_path / "notify.sock")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(address)
+    monkeypatch.setenv("NOTIFY_SOCKET", address)
+    monkeypatch.setenv("WATCHDOG_USEC", "200000")
+    try:
+        yield notify
+    finally:
+        notify.close()

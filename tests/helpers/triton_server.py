@@ -39,6 +39,25 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _group_shm(pgid: int) -> set[Path]:
+    """The /dev/shm files mapped by the processes of group ``pgid``."""
+    found: set[Path] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) != pgid:
+                continue
+            maps = (entry / "maps").read_text()
+        except (OSError, ValueError, IndexError):
+            continue
+        for line in maps.splitlines():
+            path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+            if path.startswith("/dev/shm/"):
+                found.add(Path(path.removesuffix(" (deleted)")))
+    return found
+
+
 class Server:
     """``vstmon serve`` as a real process group (tritonserver and its stub are children: killed together)."""
 
@@ -106,10 +125,15 @@ class Server:
         raise AssertionError(f"vstmon serve not ready in {_READY_S} s:\n{self.log.read_text()[-3000:]}")
 
     def kill(self) -> None:
-        """SIGKILL to the whole group: the server dies as a crash would, with nothing cleaned up."""
+        """SIGKILL to the whole group: the server dies as a crash would, with nothing cleaned up by itself.
+        The shared-memory segments its processes had mapped (PyTriton's, under /dev/shm) are then removed here,
+        so that the test session leaves none behind."""
         if self.process is not None and self.process.poll() is None:
+            segments = _group_shm(self.process.pid)
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(30)
+            for segment in segments:
+                segment.unlink(missing_ok=True)
 
     def stop(self) -> int | None:
         if self.process is None or self.process.poll() is not None:

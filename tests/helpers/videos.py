@@ -31,6 +31,7 @@ __all__ = [
     "make_two_scene_video",
     "make_video",
     "render_frame",
+    "video_frames",
 ]
 
 CODE_BITS = 16  # indices up to 65535 are encoded (mod 65536 beyond)
@@ -206,3 +207,19 @@ def make_not_a_video(path: str | Path) -> Path:
     path = Path(path)
     path.write_bytes(b"this is not a video file\n" * 64)
     return path
+
+
+def video_frames(path: Path, backend: int = cv2.CAP_ANY) -> Iterator[tuple[int, np.ndarray, float]]:
+    """(index, BGR frame, stream clock in s) of every frame OpenCV decodes from ``path``, in order; the capture
+    is released when the loop ends or is left."""
+    capture = cv2.VideoCapture(str(path), backend)
+    try:
+        index = 0
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                return
+            yield index, frame, capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
+            index += 1
+    finally:
+        capture.release()

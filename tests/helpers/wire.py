@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+from vstmon.errors import VstmonError
 from vstmon.wire.protocol import (
     ClipInfo,
+    ControlCommand,
     DaemonStatusBody,
     LabelBody,
     ResetBody,
+    ResetReply,
     Score,
     SegmentBody,
     SegmentLabel,
+    StatusCommand,
+    StatusReply,
     StreamEntry,
     StreamStatusBody,
 )
@@ -81,3 +87,29 @@ def segment_body(segment: int, labels: tuple[tuple[str, int, int, float], ...] =
             for label, index, clips, seconds in labels
         ),
     )
+
+
+class FakeDaemon:
+    """A real control handler with real state: streams (``segments``: name -> segment; cam1 at 1 and cam2 at 4
+    by default) whose segment numbers advance on reset. ``calls``: the commands as the client sent them. The
+    streams ``boom`` and ``vstmon-error`` make the handler raise."""
+
+    def __init__(self, segments: dict[str, int] | None = None) -> None:
+        self.segments = dict(segments or {"cam1": 1, "cam2": 4})
+        self.calls: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, command: ControlCommand) -> ResetReply | StatusReply:
+        with self.lock:
+            self.calls.append(command.model_dump(exclude_unset=True))
+            if isinstance(command, StatusCommand):
+                return StatusReply(streams={name: stream_entry(seg) for name, seg in self.segments.items()})
+            stream = command.stream
+            if stream == "boom":
+                raise RuntimeError("handler bug")
+            if stream == "vstmon-error":
+                raise VstmonError("stream vstmon-error is not running")
+            if stream not in self.segments:
+                raise KeyError(f"unknown stream {stream!r}")
+            self.segments[stream] += 1
+            return ResetReply(segment=self.segments[stream])

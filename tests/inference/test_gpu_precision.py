@@ -13,13 +13,13 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from tests.helpers.assets import bikes_mp4, carphone_mp4, vtest_avi  # noqa: F401 (fixtures)
+from tests.helpers.videos import video_frames
 from vstmon.inference.runner import Runner
 from vstmon.ingest.fit import fit_frame
 from vstmon.model.bundle import build_untrained_model
@@ -31,15 +31,9 @@ MIN_TOP1, MAX_PROB_DIFF = 0.99, 0.02
 
 
 def _frames(path: Path) -> np.ndarray:
-    capture = cv2.VideoCapture(str(path))
-    frames = []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        frames.append(fit_frame(frame, SIZE_PX))
-    capture.release()
-    return np.stack(frames)  # (F, 224, 224, 3) RGB uint8
+    return np.stack(
+        [fit_frame(frame, SIZE_PX) for _, frame, _ in video_frames(path)]
+    )  # (F, 224, 224, 3) RGB uint8
 
 
 @pytest.fixture(scope="module")

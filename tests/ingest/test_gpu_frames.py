@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers.videos import video_frames
 from vstmon.ingest.crops import CropFitter, square_crop_px
 from vstmon.ingest.fit import FrameFitter
 from vstmon.ingest.gpu_frames import GpuFrameRing, crop_tensor, fit_tensor, squeeze_tensor
@@ -23,14 +24,10 @@ MAX_MEAN_DIFF = 2.0  # of 255: the issue's bar for frames of the GPU path agains
 
 
 def frame_at(path: Path, index: int) -> np.ndarray:
-    capture = cv2.VideoCapture(str(path))
-    try:
-        for _ in range(index + 1):
-            ok, frame = capture.read()
-            assert ok, f"{path} has no frame {index}"
-    finally:
-        capture.release()
-    return frame
+    for at, frame, _ in video_frames(path):
+        if at == index:
+            return frame
+    raise AssertionError(f"{path} has no frame {index}")
 
 
 @pytest.fixture(scope="module")

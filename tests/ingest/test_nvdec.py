@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from tests.helpers.rtsp_fixtures import EventLog, RtspServer, stream_config, wait_until
-from tests.helpers.videos import FFMPEG, decode_index, make_video
+from tests.helpers.videos import FFMPEG, decode_index, make_video, video_frames
 from vstmon.config import StreamConfig
 from vstmon.ingest.capture import _CvReader, open_reader, parse_source
 from vstmon.ingest.decode import probe_nvdec
@@ -61,20 +61,11 @@ def hevc_file(h264_file: Path) -> Path:
 
 def cpu_frames(path: Path) -> list[tuple[np.ndarray, float]]:
     """(fitted RGB frame, stream clock) of every frame, as the CPU path decodes them."""
-    capture = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
-    fitter, out = FrameFitter(SIZE_PX), []
-    while True:
-        ok, frame = capture.read()
-        if not ok:
-            break
-        out.append(
-            (
-                fitter.fit(frame, np.empty((SIZE_PX, SIZE_PX, 3), np.uint8)),
-                capture.get(cv2.CAP_PROP_POS_MSEC) / 1000,
-            )
-        )
-    capture.release()
-    return out
+    fitter = FrameFitter(SIZE_PX)
+    return [
+        (fitter.fit(frame, np.empty((SIZE_PX, SIZE_PX, 3), np.uint8)), clock_s)
+        for _, frame, clock_s in video_frames(path, cv2.CAP_FFMPEG)
+    ]
 
 
 def nvdec_reader(path_or_url: str, decode: str = "nvdec") -> object:

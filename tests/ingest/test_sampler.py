@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.helpers.videos import decode_index, make_video
+from tests.helpers.videos import decode_index, make_video, video_frames
 from vstmon.ingest.fit import FrameFitter
 from vstmon.ingest.ring import FrameGone, RingBuffer
 from vstmon.ingest.sampler import ClipSampler
@@ -73,23 +73,16 @@ def test_clips_on_a_real_file(tmp_path: Path) -> None:
     ring = RingBuffer(16, 32, 32, lossless=True)
     sampler = ClipSampler(ring, "file", frames=4, frame_interval=3, hop_s=0.4)  # span 10
     fitter = FrameFitter(32)
-    capture = cv2.VideoCapture(str(path))
-    clips, index = [], 0
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            slot = ring.write_slot(timeout_s=0)
-            assert slot is not None
-            fitter.fit(frame, slot)
-            seq = ring.commit(FrameMeta(index, 0.0, 0.0, capture.get(cv2.CAP_PROP_POS_MSEC) / 1000))
-            index += 1
-            if sampler.on_frame(seq):
-                clips.append(sampler.cut(np.empty((4, 32, 32, 3), np.uint8)))
-    finally:
-        capture.release()
-    assert index == 60
+    clips, count = [], 0
+    for index, frame, clock_s in video_frames(path):
+        slot = ring.write_slot(timeout_s=0)
+        assert slot is not None
+        fitter.fit(frame, slot)
+        seq = ring.commit(FrameMeta(index, 0.0, 0.0, clock_s))
+        count += 1
+        if sampler.on_frame(seq):
+            clips.append(sampler.cut(np.empty((4, 32, 32, 3), np.uint8)))
+    assert count == 60
     # first at frame 9 (0.36 s), then every 0.4 s = 10 frames
     assert [c.last_frame for c in clips] == [9, 19, 29, 39, 49, 59]
     assert [c.end_stream_s for c in clips] == pytest.approx([0.36, 0.76, 1.16, 1.56, 1.96, 2.36])
@@ -194,16 +187,12 @@ def test_a_file_cut_part_gives_the_same_clips_as_the_whole_file_restarted_at_the
     def clips_of(path: Path, restart_at: int | None) -> list[tuple]:
         ring = RingBuffer(12, 32, 32, lossless=True)
         sampler = ClipSampler(ring, "f", frames=4, frame_interval=2, hop_s=0.32)
-        fitter, capture, out = FrameFitter(32), cv2.VideoCapture(str(path)), []
+        fitter, out = FrameFitter(32), []
         t0 = None
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
+        for _, frame, ts in video_frames(path):
             slot = ring.write_slot(timeout_s=0)
             assert slot is not None
             fitter.fit(frame, slot)
-            ts = capture.get(cv2.CAP_PROP_POS_MSEC) / 1000
             seq = ring.commit(FrameMeta(ring.head_seq, 0.0, 0.0, ts))
             if seq == restart_at:
                 sampler.restart(seq)
@@ -213,7 +202,6 @@ def test_a_file_cut_part_gives_the_same_clips_as_the_whole_file_restarted_at_the
                 clip = sampler.cut(np.empty((4, 32, 32, 3), np.uint8))
                 codes = tuple(decode_index(f) for f in clip.frames)
                 out.append((codes, round(clip.start_stream_s - t0, 6), round(clip.end_stream_s - t0, 6)))
-        capture.release()
         return out
 
     restarted = clips_of(whole, restart_at=30)

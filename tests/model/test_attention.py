@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,14 +16,6 @@ from vstmon.model.presets import SwinConfig
 from vstmon.model.swin3d import SwinTransformerBlock3D, build_model, use_flex_attention
 
 FP32 = {"atol": 1e-5, "rtol": 1e-5}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class _CountAttention(TorchFunctionMode):

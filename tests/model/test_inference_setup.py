@@ -4,7 +4,6 @@ uint8 normalisation folded into the patch embedding; both through the runner too
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -21,14 +20,6 @@ from vstmon.model.swin3d import VideoSwin, build_model
 # On CPU with bf16 weights this model measured 0.015 (26 % headroom); top-1 must agree wherever fp32's two best
 # classes are more than twice that bound apart.
 MAX_PROB_DIFF = 0.02
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def confident_model(seed: int = 0) -> VideoSwin:

@@ -27,7 +27,7 @@ import yaml
 from tests.helpers.cli import REPO_ROOT
 from tests.helpers.daemon import tiny_checkpoint
 from tests.helpers.footage import lossless_from
-from tests.helpers.videos import make_not_a_video, make_video
+from tests.helpers.videos import make_not_a_video, make_video, video_frames
 from vstmon.cli import main
 from vstmon.ingest.fit import fit_frame
 from vstmon.model.normalize import normalize_clips
@@ -127,11 +127,7 @@ def test_timeline_has_the_right_clips_and_times(files: dict[str, Path]) -> None:
 
 def _direct_probs(model: torch.nn.Module, video: Path, lines: list[dict]) -> np.ndarray:
     """Softmax of ``model`` run directly on the clips the timeline ``lines`` name, decoded here: (N, classes)."""
-    capture = cv2.VideoCapture(str(video))
-    decoded = []
-    while (frame := capture.read()[1]) is not None:
-        decoded.append(fit_frame(frame, SIZE))
-    capture.release()
+    decoded = [fit_frame(frame, SIZE) for _, frame, _ in video_frames(video)]
     assert len(decoded) == N_FRAMES
     clips = np.stack(
         [np.stack(decoded[line["first_frame"] : line["last_frame"] + 1 : INTERVAL]) for line in lines]
@@ -591,12 +587,7 @@ def test_carphone_has_one_subject_in_per_subject_mode_from_the_config(
 
 
 def _decoded(video: Path) -> list[np.ndarray]:
-    capture = cv2.VideoCapture(str(video))
-    frames = []
-    while (frame := capture.read()[1]) is not None:
-        frames.append(frame)
-    capture.release()
-    return frames
+    return [frame for _, frame, _ in video_frames(video)]
 
 
 def test_a_subject_clip_scores_equal_the_model_alone_on_that_subjects_crops(

@@ -15,6 +15,7 @@ import yaml
 
 from tests.helpers.daemon import collect, daemon_config, ended
 from tests.helpers.footage import SPLICE_SIZE, VTEST_FPS
+from tests.helpers.videos import video_frames
 from vstmon.config import parse_config
 from vstmon.model.bundle import load_model_and_labels
 from vstmon.offline.classify import classify_file
@@ -27,13 +28,14 @@ def _splice(out: Path, parts: list[tuple[Path, range]]) -> Path:
     writer = cv2.VideoWriter(str(out), cv2.VideoWriter_fourcc(*"FFV1"), VTEST_FPS, SPLICE_SIZE)
     assert writer.isOpened()
     for source, frames in parts:
-        capture = cv2.VideoCapture(str(source))
-        for index in range(frames.stop):
-            ok, frame = capture.read()
-            assert ok, f"{source} has no frame {index}"
+        written = 0
+        for index, frame, _ in video_frames(source):
             if index in frames:
                 writer.write(cv2.resize(frame, SPLICE_SIZE, interpolation=cv2.INTER_AREA))
-        capture.release()
+                written += 1
+            if index == frames.stop - 1:
+                break
+        assert written == len(frames), f"{source} has no frame {frames.start + written}"
     writer.release()
     return out
 

@@ -292,33 +292,25 @@ def test_a_null_checkpoint_gives_untrained_weights_marked_as_such(
 
 
 def test_watchdog_pings_stop_when_a_stage_thread_dies(
-    tmp_path: Path, model_files: tuple[Path, Path], run_daemon, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model_files: tuple[Path, Path], run_daemon, watchdog_socket: socket.socket
 ) -> None:
     checkpoint, labels = model_files
-    address = str(tmp_path / "notify.sock")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd's part
-    notify.bind(address)
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # ping every 0.1 s
     video = write_mjpg(tmp_path / "loop.avi", [("moving", range(32))])
     stream = {"name": "cam", "url": str(video), "loop": True, "realtime": True}
     daemon, _sub = run_daemon(daemon_config(checkpoint, labels, [stream]))
 
     def received(window_s: float = 0.6) -> list[bytes]:
         """What arrives within ``window_s`` (pings come every 0.1 s while the daemon is healthy)."""
-        return received_within(notify, window_s)
+        return received_within(watchdog_socket, window_s)
 
-    try:
-        assert daemon.health_problems() == []
-        assert b"WATCHDOG=1" in received()
-        worker = daemon.streams["cam"].worker
-        worker.stop()  # as if the stream's worker thread had died
-        assert worker.join(5.0)
-        assert daemon.health_problems() == ["worker cam thread died"]
-        received(0.2)  # a ping may have been in flight when the worker died
-        assert b"WATCHDOG=1" not in received()  # systemd would now kill and restart the daemon
-    finally:
-        notify.close()
+    assert daemon.health_problems() == []
+    assert b"WATCHDOG=1" in received()
+    worker = daemon.streams["cam"].worker
+    worker.stop()  # as if the stream's worker thread had died
+    assert worker.join(5.0)
+    assert daemon.health_problems() == ["worker cam thread died"]
+    received(0.2)  # a ping may have been in flight when the worker died
+    assert b"WATCHDOG=1" not in received()  # systemd would now kill and restart the daemon
 
 
 def test_one_subscriber_fans_in_two_daemons_with_seq_per_stream(

@@ -214,24 +214,19 @@ class _Blocking(nn.Module):
 
 
 def test_a_wedged_engine_stops_the_watchdog_pings_and_says_so(
-    tmp_path: Path, model_files: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, model_files: tuple[Path, Path], watchdog_socket: socket.socket
 ) -> None:
     from vstmon.config import parse_config
     from vstmon.service.daemon import Daemon
 
     checkpoint, labels = model_files
-    address = str(tmp_path / "notify.sock")
-    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # plays systemd's part
-    notify.bind(address)
-    monkeypatch.setenv("NOTIFY_SOCKET", address)
-    monkeypatch.setenv("WATCHDOG_USEC", "200000")  # a ping every 0.1 s while healthy
     data = daemon_config(checkpoint, labels, [looping(tmp_path, "cam")], service={"progress_timeout_s": 1})
     model = _Blocking()
     names = [f"action_{i}" for i in range(10)]
     daemon = Daemon(parse_config(data), LoadedModel(model.eval(), names, "blocking", untrained=True))
 
     def received(window_s: float) -> list[bytes]:
-        return received_within(notify, window_s)
+        return received_within(watchdog_socket, window_s)
 
     try:
         daemon.start()
@@ -259,7 +254,6 @@ def test_a_wedged_engine_stops_the_watchdog_pings_and_says_so(
     finally:
         model.release.set()
         daemon.stop()
-        notify.close()
 
 
 def test_throughput_and_drop_log_count_the_last_minute() -> None:

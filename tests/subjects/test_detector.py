@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.helpers.videos import video_frames
 from vstmon.errors import DetectorError
 from vstmon.subjects.detector import PersonDetector
 from vstmon.subjects.ssd_spec import describe_ssd
@@ -43,19 +44,10 @@ PEOPLE_PX: dict[int, list[tuple[int, int, int, int]]] = {
 
 
 def read_frames(path: Path, wanted: set[int] | None = None, every: int = 1) -> dict[int, np.ndarray]:
-    capture = cv2.VideoCapture(str(path))
     frames: dict[int, np.ndarray] = {}
-    index = 0
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if (wanted is None and index % every == 0) or (wanted is not None and index in wanted):
-                frames[index] = frame
-            index += 1
-    finally:
-        capture.release()
+    for index, frame, _ in video_frames(path):
+        if (wanted is None and index % every == 0) or (wanted is not None and index in wanted):
+            frames[index] = frame
     assert frames, f"no frames read from {path}"
     return frames
 

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.helpers.opencv_ssd import OpenCvSsd
+from tests.helpers.videos import video_frames
 from vstmon.subjects.detector import PersonDetector, greedy_nms
 from vstmon.subjects.ssd_torch import ConvUnit, feature_sizes, tf_same_padding
 
@@ -28,18 +29,12 @@ MAX_SCORE_DIFF = 0.01  # measured 5.4e-6
 
 def squeezed_frames(path: Path, every: int, limit: int, start: int = 0) -> list[np.ndarray]:
     """Every ``every``-th frame from ``start``, squeezed to 300x300 as the daemon's source does (aspect ratio not kept)."""
-    capture = cv2.VideoCapture(str(path))
-    frames, index = [], 0
-    try:
-        while len(frames) < limit:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if index >= start and (index - start) % every == 0:
-                frames.append(cv2.resize(frame, (300, 300), interpolation=cv2.INTER_LINEAR))
-            index += 1
-    finally:
-        capture.release()
+    frames = []
+    for index, frame, _ in video_frames(path):
+        if len(frames) == limit:
+            break
+        if index >= start and (index - start) % every == 0:
+            frames.append(cv2.resize(frame, (300, 300), interpolation=cv2.INTER_LINEAR))
     assert frames, f"no frames read from {path}"
     return frames
 

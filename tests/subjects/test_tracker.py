@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.tracking import PEOPLE_PX, VTEST_FPS, follow, switches
+from tests.helpers.videos import video_frames
 from vstmon.subjects.detector import PersonDetector
 from vstmon.subjects.tracker import Track, Tracker
 
@@ -289,19 +290,10 @@ def detect_video(
     detector: PersonDetector, path: Path, wanted: Callable[[int], bool]
 ) -> dict[int, np.ndarray]:
     """frame index -> detections, for the wanted frames of the whole video."""
-    capture = cv2.VideoCapture(str(path))
     found: dict[int, np.ndarray] = {}
-    index = 0
-    try:
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            if wanted(index):
-                found[index] = detector.detect(frame)
-            index += 1
-    finally:
-        capture.release()
+    for index, frame, _ in video_frames(path):
+        if wanted(index):
+            found[index] = detector.detect(frame)
     assert found, f"no frames read from {path}"
     return found
 

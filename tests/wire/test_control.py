@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from typing import Any
 
@@ -11,37 +10,12 @@ import pytest
 import zmq
 
 from tests.helpers.cli import run_vstmon
-from tests.helpers.wire import stream_entry
+from tests.helpers.wire import FakeDaemon, stream_entry
 from vstmon.cli import main
 from vstmon.errors import VstmonError
 from vstmon.log import configure_logging
 from vstmon.wire.control import ControlServer
 from vstmon.wire.protocol import REPLY_ADAPTER, ControlCommand, ResetReply, StatusCommand, StatusReply
-
-
-class FakeDaemon:
-    """A real handler with real state: two streams, segment numbers that advance on reset. ``calls``: the
-    commands as the client sent them."""
-
-    def __init__(self) -> None:
-        self.segments = {"cam1": 1, "cam2": 4}
-        self.calls: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, command: ControlCommand) -> ResetReply | StatusReply:
-        with self.lock:
-            self.calls.append(command.model_dump(exclude_unset=True))
-            if isinstance(command, StatusCommand):
-                return StatusReply(streams={name: stream_entry(seg) for name, seg in self.segments.items()})
-            stream = command.stream
-            if stream == "boom":
-                raise RuntimeError("handler bug")
-            if stream == "vstmon-error":
-                raise VstmonError("stream vstmon-error is not running")
-            if stream not in self.segments:
-                raise KeyError(f"unknown stream {stream!r}")
-            self.segments[stream] += 1
-            return ResetReply(segment=self.segments[stream])
 
 
 def _segments(reply: dict[str, Any]) -> dict[str, int]:

@@ -23,7 +23,7 @@ import zmq.auth
 from structlog.testing import capture_logs
 
 from tests.helpers.cli import REPO_ROOT, run_vstmon, vstmon_env
-from tests.helpers.wire import label_body, stream_entry
+from tests.helpers.wire import FakeDaemon, label_body, stream_entry
 from vstmon.config import CurveConfig, PublishConfig, load_config
 from vstmon.errors import ConfigError, VstmonError
 from vstmon.service.control_cli import request
@@ -31,7 +31,7 @@ from vstmon.service.preflight import preflight
 from vstmon.wire.client import Subscriber
 from vstmon.wire.control import ControlServer
 from vstmon.wire.keys import generate_certificates
-from vstmon.wire.protocol import ControlCommand, ResetReply, StatusCommand, StatusReply
+from vstmon.wire.protocol import ResetReply, StatusReply
 from vstmon.wire.publish import Publisher
 
 DEADLINE_S = 30.0  # generous: CI is a loaded 2-core box; every wait ends as soon as its condition holds
@@ -81,21 +81,6 @@ def _zap_threads() -> set[str]:
     return {t.name for t in threading.enumerate() if t.name.startswith("vstmon-zap-")}
 
 
-class Recorder:
-    """A control handler that records what reached it."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, command: ControlCommand) -> ResetReply | StatusReply:
-        with self.lock:
-            self.calls.append(command.model_dump(exclude_unset=True))
-        if isinstance(command, StatusCommand):
-            return StatusReply(streams={"cam1": stream_entry(1)})
-        return ResetReply(segment=2)
-
-
 @pytest.fixture
 def curve_publisher(keys: Keys) -> Iterator[Publisher]:
     publisher = Publisher(PublishConfig(endpoints=["tcp://127.0.0.1:*"], curve=keys.curve()))
@@ -104,8 +89,8 @@ def curve_publisher(keys: Keys) -> Iterator[Publisher]:
 
 
 @pytest.fixture
-def curve_control(keys: Keys) -> Iterator[tuple[ControlServer, Recorder]]:
-    handler = Recorder()
+def curve_control(keys: Keys) -> Iterator[tuple[ControlServer, FakeDaemon]]:
+    handler = FakeDaemon({"cam1": 1})
     server = ControlServer("tcp://127.0.0.1:*", handler, poll_interval_s=0.05, curve=keys.curve())
     server.start()
     yield server, handler
@@ -191,7 +176,7 @@ def test_reloading_the_allowed_keys_lets_a_new_client_in_and_a_broken_directory_
 
 
 # -- the control socket -----------------------------------------------------------------------------------------
-def test_only_the_allowed_key_controls(keys: Keys, curve_control: tuple[ControlServer, Recorder]) -> None:
+def test_only_the_allowed_key_controls(keys: Keys, curve_control: tuple[ControlServer, FakeDaemon]) -> None:
     server, handler = curve_control
     endpoint = str(server.bound_endpoint)
     reply = request(endpoint, {"cmd": "status"}, DEADLINE_S, keys.server_public, keys.alice_secret)
@@ -212,7 +197,7 @@ def test_only_the_allowed_key_controls(keys: Keys, curve_control: tuple[ControlS
 
 
 def test_a_plain_req_socket_gets_no_reply_and_reaches_no_handler(
-    keys: Keys, curve_control: tuple[ControlServer, Recorder]
+    keys: Keys, curve_control: tuple[ControlServer, FakeDaemon]
 ) -> None:
     server, handler = curve_control
     socket = zmq.Context.instance().socket(zmq.REQ)
@@ -235,7 +220,9 @@ def test_a_plain_req_socket_gets_no_reply_and_reaches_no_handler(
 def test_zap_threads_start_and_stop_with_their_sockets(keys: Keys) -> None:
     before = threading.enumerate()
     publisher = Publisher(PublishConfig(endpoints=["tcp://127.0.0.1:*"], curve=keys.curve()))
-    control = ControlServer("tcp://127.0.0.1:*", Recorder(), poll_interval_s=0.05, curve=keys.curve())
+    control = ControlServer(
+        "tcp://127.0.0.1:*", FakeDaemon({"cam1": 1}), poll_interval_s=0.05, curve=keys.curve()
+    )
     control.start()
     assert _zap_threads() == {"vstmon-zap-publish", "vstmon-zap-control"}
     publisher.close()
@@ -252,14 +239,14 @@ def test_a_failed_bind_leaves_no_zap_thread(keys: Keys) -> None:
         with pytest.raises(ConfigError, match="cannot bind"):
             Publisher(PublishConfig(endpoints=[taken], curve=keys.curve()))
         with pytest.raises(ConfigError, match="cannot bind"):
-            ControlServer(taken, Recorder(), curve=keys.curve()).start()
+            ControlServer(taken, FakeDaemon({"cam1": 1}), curve=keys.curve()).start()
     finally:
         first.close()
     assert _zap_threads() == set()
 
 
 def _control_warnings(endpoint: str, curve: CurveConfig | None) -> list[dict[str, Any]]:
-    server = ControlServer(endpoint, Recorder(), poll_interval_s=0.05, curve=curve)
+    server = ControlServer(endpoint, FakeDaemon({"cam1": 1}), poll_interval_s=0.05, curve=curve)
     with capture_logs() as logs:
         server.start()
     server.close()
@@ -485,7 +472,7 @@ def test_listen_with_an_allowed_key_prints_messages_and_others_get_none(keys: Ke
 
 
 def test_ctl_with_an_allowed_key_controls_and_an_unknown_key_does_not(
-    keys: Keys, curve_control: tuple[ControlServer, Recorder]
+    keys: Keys, curve_control: tuple[ControlServer, FakeDaemon]
 ) -> None:
     server, handler = curve_control
     endpoint, server_key = str(server.bound_endpoint), ("--server-key", str(keys.server_public))

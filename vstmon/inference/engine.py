@@ -22,7 +22,6 @@ streams of a stream go to its engine); ``EnginePool.from_config`` builds the bac
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 from vstmon.inference.backend import Backend, build_backends
 from vstmon.inference.batcher import Batch, Batcher
 from vstmon.log import get_logger
+from vstmon.stage import Stage
 from vstmon.types import Clip, ClipResult
 
 __all__ = ["Engine", "EnginePool"]
@@ -39,7 +39,7 @@ __all__ = ["Engine", "EnginePool"]
 _log = get_logger("engine")
 
 
-class Engine:
+class Engine(Stage):
     """One backend, one batcher, one thread (see the module docstring); a ``ClipSink``.
 
     ``on_result`` is called on the engine thread, once per clip, in batch order; an exception it raises is
@@ -57,12 +57,11 @@ class Engine:
         on_batch: Callable[[int, float], None] | None = None,
         on_release: Callable[[Clip], None] | None = None,
     ) -> None:
+        super().__init__(backend.name)
         self.backend = backend
-        self.name = backend.name
         self.batcher = Batcher(max_wait_ms, backend.clip_shape, on_release=on_release)
         self._on_result = on_result
         self._on_batch = on_batch
-        self._thread: threading.Thread | None = None
         # counters (written by the engine thread; read without a lock for stats)
         self.batches = 0
         self.clips = 0
@@ -77,26 +76,17 @@ class Engine:
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
         """Warm the backend up (blocks until done), then start the engine thread (once)."""
-        if self._thread is not None:
+        if self.started:
             return
         self.backend.warm_up()
-        self._thread = threading.Thread(target=self._run, name=f"engine-{self.name}", daemon=True)
-        self._thread.start()
+        super().start()
 
-    def stop(self) -> None:
-        """Ask the thread to finish its current batch and exit; pending clips are dropped."""
+    def _wake(self) -> None:
+        """``stop``: the thread finishes its current batch and exits; pending clips are dropped."""
         self.batcher.stop()
 
-    def join(self, timeout_s: float | None = None) -> bool:
-        """Wait for the engine thread; True when it has exited."""
-        if self._thread is None:
-            return True
-        self._thread.join(timeout_s)
-        return not self._thread.is_alive()
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+    def _thread_name(self) -> str:
+        return f"engine-{self.name}"
 
     # -- producers: the ClipSink (see ``batcher.Batcher``) ---------------------------------------------------
     def submit(self, clip: Clip, block: bool = False, timeout_s: float | None = None) -> bool:
