@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,18 +48,26 @@ __all__ = ["camera_video", "main", "measure"]
 _SMALL = SwinConfig(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=(8, 7, 7))
 
 
-def camera_video(path: Path, seconds: float, size: str) -> Path:
-    """An H.264 25 fps file of a moving pattern, ``size`` WxH (what a camera's stream looks like to the decoder)."""
+def camera_video(path: Path, seconds: float, size: str, people: Path | None = None) -> Path:
+    """An H.264 25 fps file, ``size`` WxH, ``seconds`` long (what a camera's stream looks like to the decoder):
+    a moving test pattern, or ``people`` (a video with people in it) looped and scaled."""
+    width, height = size.split("x")
+    source = (
+        ["-stream_loop", "-1", "-i", str(people), "-vf", f"scale={width}:{height},fps=25"]
+        if people is not None
+        else ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25"]
+    )
     subprocess.run(
-        [FFMPEG, "-y", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25",
-         "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p", "-g", "25", str(path)],
+        [FFMPEG, "-y", "-loglevel", "error", *source, "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast",
+         "-pix_fmt", "yuv420p", "-g", "25", str(path)],
         check=True,
     )  # fmt: skip
     return path
 
 
 def measure(daemon: Daemon, hop_s: float, warmup_s: float, seconds: float) -> dict[str, Any]:
-    """Figures of a started daemon over ``seconds`` after ``warmup_s``: labels/s against the demand, the
+    """Figures of a started daemon over ``seconds`` after ``warmup_s``: labels/s against the demand (clip
+    streams / hop; in per-subject mode the people with a slot, sampled every 0.5 s), the
     engine's busy fraction, batches, forward time and waiting, latency p50/p99, CPU per stream and RSS (the
     daemon's process and its worker processes)."""
     assert daemon.pool is not None
@@ -71,22 +80,26 @@ def measure(daemon: Daemon, hop_s: float, warmup_s: float, seconds: float) -> di
     busy0, batches0, clips0 = engine.busy_s, engine.batches, engine.clips
     lat0 = daemon.latency.percentiles_s()["count"]
     waiting = samples = 0
+    clip_streams = []  # per 0.5 s: the streams' clip streams (per-subject mode: the people with a slot)
     stop = threading.Event()
     started = time.monotonic()
     while not stop.wait(0.01) and time.monotonic() - started < seconds:
         samples += 1
         waiting += engine.batcher.starving()
+        if samples % 50 == 1:
+            clip_streams.append(sum(_clip_streams(daemon.host.snapshot(n)) for n in names))
     wall_s = time.monotonic() - started
     used_s = sum(cpu_s(p) for p in pids) - cpu0
     rss = sum(rss_mib(p) for p in pids)
-    published = sum(daemon.host.snapshot(n).clips for n in names) - labels0
+    snapshots = [daemon.host.snapshot(n) for n in names]
+    published = sum(s.clips for s in snapshots) - labels0
     busy_s = engine.busy_s - busy0
     batches = engine.batches - batches0
     clips = engine.clips - clips0
     latency = daemon.latency.percentiles_s(since=lat0)
     return {
         "streams": len(names),
-        "demand": len(names) / hop_s,
+        "demand": statistics.mean(clip_streams) / hop_s,
         "labels_s": published / wall_s,
         "busy": busy_s / wall_s,
         "batches_s": batches / wall_s,
@@ -98,7 +111,13 @@ def measure(daemon: Daemon, hop_s: float, warmup_s: float, seconds: float) -> di
         "latency_n": latency["count"] - lat0,
         "cpu_per_stream": used_s / wall_s / len(names),
         "rss_mib": rss,
+        "frames_dropped": sum(s.frames_dropped for s in snapshots),  # since the start
     }
+
+
+def _clip_streams(snapshot: Any) -> int:
+    """The clip streams of one stream: itself, or in per-subject mode the people with a slot."""
+    return 1 if snapshot.subjects is None else len(snapshot.subjects)
 
 
 def _run(args: argparse.Namespace, streams: int, processes: int | str, video: Path) -> dict[str, Any]:

@@ -19,8 +19,14 @@ Sections (``--sections``, all by default; each prints its table and is written t
 - ``staging``: the host-to-device copy of a full batch of uint8 clips against that batch's forward (why the
   engine does not double-buffer).
 - ``streams``: the daemon (worker processes) with 8, 16, 32 and 64 camera-paced 1080p25 H.264 streams (realtime
-  files made with ffmpeg) sharing one model copy: labels/s against the demand and against the engine alone at the
-  same batch, the engine's busy fraction, batches, latency p50/p99, CPU cores and GPU utilisation, memory.
+  files made with ffmpeg; ``--people VIDEO`` makes them from a video with people) sharing one model copy, per
+  decode path (``--streams-decodes``, cpu and nvdec on CUDA), with per-subject tracking when ``--detector`` names
+  the person-detector graph: labels/s against the demand and against the engine alone at the same batch, the
+  engine's busy fraction, batches, latency p50/p99, CPU cores, GPU utilisation, VRAM per stream, frames dropped.
+  On a GPU box (the streams-per-box figures of issues 20 and 21)::
+
+      python benchmarks/kit.py --sections streams --detector checkpoints/ssdlite_mobilenet_v2_pedestrian.pb \\
+          --people ~/.cache/vstmon/test-assets/vtest.avi
 - ``constant``: memory sampled while ``classify`` runs through a generated long video (30 minutes by default)
   and while the daemon runs 4 looping streams (non-realtime: stream time passes faster than wall time); the
   growth after warm-up.
@@ -614,6 +620,7 @@ def _daemon(
     ``sections`` are more config sections."""
     from vstmon.config import parse_config
     from vstmon.service.daemon import Daemon
+    from vstmon.service.preflight import preflight
 
     config = parse_config(
         {
@@ -626,6 +633,7 @@ def _daemon(
             **sections,
         }
     )
+    preflight(config, streams=True)  # what `vstmon run` refuses (e.g. nvdec without a GPU): a VstmonError
     daemon = Daemon(config, LoadedModel(model, [f"class_{i}" for i in range(400)], "kit", untrained=True))
     daemon.start()
     try:
@@ -688,68 +696,79 @@ class _Utilisation:
 
 
 def section_streams(run: Run, args: argparse.Namespace) -> None:
-    """Camera-paced H.264 streams (realtime files, one per stream, made with ffmpeg) through the daemon with
-    worker processes: labels/s against the demand (streams / hop) and against the engine alone at the mean
-    batch the daemon reached, the engine's busy fraction, latency, CPU and GPU use, memory."""
+    """Camera-paced H.264 streams (realtime files made with ffmpeg) through the daemon with worker processes, per
+    decode path (``--streams-decodes``) and, with ``--detector``, with per-subject tracking on: labels/s against
+    the demand (streams / hop) and against the engine alone at the mean batch the daemon reached, the engine's
+    busy fraction, latency, CPU cores, GPU utilisation, memory per stream, frames dropped."""
     from benchmarks.bench_streams import camera_video, measure
+    from vstmon.errors import VstmonError
 
     model = run.model(args.archs[0])
     rows: list[list[Any]] = []
     data: list[dict[str, Any]] = []
     dtype = _DTYPES[run.half()]
     cores = os.cpu_count() or 1
+    alone_clips_s: dict[int, float] = {}  # batch -> the engine alone's clips/s
+    sections: dict[str, Any] = {"reset": {"scene_change": {"enabled": False}}}
+    if args.detector is not None:
+        sections["subjects"] = {"detector": str(args.detector), "mode": "per_subject", "device": "auto"}
     with tempfile.TemporaryDirectory() as tmp:
         seconds = args.streams_warmup_s + args.streams_s + 30
-        video = camera_video(Path(tmp) / "camera.mp4", seconds, args.camera_size)
-        for streams in args.streams:
-            _reset_memory(run.device)
-            with (
-                _daemon(
-                    run,
-                    args,
-                    [{"name": f"cam{i}", "url": str(video), "realtime": True} for i in range(streams)],
-                    args.streams_hop_s,
-                    Path(tmp),
-                    model,
-                    reset={"scene_change": {"enabled": False}},
-                ) as daemon,
-                _Utilisation(run.device) as utilisation,
-            ):
-                figures = measure(daemon, args.streams_hop_s, args.streams_warmup_s, args.streams_s)
-            alloc, reserved = _peaks_mib(run.device)
-            batch = max(1, round(figures["mean_batch"]))
-            x = torch.randn(batch, 3, run.frames, run.size, run.size, device=run.device)
-            alone = _time_forward(model.to(run.device), x, dtype, run.iters)
-            model.cpu()
-            alone_clips_s = batch * 1000.0 / alone["p50_ms"]
-            entry = {
-                **figures,
-                "alone_batch": batch,
-                "alone_clips_s": alone_clips_s,
-                "ratio": figures["labels_s"] / min(figures["demand"], alone_clips_s),
-                "cores_busy": figures["cpu_per_stream"] * streams,
-                "gpu_utilisation": utilisation.mean,
-                "peak_alloc_mib": alloc,
-                "peak_reserved_mib": reserved,
-            }
-            data.append(entry)
-            print(json.dumps(entry, default=str), flush=True)
-            rows.append([streams, entry["demand"], entry["labels_s"], alone_clips_s, entry["ratio"],
-                         entry["busy"], entry["mean_batch"], entry["forward_ms"], entry["waiting"],
-                         f"{entry['p50_ms']:.0f} / {entry['p99_ms']:.0f}", f"{entry['cores_busy']:.1f} of {cores}",
-                         entry["gpu_utilisation"], entry["rss_mib"], alloc])  # fmt: skip
-    head = ["streams", "demand clips/s", "labels/s", "engine alone clips/s", "ratio", "engine busy", "mean batch",
-            "forward ms", "waiting, no batch", "latency p50 / p99 ms", "CPU cores busy", "GPU utilisation",
-            "RSS MiB", "peak alloc MiB"]  # fmt: skip
+        video = camera_video(Path(tmp) / "camera.mp4", seconds, args.camera_size, args.people)
+        for decode in args.streams_decodes:
+            for streams in args.streams:
+                _reset_memory(run.device)
+                cameras = [{"name": f"cam{i}", "url": str(video), "realtime": True} for i in range(streams)]
+                try:
+                    with (
+                        _daemon(run, args, cameras, args.streams_hop_s, Path(tmp), model,
+                                ingest={"decode": decode}, **sections) as daemon,
+                        _Utilisation(run.device) as utilisation,
+                    ):  # fmt: skip
+                        figures = measure(daemon, args.streams_hop_s, args.streams_warmup_s, args.streams_s)
+                except VstmonError as error:  # e.g. nvdec without the package: say so, go on with the rest
+                    data.append({"decode": decode, "streams": streams, "unavailable": str(error)})
+                    rows.append([decode, streams, f"unavailable: {error}"] + [""] * 13)
+                    break
+                alloc, reserved = _peaks_mib(run.device)
+                batch = max(1, round(figures["mean_batch"]))
+                if batch not in alone_clips_s:
+                    x = torch.randn(batch, 3, run.frames, run.size, run.size, device=run.device)
+                    alone = _time_forward(model.to(run.device), x, dtype, run.iters)
+                    model.cpu()
+                    alone_clips_s[batch] = batch * 1000.0 / alone["p50_ms"]
+                entry = {
+                    **figures,
+                    "decode": decode,
+                    "subjects": args.detector is not None,
+                    "alone_batch": batch,
+                    "alone_clips_s": alone_clips_s[batch],
+                    "ratio": figures["labels_s"] / max(1e-9, min(figures["demand"], alone_clips_s[batch])),
+                    "cores_busy": figures["cpu_per_stream"] * streams,
+                    "gpu_utilisation": utilisation.mean,
+                    "peak_alloc_mib": alloc,
+                    "peak_reserved_mib": reserved,
+                }
+                data.append(entry)
+                print(json.dumps(entry, default=str), flush=True)
+                rows.append([decode, streams, entry["demand"], entry["labels_s"], entry["alone_clips_s"],
+                             entry["ratio"], entry["busy"], entry["mean_batch"], entry["forward_ms"],
+                             entry["waiting"], f"{entry['p50_ms']:.0f} / {entry['p99_ms']:.0f}",
+                             f"{entry['cores_busy']:.1f} of {cores}", entry["gpu_utilisation"], entry["rss_mib"],
+                             alloc / streams if alloc else None, entry["frames_dropped"]])  # fmt: skip
+    head = ["decode", "streams", "demand clips/s", "labels/s", "engine alone clips/s", "ratio", "engine busy",
+            "mean batch", "forward ms", "waiting, no batch", "latency p50 / p99 ms", "CPU cores busy",
+            "GPU utilisation", "RSS MiB", "VRAM MiB per stream", "frames dropped"]  # fmt: skip
+    tracking = f", per-subject tracking ({Path(args.detector).name})" if args.detector else ""
+    pictures = f"{Path(args.people).name} looped" if args.people else "a test pattern"
     text = (
         f"### Camera-paced streams through the daemon (worker processes), {args.archs[0]} untrained, precision "
-        f"auto, {args.camera_size} H.264 25 fps, clips {run.frames}x{run.size} every {args.streams_hop_s} s, "
-        f"max_batch {max(args.batches)}, {args.streams_s:.0f} s each after {args.streams_warmup_s:.0f} s "
-        "(`streams`)\n\n"
+        f"auto, {args.camera_size} H.264 25 fps ({pictures}){tracking}, clips {run.frames}x{run.size} every "
+        f"{args.streams_hop_s} s, max_batch {max(args.batches)}, {args.streams_s:.0f} s each after "
+        f"{args.streams_warmup_s:.0f} s (`streams`)\n\n"
         "ratio = labels/s over the smaller of the demand and the engine alone (the same model at the daemon's mean "
-        "batch, forward only); CPU cores busy = the daemon's and its workers' CPU time over the window.\n\n"
-        + _table(head, rows)
-        + "\n"
+        "batch, forward only); CPU cores busy = the daemon's and its workers' CPU time over the window; VRAM per "
+        "stream = the peak allocated over the streams.\n\n" + _table(head, rows) + "\n"
     )
     del model
     _reset_memory(run.device)
@@ -1020,6 +1039,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--camera-size", help="streams: the cameras' picture, WxH (default 1920x1080; small: 320x240)"
     )
+    p.add_argument(
+        "--streams-decodes", help="streams: decode paths to compare (default cpu,nvdec on CUDA; cpu)"
+    )
+    p.add_argument("--detector", type=Path, help="streams: a person-detector graph: per-subject tracking on")
+    p.add_argument("--people", type=Path, help="streams: a video with people to make the cameras' files from")
     p.add_argument("--video-min", type=float, help="constant: classify video minutes (default 30; small: 1)")
     p.add_argument("--daemon-s", type=float, help="constant: daemon seconds (default 120; small: 15)")
     p.add_argument("--video-s", type=float, default=8.0, help="length of each looping stream file")
@@ -1060,6 +1084,7 @@ def main(argv: list[str] | None = None) -> int:
     args.streams_warmup_s = args.streams_warmup_s or (8.0 if small else 15.0)
     args.streams_hop_s = args.streams_hop_s or (1.0 if small else 0.25)
     args.camera_size = args.camera_size or ("320x240" if small else "1920x1080")
+    args.streams_decodes = _list(args.streams_decodes, ["cpu", "nvdec"] if cuda else ["cpu"])
     args.video_min = args.video_min or (1.0 if small else 30.0)
     args.daemon_s = args.daemon_s or (15.0 if small else 120.0)
     run = Run(

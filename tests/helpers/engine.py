@@ -129,3 +129,10 @@ def make_engine(
     """An engine with a local ``Runner`` backend: ``Engine(Runner(model, device, ...), max_wait_ms, ...)``."""
     runner = Runner(model, device, precision, max_batch, **runner_options)
     return Engine(runner, max_wait_ms, on_result, on_batch=on_batch, on_release=on_release)
+
+
+def hold(engine: Any, collector: Collector) -> None:
+    """Submit a clip of stream ``busy`` and wait until the engine thread is held inside ``collector``'s callback
+    (a ``Collector(hold=True)``): what is submitted next queues until ``collector.release`` is set."""
+    engine.submit(make_clip("busy", seed=100))
+    assert collector.entered.wait(10), "the engine never delivered the busy clip"

@@ -19,6 +19,7 @@ from tests.helpers.engine import (
     OomAbove,
     S,
     T,
+    hold,
     make_clip,
     make_engine,
     normalize,
@@ -113,8 +114,7 @@ def test_results_equal_the_model_run_directly(engines, model):
 def test_batches_gather_clips_across_streams(engines, model):
     collector = Collector(hold=True)
     engine = start_engine(engines, model, collector, max_batch=8, max_wait_ms=0)
-    engine.submit(make_clip("busy", seed=100))
-    assert collector.entered.wait(10)  # the engine thread is now held inside the callback
+    hold(engine, collector)  # the engine thread is now held inside the callback
     for i in range(4):
         engine.submit(make_clip(f"cam{i}", seed=i))
     collector.release.set()
@@ -130,8 +130,7 @@ def test_batches_gather_clips_across_streams(engines, model):
 def test_max_batch_caps_a_batch_and_oldest_go_first(engines, model):
     collector = Collector(hold=True)
     engine = start_engine(engines, model, collector, max_batch=2, max_wait_ms=0)
-    engine.submit(make_clip("busy", seed=100))
-    assert collector.entered.wait(10)
+    hold(engine, collector)
     for i in range(5):
         engine.submit(make_clip(f"cam{i}", seed=i))
     collector.release.set()
@@ -160,8 +159,7 @@ def test_a_newer_clip_replaces_the_pending_one_and_is_counted(engines, model):
 def test_discard_drops_pending_clips_of_older_segments(engines, model):
     collector = Collector(hold=True)
     engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
-    engine.submit(make_clip("busy", seed=100))
-    assert collector.entered.wait(10)
+    hold(engine, collector)
     engine.submit(make_clip("cam", seed=1, segment=1))
     engine.submit(make_clip("other", seed=2, segment=1))
     assert engine.discard("cam", before_segment=2) == 1
@@ -354,8 +352,7 @@ def test_gpu_precisions_and_pinned_staging(model, precision):
 def test_out_of_memory_splits_the_batch_and_lowers_max_batch(engines, model):
     collector = Collector(hold=True)
     engine = start_engine(engines, OomAbove(model, limit=2), collector, max_batch=8, max_wait_ms=0)
-    engine.submit(make_clip("busy", seed=100))
-    assert collector.entered.wait(10)
+    hold(engine, collector)
     clips = [make_clip(f"cam{i}", seed=i) for i in range(5)]
     for clip in clips:
         engine.submit(clip)
@@ -404,8 +401,7 @@ def test_out_of_memory_frees_the_failed_batch_before_retrying_and_max_batch_grow
     wrapped = _AllocatesThenOom(model, limit=2)
     collector = Collector(hold=True)
     engine = start_engine(engines, wrapped, collector, max_batch=4, max_wait_ms=0)
-    engine.submit(make_clip("busy", seed=100))
-    assert collector.entered.wait(10)
+    hold(engine, collector)
     for i in range(4):
         engine.submit(make_clip(f"cam{i}", seed=i))
     collector.release.set()
@@ -441,8 +437,7 @@ def test_wait_idle_returns_once_the_streams_results_are_delivered(engines, model
 def test_subjects_of_one_stream_have_their_own_pending_slots(engines, model):
     collector = Collector(hold=True)
     engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
-    engine.submit(make_clip("busy", seed=100))
-    assert collector.entered.wait(10)  # the engine thread is held inside the callback
+    hold(engine, collector)  # the engine thread is held inside the callback
     assert engine.submit(make_clip("cam", seed=1, key="cam/p-1"))
     assert engine.submit(make_clip("cam", seed=2, key="cam/p-2"))
     assert engine.submit(make_clip("cam", seed=3, key="cam/p-1"))  # replaces p-1's pending clip, not p-2's
@@ -463,8 +458,7 @@ def test_subjects_of_one_stream_have_their_own_pending_slots(engines, model):
 def test_discard_drops_only_the_clip_stream_it_names(engines, model):
     collector = Collector(hold=True)
     engine = start_engine(engines, model, collector, max_batch=4, max_wait_ms=0)
-    engine.submit(make_clip("busy", seed=100))
-    assert collector.entered.wait(10)
+    hold(engine, collector)
     engine.submit(make_clip("cam", seed=1, segment=1, key="cam/p-1"))
     engine.submit(make_clip("cam", seed=2, segment=1, key="cam/p-2"))
     assert engine.discard("cam/p-1", before_segment=2) == 1

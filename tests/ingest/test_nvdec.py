@@ -9,9 +9,10 @@ NOT YET RUN: written on machines without a GPU (see the issue's blocked note).
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -154,14 +155,24 @@ def test_a_source_on_nvdec_reads_every_frame_of_a_file(h264_file: Path) -> None:
 
 
 @pytest.mark.rtsp
-def test_rtsp_on_nvdec_reconnects_after_the_server_restarts(rtsp_servers: Callable[..., RtspServer]) -> None:
-    server = rtsp_servers()
+@contextlib.contextmanager
+def streaming_on_nvdec(url: str) -> Iterator[tuple[Source, RingBuffer, EventLog]]:
+    """A source on NVDEC reading ``url``, once it has read 10 frames; stopped on the way out."""
     ring = RingBuffer(64, SIZE_PX, SIZE_PX)
     events = EventLog()
-    source = Source(stream_config(server.url), ring, SIZE_PX, events, decode="nvdec", gpu=0)
+    source = Source(stream_config(url), ring, SIZE_PX, events, decode="nvdec", gpu=0)
     source.start()
     try:
         assert wait_until(lambda: source.stats()["frames_read"] >= 10, 30.0), events.events
+        yield source, ring, events
+    finally:
+        source.stop()
+        assert source.join(15.0)
+
+
+def test_rtsp_on_nvdec_reconnects_after_the_server_restarts(rtsp_servers: Callable[..., RtspServer]) -> None:
+    server = rtsp_servers()
+    with streaming_on_nvdec(server.url) as (_source, ring, events):
         mark = len(events)
         server.kill()
         lost = events.wait_state(SourceState.RECONNECTING, 15.0, after=mark)
@@ -169,20 +180,12 @@ def test_rtsp_on_nvdec_reconnects_after_the_server_restarts(rtsp_servers: Callab
         server.restart()
         assert events.wait_state(SourceState.STREAMING, 30.0, after=mark) is not None, events.events[mark:]
         assert wait_until(lambda: ring.head_seq - lost.at_seq >= 5, 15.0)
-    finally:
-        source.stop()
-        assert source.join(10.0)
 
 
 @pytest.mark.rtsp
 def test_a_hung_rtsp_server_is_a_stall_on_nvdec_too(rtsp_servers: Callable[..., RtspServer]) -> None:
     server = rtsp_servers()
-    ring = RingBuffer(64, SIZE_PX, SIZE_PX)
-    events = EventLog()
-    source = Source(stream_config(server.url), ring, SIZE_PX, events, decode="nvdec", gpu=0)
-    source.start()
-    try:
-        assert wait_until(lambda: source.stats()["frames_read"] >= 10, 30.0), events.events
+    with streaming_on_nvdec(server.url) as (_source, _ring, events):
         mark = len(events)
         frozen_s = time.monotonic()
         server.freeze()
@@ -190,6 +193,3 @@ def test_a_hung_rtsp_server_is_a_stall_on_nvdec_too(rtsp_servers: Callable[..., 
         assert lost is not None, events.events[mark:]
         assert time.monotonic() - frozen_s < 1.0 + 2.0  # stall_timeout_s 1 s + slack: the read timeout works
         server.thaw()
-    finally:
-        source.stop()
-        assert source.join(15.0)
