@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -52,6 +53,55 @@ def test_a_submit_of_a_clip_stream_being_staged_waits_for_its_copy_alone():
     batcher.staged(batch)
     assert returned.wait(10)
     thread.join(10)
+
+
+def test_a_freed_slot_wakes_the_submitters_of_its_own_clip_stream_and_no_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight lossless streams wait for their slots; a batch of one frees one slot: only that stream's submitter
+    wakes (one shared condition with notify_all woke all eight on every event)."""
+    import vstmon.inference.batcher as batcher_module
+
+    wakes: dict[int, int] = {}
+
+    class CountingCondition(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            woken = super().wait(timeout)
+            wakes[id(self)] = wakes.get(id(self), 0) + 1
+            return woken
+
+    batcher = Batcher(max_wait_ms=0)
+    monkeypatch.setattr(
+        batcher_module.threading, "Condition", CountingCondition
+    )  # the slot waits from here on
+    names = [f"cam{i}" for i in range(8)]
+    for i, name in enumerate(names):
+        assert batcher.submit(make_clip(name, seed=i))
+    returned = {name: threading.Event() for name in names}
+
+    def submit_next(name: str, seed: int) -> None:
+        if batcher.submit(make_clip(name, seed=seed), block=True, timeout_s=60):
+            returned[name].set()
+
+    threads = [threading.Thread(target=submit_next, args=(n, 10 + i)) for i, n in enumerate(names)]
+    for thread in threads:
+        thread.start()
+    waiting = threading.Event()
+    deadline = time.monotonic() + 30
+    while len(batcher._slot_waits) < len(names) and time.monotonic() < deadline:
+        waiting.wait(0.01)
+    assert sorted(batcher._slot_waits) == names
+    conditions = {name: id(wait.cond) for name, wait in batcher._slot_waits.items()}
+    batch = batcher.take(max_batch=1)
+    assert [p.clip.key for p, _ in batch] == ["cam0"]
+    batcher.staged(batch)
+    assert returned["cam0"].wait(30)
+    assert not any(returned[name].is_set() for name in names[1:])
+    assert {name: wakes.get(conditions[name], 0) for name in names[1:]} == dict.fromkeys(names[1:], 0)
+    batcher.stop()  # the others give up
+    for thread in threads:
+        thread.join(30)
+    assert not batcher._slot_waits  # nothing kept for clip streams that no longer wait
 
 
 def test_the_batcher_refuses_a_clip_of_another_shape_at_its_stream():

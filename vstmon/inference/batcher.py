@@ -26,6 +26,11 @@ Frame ownership: a clip's frames are read while it is pending and while its batc
 ``take`` and ``staged``); a submit of a clip stream whose previous clip is being staged waits for that copy
 alone. So once ``submit`` has returned and the clip stream has submitted its *next* clip, the caller may reuse
 the first clip's array; a pool of two arrays per clip stream is enough (see ``clip_stream.ClipStream``).
+
+Wake-ups are targeted, so that many streams do not make one another (and the engine) run for nothing: one lock,
+and a condition per kind of waiter: the engine waits for work, ``wait_idle`` callers for results delivered, and
+a submitter waiting for its clip stream's slot (or for its previous clip's copy) on a condition of that clip
+stream alone, told only when that slot frees.
 """
 
 from __future__ import annotations
@@ -67,6 +72,16 @@ class _ClipStream:
         self.forgotten = False  # ended for good: nothing more is accepted or delivered
 
 
+class _SlotWait:
+    """The submitters of one clip stream blocked on its slot (``Batcher._wait_for_slot``)."""
+
+    __slots__ = ("cond", "waiters")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self.cond = cond
+        self.waiters = 0
+
+
 def _fair_order(
     pending: Sequence[_Pending], max_batch: int, last_served: Mapping[str, int]
 ) -> list[_Pending]:
@@ -106,7 +121,12 @@ class Batcher:
         # a clip stream in another process may then cut into that array (stream/buffers.py); never under the lock
         self._on_release = on_release
         self._clip_shape = clip_shape  # every clip must have this shape (set by the first clip when None)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)  # the engine (take): clips came, or stop
+        self._delivered = threading.Condition(self._lock)  # wait_idle: a clip stream's results are all out
+        self._slot_waits: dict[
+            str, _SlotWait
+        ] = {}  # key -> its blocked submitters (only while there are any)
         # per clip stream (Clip.key): both bounded by the live clip streams (``forget`` removes a key)
         self._pending: dict[str, _Pending] = {}  # key -> its one pending clip
         self._keys: dict[str, _ClipStream] = {}  # key -> segment floor, in-flight count, drops, forgotten
@@ -130,9 +150,12 @@ class Batcher:
 
     def stop(self) -> None:
         """Wake every waiter; later submits are refused and ``take`` returns None."""
-        with self._cond:
+        with self._lock:
             self._stop = True
-            self._cond.notify_all()
+            self._work.notify_all()
+            self._delivered.notify_all()
+            for wait in self._slot_waits.values():
+                wait.cond.notify_all()
 
     def submit(self, clip: Clip, block: bool = False, timeout_s: float | None = None) -> bool:
         """Queue ``clip`` in its clip stream's slot (``clip.key``); True when queued.
@@ -149,9 +172,9 @@ class Batcher:
             raise ValueError(
                 f"stream {key}: a clip must be uint8 (T, H, W, 3), got {clip.frames.dtype} {shape}"
             )
-        with self._cond:
-            while key in self._staging:  # its previous clip is being copied (the two-array contract)
-                self._cond.wait()
+        with self._lock:
+            while key in self._staging and not self._stop:  # its previous clip is being copied (two arrays)
+                self._wait_for_slot(key, None)
             if self._clip_shape is None:
                 self._clip_shape = shape  # every clip must have this shape (one staging buffer)
             elif shape != self._clip_shape:
@@ -172,7 +195,7 @@ class Batcher:
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return False
-                    self._cond.wait(remaining)
+                    self._wait_for_slot(key, remaining)
                 if self._stop:
                     return False
                 # discarded or forgotten while waiting (a forgotten key may already be gone from _keys)
@@ -192,7 +215,7 @@ class Batcher:
             else:
                 self._order += 1
                 self._pending[key] = _Pending(clip, now_s, now_s, self._order)
-            self._cond.notify_all()
+            self._work.notify()  # one engine thread per batcher
         if previous is not None:
             self._release(previous.clip)
         return True
@@ -202,7 +225,7 @@ class Batcher:
         its later clips of such segments; results of its clips of such segments still in flight are not
         delivered. Returns how many pending clips were dropped (0 or 1). For a subject's clip stream that has
         ended, call ``forget`` instead (a ``discard`` after ``forget`` would bring the key back)."""
-        with self._cond:
+        with self._lock:
             state = self._keys.get(key)
             if state is None:
                 state = self._keys[key] = _ClipStream()
@@ -212,7 +235,8 @@ class Batcher:
                 return 0
             del self._pending[key]
             self.clips_discarded += 1
-            self._cond.notify_all()
+            self._slot_freed(key)
+            self._delivered.notify_all()
         self._release(pending.clip)
         return 1
 
@@ -224,7 +248,7 @@ class Batcher:
         handed to ``on_result`` when this is called may still arrive: ``wait_idle(key)`` returns once none
         can. A later clip with the same key starts a new clip stream. Returns the pending clips dropped (0
         or 1)."""
-        with self._cond:
+        with self._lock:
             pending = self._pending.pop(key, None)
             if pending is not None:
                 self.clips_discarded += 1
@@ -233,7 +257,8 @@ class Batcher:
                 state.forgotten = True
                 if state.inflight == 0:
                     del self._keys[key]
-            self._cond.notify_all()
+            self._slot_freed(key)
+            self._delivered.notify_all()
         if pending is None:
             return 0
         self._release(pending.clip)
@@ -241,7 +266,7 @@ class Batcher:
 
     def keys_of(self, stream: str) -> list[str]:
         """The clip streams of ``stream`` the batcher knows (its own key and its people's)."""
-        with self._cond:
+        with self._lock:
             return [k for k in self._keys if k == stream or k.startswith(f"{stream}/")]
 
     def _idle_locked(self, key: str) -> bool:
@@ -250,14 +275,14 @@ class Batcher:
 
     def idle(self, key: str) -> bool:
         """True when clip stream ``key`` has no pending clip and none in flight (all its results delivered)."""
-        with self._cond:
+        with self._lock:
             return self._idle_locked(key)
 
     def wait_idle(self, key: str, timeout_s: float) -> bool:
         """Wait until ``idle(key)``; False on timeout or when the engine stops first."""
-        with self._cond:
+        with self._lock:
             return (
-                self._cond.wait_for(lambda: self._stop or self._idle_locked(key), timeout_s)
+                self._delivered.wait_for(lambda: self._stop or self._idle_locked(key), timeout_s)
                 and not self._stop
             )
 
@@ -265,45 +290,45 @@ class Batcher:
         """(work to do, seconds since the last progress): work = clips pending or a batch running; progress = a
         batch finished, or work arrived while the engine was idle. A wedged engine (a forward that never
         returns) has work and no progress: the daemon stops the watchdog pings."""
-        with self._cond:
+        with self._lock:
             busy = bool(self._pending) or self._batch_running
             return busy, time.monotonic() - self._progress_mono_s
 
     def starving(self) -> bool:
         """Clips wait and no batch runs (the engine gathering a batch, or held up): a benchmark samples it."""
-        with self._cond:
+        with self._lock:
             return bool(self._pending) and not self._batch_running
 
     def pending_count(self) -> int:
         """Clips waiting for a batch (at most one per clip stream)."""
-        with self._cond:
+        with self._lock:
             return len(self._pending)
 
     def clips_dropped(self, key: str) -> int:
         """Pending clips of clip stream ``key`` replaced by a newer one (0 once the key is forgotten)."""
-        with self._cond:
+        with self._lock:
             state = self._keys.get(key)
             return state.dropped if state is not None else 0
 
     def clips_dropped_for_stream(self, stream: str) -> int:
         """Pending clips replaced by a newer one in all clip streams of ``stream``, forgotten ones included."""
-        with self._cond:
+        with self._lock:
             return self._dropped_by_stream.get(stream, 0)
 
     def take(self, max_batch: int) -> Batch | None:
         """Wait for a batch of at most ``max_batch`` clips (see the module docstring); take its clips out of
         their slots, marked in flight and being staged. None once stopped. Call ``staged`` once its frames are
         copied and ``finish`` once it is done."""
-        with self._cond:
+        with self._lock:
             while not self._stop:
                 if self._pending:
                     first_s = min(p.since_mono_s for p in self._pending.values())
                     wait_s = first_s + self._max_wait_s - time.monotonic()
                     if len(self._pending) >= max_batch or wait_s <= 0:
                         break
-                    self._cond.wait(wait_s)
+                    self._work.wait(wait_s)
                 else:
-                    self._cond.wait()
+                    self._work.wait()
             if self._stop:
                 return None
             chosen = _fair_order(list(self._pending.values()), max_batch, self._last_served)
@@ -315,17 +340,36 @@ class Batcher:
                 del self._pending[p.clip.key]
                 self._staging.add(p.clip.key)
                 state.inflight += 1
-            self._batch_running = True
-            self._cond.notify_all()
+            self._batch_running = True  # its keys are now staging: their submitters still wait (see staged)
         return batch
 
     def staged(self, batch: Batch) -> None:
         """The frames of ``batch`` are copied: its clip streams may submit (and reuse their arrays) again."""
-        with self._cond:
-            self._staging.difference_update(p.clip.key for p, _ in batch)
-            self._cond.notify_all()
+        with self._lock:
+            for p, _ in batch:
+                self._staging.discard(p.clip.key)
+                self._slot_freed(p.clip.key)
         for pending, _state in batch:
             self._release(pending.clip)
+
+    def _wait_for_slot(self, key: str, timeout_s: float | None) -> None:
+        """Wait (the lock held) until ``key``'s slot or staging frees, ``stop``, or ``timeout_s``."""
+        wait = self._slot_waits.get(key)
+        if wait is None:
+            wait = self._slot_waits[key] = _SlotWait(threading.Condition(self._lock))
+        wait.waiters += 1
+        try:
+            wait.cond.wait(timeout_s)
+        finally:
+            wait.waiters -= 1
+            if wait.waiters == 0:
+                del self._slot_waits[key]
+
+    def _slot_freed(self, key: str) -> None:
+        """(The lock held.) ``key``'s pending slot or its staging has freed: wake its submitters, no others."""
+        wait = self._slot_waits.get(key)
+        if wait is not None:
+            wait.cond.notify_all()
 
     def _release(self, clip: Clip) -> None:
         if self._on_release is not None:
@@ -333,7 +377,7 @@ class Batcher:
 
     def finish(self, batch: Batch) -> None:
         """``batch`` is done (delivered or failed): nothing of it is in flight any more."""
-        with self._cond:
+        with self._lock:
             self._batch_running = False
             self._progress_mono_s = time.monotonic()
             for pending, state in batch:
@@ -341,7 +385,7 @@ class Batcher:
                 key = pending.clip.key
                 if state.forgotten and state.inflight == 0 and self._keys.get(key) is state:
                     del self._keys[key]  # forgotten while in flight: now nothing of it is left
-            self._cond.notify_all()
+            self._delivered.notify_all()
 
     @staticmethod
     def current(pending: _Pending, state: _ClipStream) -> bool:
@@ -351,13 +395,13 @@ class Batcher:
 
     def count_discarded(self) -> None:
         """A result not delivered (its segment was reset, or its subject left, while it was in flight)."""
-        with self._cond:
+        with self._lock:
             self.clips_discarded += 1
 
     def live_clip_streams(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._keys)
 
     def dropped_by_stream(self) -> dict[str, int]:
-        with self._cond:
+        with self._lock:
             return dict(self._dropped_by_stream)
