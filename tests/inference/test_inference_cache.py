@@ -299,16 +299,18 @@ def test_a_failed_build_falls_back_to_eager_with_one_error_line(
 
 
 def test_a_failed_build_falls_back_to_torch_compile(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The fallback's route; TorchDynamo is switched off (its own setting) so that the compile costs nothing
     here: tests/test_engine_compile.py compiles for real."""
     configure_logging("info", "json")
-    monkeypatch.setattr(torch._dynamo.config, "disable", True)
-    runner = _runner(_options(FailingBuilder(), tmp_path, fallback="inductor"), compile_backend="eager")
-    runner.warm_up()
-    assert runner.forward_mode == "inductor" and runner.compiled
-    _check_outputs(runner)
+    # the config module's own patch: a monkeypatch of it deletes the setting on undo ("disable does not exist"
+    # for every later compile in this process)
+    with torch._dynamo.config.patch(disable=True):
+        runner = _runner(_options(FailingBuilder(), tmp_path, fallback="inductor"), compile_backend="eager")
+        runner.warm_up()
+        assert runner.forward_mode == "inductor" and runner.compiled
+        _check_outputs(runner)
     assert len([r for r in _log_records(capsys) if r.get("level") == "error"]) == 1
 
 
