@@ -104,32 +104,43 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         _ASSET_FETCH_PROBLEM.append(str(error).splitlines()[0][:300])
 
 
-_HOW_TO_RUN = (  # (words in a skip reason, what to do)
-    ("test asset", "fetch the real footage and detector: `.venv/bin/python -m tests.helpers.assets fetch`"),
-    ("RTSP", "install Debian's GStreamer RTSP server (the apt packages listed in .ci/run)"),
-    ("chromium", "install Debian's chromium (`apt-get install chromium`)"),
-    ("reference fixtures", "put ../shared/reference beside the repo or set VSTMON_REFERENCE_DIR"),
-    ("ffmpeg", "install Debian's ffmpeg"),
-    ("systemd-analyze", "install Debian's systemd and strace"),
-    ("strace", "install Debian's strace (and allow ptrace)"),
-    ("pytriton", "make the serve environment: see .ci/run (.venv-serve)"),
-    ("CUDA", "run on a machine with an NVIDIA GPU (the `gpu` tests)"),
+_HOW_TO_RUN = (  # (words in a skip reason, what to do, whether CI runs them)
+    (
+        "test asset",
+        "fetch the real footage and detector: `.venv/bin/python -m tests.helpers.assets fetch`",
+        True,
+    ),
+    ("RTSP", "install Debian's GStreamer RTSP server (the apt packages listed in .ci/run)", True),
+    ("chromium", "install Debian's chromium (`apt-get install chromium`)", True),
+    ("reference fixtures", "put ../shared/reference beside the repo or set VSTMON_REFERENCE_DIR", True),
+    ("ffmpeg", "install Debian's ffmpeg", True),
+    ("systemd-analyze", "install Debian's systemd and strace", True),
+    ("strace", "install Debian's strace (and allow ptrace)", True),
+    ("pytriton", "make the serve environment: see .ci/run (.venv-serve)", True),
+    ("serve environment", "make the serve environment: see .ci/run (.venv-serve)", True),
+    ("CUDA", "run on a machine with an NVIDIA GPU (the `gpu` tests; CI has none)", False),
+    ("onnxscript", "install onnxscript and onnxruntime (not in the test extras; CI skips it too)", False),
 )
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
-    """One loud block at the end: how many tests were skipped for want of what, and how to run them."""
+    """One loud block at the end: how many tests were skipped for want of what, and how to run them; it says
+    the run is weaker than CI when CI would have run some of them."""
     skipped = terminalreporter.stats.get("skipped", [])
     counts: dict[str, int] = {}
+    weaker = bool(_ASSET_FETCH_PROBLEM)
     for report in skipped:
         reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
-        what = next(
-            (todo for words, todo in _HOW_TO_RUN if words.lower() in reason.lower()), "see the reason"
+        what, ci_runs = next(
+            ((todo, ci) for words, todo, ci in _HOW_TO_RUN if words.lower() in reason.lower()),
+            ("see the reason", True),
         )
         counts[what] = counts.get(what, 0) + 1
+        weaker = weaker or ci_runs
     if not counts and not _ASSET_FETCH_PROBLEM:
         return
-    terminalreporter.section("SKIPPED: this run is weaker than CI", sep="!", red=True, bold=True)
+    title = "SKIPPED: this run is weaker than CI" if weaker else "SKIPPED (as in CI)"
+    terminalreporter.section(title, sep="!" if weaker else "-", red=weaker, bold=True)
     if _ASSET_FETCH_PROBLEM:
         terminalreporter.line(f"fetching the test assets failed: {_ASSET_FETCH_PROBLEM[0]}", red=True)
     for what, count in sorted(counts.items(), key=lambda item: -item[1]):
