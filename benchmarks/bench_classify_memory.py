@@ -47,8 +47,9 @@ def child(video: Path, hop_s: float, batch: int) -> None:
     import cv2
     import torch
 
-    from vstmon.model import SwinConfig, build_untrained_model
-    from vstmon.offline.classify import classify_video
+    from vstmon.config import parse_config
+    from vstmon.model import LoadedModel, SwinConfig, build_untrained_model
+    from vstmon.offline.classify import classify_file
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -64,9 +65,11 @@ def child(video: Path, hop_s: float, batch: int) -> None:
         if clips % 100 == 1:
             samples.append(_rss_bytes())
 
-    result = classify_video(
-        video, model, labels, write_line, frames=8, frame_interval=2, size_px=64, hop_s=hop_s, batch=batch
+    config = parse_config(
+        {"clip": {"frames": 8, "frame_interval": 2, "size_px": 64, "hop_s": hop_s}}, require_streams=False
     )
+    loaded = LoadedModel(model, labels, "tiny", untrained=True)
+    result = classify_file(video, config, loaded, write_line, batch=batch)
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(
         json.dumps(

@@ -108,7 +108,7 @@ def run(args: argparse.Namespace, streams: int, slots: int, files: list[Path], m
                 time.sleep(0.2)
             wall_s = time.perf_counter() - start
             clips = sum(s.subject_clips for s in daemon.streams.values())
-            latency = daemon.latency_percentiles_s()
+            latency = daemon.latency.percentiles_s()
             per_stream = [
                 s.pipeline.per_subject.nbytes for s in daemon.streams.values() if s.pipeline.per_subject
             ]

@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
             wall_s = time.perf_counter() - start
             clips = sum(s.state.clips_total for s in daemon.streams.values() if s.state is not None)
-            latency = daemon.latency_percentiles_s()
+            latency = daemon.latency.percentiles_s()
             batch_sizes = dict(sorted(daemon.batch_sizes.items()))
             engine = daemon.pool.engines[0] if daemon.pool is not None else None
             busy_s = sum(e.busy_s for e in daemon.pool.engines) if daemon.pool is not None else 0.0

@@ -86,9 +86,9 @@ def daemons(
                     daemon.start()
                     started.append(daemon)
                 time.sleep(2.0)  # past start-up
-                begin = [d.latency_percentiles_s().get("count", 0) for d in started]
+                begin = [d.latency.percentiles_s().get("count", 0) for d in started]
                 time.sleep(seconds)
-                latency = [d.latency_percentiles_s() for d in started]
+                latency = [d.latency.percentiles_s() for d in started]
                 labels_s = (
                     sum(lat.get("count", 0) - b for lat, b in zip(latency, begin, strict=True)) / seconds
                 )

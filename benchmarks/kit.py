@@ -65,6 +65,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.proc_stats import family, rss_mib  # noqa: E402
 from vstmon.inference.engine import Engine  # noqa: E402
 from vstmon.inference.runner import (  # noqa: E402
     Runner,
@@ -795,8 +796,7 @@ class _Sampler:
             alloc = torch.cuda.memory_allocated(self.device) / _MIB
             reserved = torch.cuda.memory_reserved(self.device) / _MIB
         else:
-            with open("/proc/self/statm", encoding="ascii") as statm:
-                alloc = reserved = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / _MIB
+            alloc = reserved = sum(rss_mib(pid) for pid in family())  # with the daemon's worker processes
         self.samples.append((time.monotonic() - self._begin, alloc, reserved))
 
     def __enter__(self) -> _Sampler:
@@ -828,7 +828,8 @@ class _Sampler:
 
 def section_constant(run: Run, args: argparse.Namespace) -> None:
     from tests.helpers.videos import make_video
-    from vstmon.offline.classify import classify_video
+    from vstmon.config import parse_config
+    from vstmon.offline.classify import classify_file
 
     rows: list[list[Any]] = []
     data: dict[str, Any] = {}
@@ -848,9 +849,13 @@ def section_constant(run: Run, args: argparse.Namespace) -> None:
 
         with _Sampler(run.device, args.sample_s) as sampler:
             begin = time.monotonic()
-            classify_video(video, model, [f"c{i}" for i in range(400)], count, frames=run.frames,
-                           frame_interval=2, size_px=run.size, hop_s=1.0, batch=max(args.batches),
-                           device=run.device, dtype=_DTYPES[run.half()], untrained=True)  # fmt: skip
+            config = parse_config(
+                {"clip": {"frames": run.frames, "frame_interval": 2, "size_px": run.size, "hop_s": 1.0},
+                 "model": {"device": str(run.device), "precision": run.half()}},
+                require_streams=False,
+            )  # fmt: skip
+            loaded = LoadedModel(model, [f"c{i}" for i in range(400)], "kit", untrained=True)
+            classify_file(video, config, loaded, count, batch=max(args.batches), device=str(run.device))
             wall_s = time.monotonic() - begin
         g = sampler.growth()
         data["classify"] = {

@@ -286,10 +286,6 @@ class Daemon:
             streams=self._streams_status(),
         )
 
-    def latency_percentiles_s(self) -> dict[str, float]:
-        """Clip ready -> label published: p50 and p99 over the last samples (seconds)."""
-        return self.latency.percentiles_s()
-
     def _tick_loop(self) -> None:
         heartbeat_s = self.config.publish.heartbeat_s
         watchdog_s = self.notifier.watchdog_interval_s

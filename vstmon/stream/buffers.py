@@ -92,12 +92,6 @@ class SharedClipBuffers:
             self._busy[index] = False
             self._cond.notify_all()
 
-    def release_all(self) -> None:
-        """The engine's process holds nothing any more (it forgot this stream, or this process restarted)."""
-        with self._cond:
-            self._busy = [False, False]
-            self._cond.notify_all()
-
 
 class SharedBlock:
     """One stream's clip arrays in shared memory: ``slots`` clip streams x 2 arrays of ``shape``.

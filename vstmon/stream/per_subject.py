@@ -68,7 +68,6 @@ class SubjectClipStreams:
             raise ValueError(f"{len(crops.rings)} slots need as many clip buffers, got {len(buffers)}")
         self.stream = stream
         self.crops = crops
-        self._config = config
         self._sink = sink
         self._make_state = make_state
         self._lossless = lossless
